@@ -1,0 +1,204 @@
+"""The motion feature extractor M of MotionMatcher (paper Sec. 3.2-3.3, App. F).
+
+M is the frozen pre-trained UNet (the same module with its LoRA switched off: no second copy of the weights).
+Run on a noisy latent video, it returns the attention probabilities of the capture block(s):
+
+- cross-attention maps ``ca``: ``(B, F, H*W, T)``, softmax over the T = 77 text tokens (camera framing, layout);
+- temporal self-attention maps ``tsa``: ``(B, H*W, F, F)``, softmax over frames (object movement);
+
+each averaged over heads and over the layers of the block. The forward pass is abandoned right after the last
+captured attention layer, so the rest of the UNet never runs for M.
+
+Open choice (METHOD.md), decided here: ``ca`` keeps all 77 token columns, padding included. The softmax the
+model computes runs over all 77, so only then does each row sum to one, and both sides of the loss see the
+same prompt embedding, so padding columns carry the same meaning on both sides.
+
+Only the captured layers get the explicit-softmax processor below; every other layer keeps SDPA. This module
+is the only one that knows which layers are captured.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from diffusers.models.attention_processor import Attention
+
+from .models import T2VModel
+
+
+@dataclass
+class MotionFeatures:
+    ca: torch.Tensor  # (B, F, H*W, T): cross-attention probabilities, averaged over heads and layers
+    tsa: torch.Tensor  # (B, H*W, F, F): temporal self-attention probabilities, averaged over heads and layers
+
+
+class _StopForward(Exception):
+    """Raised from a forward hook once every captured map is in: ends the UNet pass early."""
+
+
+class _Store:
+    """Collects head-averaged maps while ``active``. Kept off during ordinary denoiser passes."""
+
+    def __init__(self) -> None:
+        self.active = False
+        self.ca: list[tuple[str, torch.Tensor]] = []  # (block, head-averaged map) in execution order
+        self.tsa: list[tuple[str, torch.Tensor]] = []
+
+    def count(self) -> int:
+        return len(self.ca) + len(self.tsa)
+
+    def reset(self) -> None:
+        self.ca, self.tsa = [], []
+
+
+class CaptureProcessor:
+    """Attention with an explicit softmax in fp32 whose head-averaged probabilities can be recorded.
+
+    Handles the plain attention layers of UNet3D's spatial and temporal transformers (3-D hidden states, no
+    group norm); refuses anything else rather than computing it differently from diffusers.
+    """
+
+    def __init__(self, store: _Store, kind: str, block: str = "") -> None:
+        assert kind in ("ca", "tsa")
+        self.store = store
+        self.kind = kind
+        self.block = block
+
+    def __call__(
+        self,
+        attn: Attention,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        **_: object,
+    ) -> torch.Tensor:
+        if hidden_states.ndim != 3 or attn.group_norm is not None or attn.spatial_norm is not None:
+            raise NotImplementedError("CaptureProcessor supports the transformer attentions of UNet3D only")
+        residual = hidden_states
+        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        if encoder_hidden_states is not None and attn.norm_cross:
+            context = attn.norm_encoder_hidden_states(context)
+        q, k, v = attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context)
+        b, n, _ = q.shape
+        heads = attn.heads
+        q = q.view(b, n, heads, -1).transpose(1, 2)
+        k = k.view(b, k.shape[1], heads, -1).transpose(1, 2)
+        v = v.view(b, v.shape[1], heads, -1).transpose(1, 2)
+        if attn.norm_q is not None:
+            q, k = attn.norm_q(q), attn.norm_k(k)
+        # The probabilities are the motion features: compute them in fp32 even under autocast, since the two
+        # sides of the loss differ by only a few thousandths (METHOD.md, "Numerical precision").
+        with torch.autocast(device_type=q.device.type, enabled=False):
+            scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * attn.scale
+            if attention_mask is not None:
+                scores = scores + attention_mask.float().view(b, -1, n, scores.shape[-1])
+            probs = scores.softmax(dim=-1)
+        if self.store.active:
+            getattr(self.store, self.kind).append((self.block, probs.mean(dim=1)))
+        out = torch.matmul(probs.to(v.dtype), v).transpose(1, 2).reshape(b, n, -1)
+        out = attn.to_out[1](attn.to_out[0](out))
+        if attn.residual_connection:
+            out = out + residual
+        return out / attn.rescale_output_factor
+
+
+def capture_layer_names(model: T2VModel, blocks: tuple[str, ...] | None = None) -> dict[str, tuple[str, str]]:
+    """Names of the captured attention modules -> ("ca" or "tsa", block), in execution order.
+
+    Cross-attention: ``attn2`` of each spatial transformer in the block. Temporal self-attention: ``attn1`` and
+    ``attn2`` of each temporal transformer (both are self-attention over frames in UNet3D).
+    """
+    names: dict[str, tuple[str, str]] = {}
+    for block in blocks or model.capture_blocks:
+        mod = model.unet.get_submodule(block)
+        n_layers = len(getattr(mod, "attentions", []) or [])
+        if n_layers == 0:
+            raise ValueError(f"{block} has no attention layers to capture")
+        for i in range(n_layers):
+            for j, _ in enumerate(mod.attentions[i].transformer_blocks):
+                names[f"{block}.attentions.{i}.transformer_blocks.{j}.attn2"] = ("ca", block)
+            for j, _ in enumerate(mod.temp_attentions[i].transformer_blocks):
+                names[f"{block}.temp_attentions.{i}.transformer_blocks.{j}.attn1"] = ("tsa", block)
+                names[f"{block}.temp_attentions.{i}.transformer_blocks.{j}.attn2"] = ("tsa", block)
+    return names
+
+
+@contextlib.contextmanager
+def lora_disabled(module: torch.nn.Module) -> Iterator[None]:
+    """Run ``module`` as the pre-trained model: every PEFT adapter layer bypassed.
+
+    Flips peft's per-layer flag directly instead of ``disable_adapters()``, which also sets
+    ``requires_grad=False`` on the LoRA weights and so would silently drop their gradients (STACK.md).
+    """
+    layers = [m for m in module.modules() if hasattr(m, "_disable_adapters") and hasattr(m, "base_layer")]
+    before = [m._disable_adapters for m in layers]
+    try:
+        for m in layers:
+            m._disable_adapters = True
+        yield
+    finally:
+        for m, b in zip(layers, before):
+            m._disable_adapters = b
+
+
+class MotionFeatureExtractor:
+    """M: the frozen UNet (LoRA off) read at the capture block(s), stopped right after the last captured layer.
+
+    Installing it replaces the processors of the captured layers only; ``remove()`` restores them.
+    """
+
+    def __init__(self, model: T2VModel, blocks: tuple[str, ...] | None = None) -> None:
+        self.model = model
+        self.unet = model.unet
+        self.blocks = tuple(blocks or model.capture_blocks)
+        self.layers = capture_layer_names(model, self.blocks)
+        self.store = _Store()
+        self._old: dict[str, object] = {}
+        self._hooks = []
+        for name, (kind, block) in self.layers.items():
+            mod = self.unet.get_submodule(name)
+            self._old[name] = mod.processor
+            mod.set_processor(CaptureProcessor(self.store, kind, block))
+            self._hooks.append(mod.register_forward_hook(self._maybe_stop))
+        self.expected = len(self.layers)
+
+    def _maybe_stop(self, *_: object) -> None:
+        if self.store.active and self.store.count() == self.expected:
+            raise _StopForward
+
+    def remove(self) -> None:
+        for h in self._hooks:
+            h.remove()
+        for name, proc in self._old.items():
+            self.unet.get_submodule(name).set_processor(proc)
+        self._hooks, self._old = [], {}
+
+    def __call__(self, latents: torch.Tensor, timesteps: torch.Tensor, text_emb: torch.Tensor) -> MotionFeatures:
+        """Features of ``latents`` ``(B, C, F, h, w)`` at ``timesteps`` ``(B,)`` given text ``(B, T, D)``.
+
+        Runs in fp32 with autocast off (the extractor must resolve differences of a few thousandths); gradients
+        flow to ``latents`` when the caller has grad enabled.
+        """
+        b, _, f = latents.shape[:3]
+        dtype = self.unet.dtype
+        self.store.reset()
+        self.store.active = True
+        try:
+            with lora_disabled(self.unet), torch.autocast(device_type=latents.device.type, enabled=False):
+                self.unet(latents.to(dtype), timesteps, encoder_hidden_states=text_emb.to(dtype), return_dict=False)
+            raise RuntimeError("the UNet finished without reaching every captured layer")  # pragma: no cover
+        except _StopForward:
+            pass
+        finally:
+            self.store.active = False
+        ca_maps, tsa_maps = [], []
+        for blk in self.blocks:  # average over the layers of a block; several blocks concatenate spatially
+            ca = torch.stack([m for bl, m in self.store.ca if bl == blk]).mean(0)  # (B*F, HW, T)
+            tsa = torch.stack([m for bl, m in self.store.tsa if bl == blk]).mean(0)  # (B*HW, F, F)
+            ca_maps.append(ca.reshape(b, f, ca.shape[-2], ca.shape[-1]))
+            tsa_maps.append(tsa.reshape(b, -1, f, f))
+        self.store.reset()
+        return MotionFeatures(ca=torch.cat(ca_maps, dim=2), tsa=torch.cat(tsa_maps, dim=1))

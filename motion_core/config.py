@@ -1,0 +1,213 @@
+"""Typed configuration: one dataclass per concern, defaults from METHOD.md (MotionMatcher, arXiv 2502.13234).
+
+Every dataclass round-trips through plain dicts (``to_dict`` / ``from_dict``) so the resolved config can be
+saved as JSON beside every LoRA and read back by the CLI, the app and the evaluation harness.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A setting is out of its sensible range; the message names the setting and the range."""
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+class _Base:
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_dict(cls: type[T], d: dict[str, Any] | None) -> T:
+        d = dict(d or {})
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = set(d) - names
+        if unknown:
+            raise ConfigError(f"{cls.__name__}: unknown setting(s) {sorted(unknown)}; known: {sorted(names)}")
+        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+            # JSON turns tuples into lists; keep the declared container type.
+            if f.name in d and isinstance(d[f.name], list) and "tuple" in str(f.type):
+                d[f.name] = tuple(d[f.name])
+        obj = cls(**d)
+        obj.validate()  # type: ignore[attr-defined]
+        return obj
+
+    def validate(self) -> None:  # pragma: no cover - overridden
+        pass
+
+
+@dataclass
+class VideoConfig(_Base):
+    """How a reference clip is read: resampled in time, centre-cropped and resized."""
+
+    num_frames: int = 16  # paper: 16 frames
+    fps: float = 8.0  # paper: sampled at 8 fps
+    height: int = 384  # paper: 384 x 384 (latent 48 x 48); multiples of 8
+    width: int = 384
+    start_sec: float = 0.0  # offset into the source clip
+    loop: bool = False  # loop a clip that is too short instead of refusing it
+    max_duration_sec: float = 600.0  # refuse sources longer than this (decoding them is a waste)
+    max_source_pixels: int = 4096 * 4096  # refuse absurd frame sizes
+    max_file_mb: float = 500.0
+
+    def validate(self) -> None:
+        _check(1 <= self.num_frames <= 128, f"num_frames must be in [1, 128], got {self.num_frames}")
+        _check(0.5 <= self.fps <= 120, f"fps must be in [0.5, 120], got {self.fps}")
+        for name in ("height", "width"):
+            v = getattr(self, name)
+            _check(8 <= v <= 2048 and v % 8 == 0, f"{name} must be a multiple of 8 in [8, 2048], got {v}")
+        _check(self.start_sec >= 0, f"start_sec must be >= 0, got {self.start_sec}")
+
+
+@dataclass
+class LoraConfig(_Base):
+    """LoRA on every self-attention and feed-forward linear of the spatial and temporal transformers."""
+
+    rank: int = 32  # paper: rank 32
+    alpha: float | None = None  # None -> alpha = rank (scale 1), which diffusers assumes when no alpha is stored
+    dropout: float = 0.1  # release: LoRA dropout 0.1
+    # release: attn1 + ff of spatial transformers; attn1, attn2, ff of temporal ones (transformer_in included).
+    # Never the text cross-attention (attn2 of the spatial transformers).
+    spatial_targets: tuple[str, ...] = ("attn1", "ff")
+    temporal_targets: tuple[str, ...] = ("attn1", "attn2", "ff")
+    include_transformer_in: bool = True
+
+    def validate(self) -> None:
+        _check(1 <= self.rank <= 512, f"LoRA rank must be in [1, 512], got {self.rank}")
+        _check(0 <= self.dropout < 1, f"LoRA dropout must be in [0, 1), got {self.dropout}")
+        ok = {"attn1", "attn2", "ff"}
+        _check(set(self.spatial_targets) <= {"attn1", "ff"}, "spatial targets may be attn1 and ff (not attn2)")
+        _check(set(self.temporal_targets) <= ok, f"temporal targets must be among {sorted(ok)}")
+
+    @property
+    def lora_alpha(self) -> float:
+        return float(self.rank if self.alpha is None else self.alpha)
+
+
+OBJECTIVE_NAMES = ("motion", "ddpm", "frame-diff", "residual")
+
+
+@dataclass
+class LossConfig(_Base):
+    """The training objective. ``motion`` is MotionMatcher's motion feature matching (paper Eq. 4, 7)."""
+
+    objective: str = "motion"
+    lambda_ca: float = 2000.0  # paper: lambda_CA = 2000
+    lambda_tsa: float = 2000.0  # paper: lambda_TSA = 2000
+    # Timestep range [t_min, t_max). None -> the objective's own default: [500, 1000) for motion
+    # (w'_t = 1 only on the noisiest half), [0, 1000) for the pixel-level baselines.
+    t_min: int | None = None
+    t_max: int | None = None
+    stride: int = 1  # open choice: the DDIM map steps t -> t - stride; the paper uses 1
+    # Capture layers; None -> the model's own choice (its sidecar), "down_blocks.2" for Zeroscope.
+    capture_blocks: tuple[str, ...] | None = None
+
+    def validate(self) -> None:
+        _check(self.objective in OBJECTIVE_NAMES,
+               f"objective must be one of {OBJECTIVE_NAMES}, got {self.objective!r}")
+        _check(0 <= self.lambda_ca <= 1e7 and 0 <= self.lambda_tsa <= 1e7, "lambdas must be in [0, 1e7]")
+        _check(self.objective != "motion" or self.lambda_ca + self.lambda_tsa > 0,
+               "lambda_ca + lambda_tsa must be > 0 for the motion objective")
+        _check(1 <= self.stride <= 100, f"stride must be in [1, 100], got {self.stride}")
+
+    def t_range(self, num_train_timesteps: int = 1000) -> tuple[int, int]:
+        lo_default = num_train_timesteps // 2 if self.objective == "motion" else 0
+        lo = lo_default if self.t_min is None else self.t_min
+        hi = num_train_timesteps if self.t_max is None else self.t_max
+        lo = max(lo, self.stride)  # v_t needs t - stride >= 0
+        if not (0 <= lo < hi <= num_train_timesteps):
+            raise ConfigError(f"timestep range [{lo}, {hi}) is empty or outside [0, {num_train_timesteps})")
+        return lo, hi
+
+
+@dataclass
+class TrainConfig(_Base):
+    """The LoRA fine-tuning loop (paper Sec. 3.4, App. F; release settings where the paper is silent)."""
+
+    steps: int = 400  # paper: 400 steps
+    learning_rate: float = 5e-4  # paper: 5e-4
+    weight_decay: float = 1e-2  # release: AdamW, weight decay 1e-2, constant learning rate
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    seed: int = 0
+    checkpoint_every: int = 50  # release: a checkpoint every 50 steps
+    # "fp32" everywhere, or "bf16"/"fp16": the denoiser under autocast while v_t and the feature extractor stay
+    # in fp32 (METHOD.md, "Numerical precision"). "auto" = bf16 on CUDA when supported, else fp32.
+    precision: str = "auto"
+    max_grad_norm: float | None = 1.0
+
+    def validate(self) -> None:
+        _check(1 <= self.steps <= 100_000, f"steps must be in [1, 100000], got {self.steps}")
+        _check(0 < self.learning_rate <= 1.0, f"learning_rate must be in (0, 1], got {self.learning_rate}")
+        _check(0 <= self.weight_decay <= 1.0, f"weight_decay must be in [0, 1], got {self.weight_decay}")
+        _check(self.checkpoint_every >= 1, "checkpoint_every must be >= 1")
+        _check(self.precision in ("auto", "fp32", "bf16", "fp16"),
+               f"precision must be auto/fp32/bf16/fp16, got {self.precision!r}")
+
+
+@dataclass
+class SampleConfig(_Base):
+    """DDIM sampling from beta-blended inverted noise (paper App. F; release values)."""
+
+    num_inference_steps: int = 75  # release: 75 DDIM steps (inversion uses as many)
+    guidance_scale: float = 12.0  # release: guidance 12
+    beta: float = 0.3  # paper's quantitative runs: z_T = sqrt(beta) eps_inv + sqrt(1 - beta) eps
+    lora_scale: float = 1.0
+    lora_cutoff: int = 500  # release: LoRA on only while t >= 500; 0 = on throughout
+    negative_prompt: str = ""
+    seed: int | None = None  # None -> a random seed, reported back
+    num_videos: int = 1
+
+    def validate(self) -> None:
+        _check(1 <= self.num_inference_steps <= 1000, f"steps must be in [1, 1000], got {self.num_inference_steps}")
+        _check(0 <= self.guidance_scale <= 50, f"guidance must be in [0, 50], got {self.guidance_scale}")
+        _check(0 <= self.beta <= 1, f"beta must be in [0, 1], got {self.beta}")
+        _check(0 <= self.lora_scale <= 4, f"LoRA strength must be in [0, 4], got {self.lora_scale}")
+        _check(0 <= self.lora_cutoff <= 1000, f"LoRA cut-off must be in [0, 1000], got {self.lora_cutoff}")
+        _check(1 <= self.num_videos <= 16, f"number of videos must be in [1, 16], got {self.num_videos}")
+
+
+@dataclass
+class RunConfig(_Base):
+    """Everything one training run resolved to; saved as ``config.json`` beside the LoRA."""
+
+    model: str = "default"
+    caption: str = ""
+    video: VideoConfig = field(default_factory=VideoConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> RunConfig:
+        d = dict(d or {})
+        parts = {"video": VideoConfig, "lora": LoraConfig, "loss": LossConfig, "train": TrainConfig,
+                 "sample": SampleConfig}
+        unknown = set(d) - set(parts) - {"model", "caption"}
+        if unknown:
+            raise ConfigError(f"RunConfig: unknown section(s) {sorted(unknown)}")
+        kw: dict[str, Any] = {k: parts[k].from_dict(d.get(k)) for k in parts}
+        return cls(model=d.get("model", "default"), caption=d.get("caption", ""), **kw)
+
+    def validate(self) -> None:
+        for part in (self.video, self.lora, self.loss, self.train, self.sample):
+            part.validate()
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2))
+
+    @classmethod
+    def load(cls, path: str | Path) -> RunConfig:
+        return cls.from_dict(json.loads(Path(path).read_text()))

@@ -1,0 +1,47 @@
+"""Evaluation for motion customization: motion discrepancy, CLIP-T, frame consistency, ImageReward, retrieval AP.
+
+See METHOD.md "Evaluation". Model-backed metrics only use local weights and raise :class:`MetricUnavailable`
+(with instructions) when they are missing; the point tracker in use is always reported by name.
+"""
+
+from motion_core.eval.metrics import (
+    DEFAULT_CLIP_MODEL,
+    MetricUnavailable,
+    clip_scores,
+    clip_t_from_embeddings,
+    frame_consistency_from_embeddings,
+    imagereward_score,
+    motion_discrepancy,
+    trajectory_distance,
+    video_motion_discrepancy,
+)
+from motion_core.eval.retrieval import (
+    average_precision,
+    average_precision_retrieval,
+    expected_random_ap,
+    feature_distances,
+    random_baseline_ap,
+)
+from motion_core.eval.trackers import cotracker_available, cotracker_tracks, get_tracker, grid_points, lk_tracks
+
+__all__ = [
+    "DEFAULT_CLIP_MODEL",
+    "MetricUnavailable",
+    "average_precision",
+    "average_precision_retrieval",
+    "clip_scores",
+    "clip_t_from_embeddings",
+    "cotracker_available",
+    "cotracker_tracks",
+    "expected_random_ap",
+    "feature_distances",
+    "frame_consistency_from_embeddings",
+    "get_tracker",
+    "grid_points",
+    "imagereward_score",
+    "lk_tracks",
+    "motion_discrepancy",
+    "random_baseline_ap",
+    "trajectory_distance",
+    "video_motion_discrepancy",
+]

@@ -1,0 +1,349 @@
+"""Load a diffusers text-to-video model (Zeroscope layout), or build a tiny one for tests.
+
+A model folder holds the sub-folders ``unet``, ``vae``, ``text_encoder``, ``tokenizer`` and ``scheduler`` as
+Zeroscope ships them (``cerspense/zeroscope_v2_576w``). An optional sidecar ``motion_matcher.json`` at the top
+of the folder says which UNet blocks the motion feature extractor reads and the video size the model was made
+for, so no layer name is hard-coded for a particular model.
+
+This is the only module that knows how weights are found and loaded.
+
+    from motion_core.models import load_model
+    model = load_model()                                    # the embedded shapes-world model in assets/
+    model = load_model("cerspense/zeroscope_v2_576w", device="cuda", dtype="fp16")
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, UNet3DConditionModel
+from diffusers.loaders import PeftAdapterMixin
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+SIDECAR = "motion_matcher.json"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# The embedded default model; MOTION_MATCHER_MODEL overrides it (e.g. a Zeroscope folder on a GPU machine).
+DEFAULT_MODEL_DIR = REPO_ROOT / "assets" / "shapes-t2v"
+ZEROSCOPE_ID = "cerspense/zeroscope_v2_576w"
+SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+
+
+class ModelLoadError(RuntimeError):
+    """The model could not be found or loaded; the message says what to do."""
+
+
+class UNet3DWithPeft(UNet3DConditionModel, PeftAdapterMixin):
+    """UNet3DConditionModel with diffusers' PEFT mixin.
+
+    The upstream class lacks the mixin (diffusers issue #6640), so ``TextToVideoSDPipeline.load_lora_weights``
+    fails on it. With the mixin, the pipeline's own loader reads our LoRA files, which keeps them usable
+    in users' tools. Weights and config are identical to the upstream class.
+    """
+
+    config_name = UNet3DConditionModel.config_name
+
+
+@dataclass
+class T2VModel:
+    """The parts of a text-to-video model plus what the motion extractor needs to know about it."""
+
+    unet: UNet3DWithPeft
+    vae: AutoencoderKL
+    text_encoder: CLIPTextModel
+    tokenizer: CLIPTokenizer
+    scheduler: DDIMScheduler
+    source: str  # hub id or folder, recorded in every LoRA's metadata
+    capture_blocks: tuple[str, ...]  # e.g. ("down_blocks.2",) for Zeroscope
+    video_defaults: dict[str, Any] = field(default_factory=dict)  # num_frames, fps, height, width
+    weight_dtype: torch.dtype = torch.float32
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+    @property
+    def vae_scale(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.unet.config.in_channels)
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return int(self.scheduler.config.num_train_timesteps)
+
+    def fingerprint(self) -> str:
+        """A short stable id of the model, used in cache keys and to refuse LoRAs made for another model."""
+        cfg = self.unet.config
+        shape = f"{tuple(cfg.block_out_channels)}-{cfg.layers_per_block}-{cfg.cross_attention_dim}-{cfg.in_channels}"
+        return f"{Path(self.source).name if os.path.isdir(self.source) else self.source}|{shape}"
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("CUDA was asked for but no GPU is visible to torch; use --device cpu.")
+    return dev
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        # Half weights only on a GPU: CPU matmuls in fp16 are slow and bf16 costs precision for no speed here.
+        return torch.float16 if device.type == "cuda" else torch.float32
+    table = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
+             "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+    if dtype not in table:
+        raise ModelLoadError(f"unknown dtype {dtype!r}; use fp32, fp16 or bf16")
+    return table[dtype]
+
+
+def default_capture_blocks(unet: UNet3DConditionModel) -> tuple[str, ...]:
+    """``down_blocks.2`` where it exists (Zeroscope, METHOD.md), else the deepest down block with attention."""
+    with_attn = [i for i, b in enumerate(unet.down_blocks) if getattr(b, "has_cross_attention", False)]
+    if not with_attn:
+        raise ModelLoadError("this UNet has no cross-attention down block to read motion features from")
+    return (f"down_blocks.{2 if 2 in with_attn else with_attn[-1]}",)
+
+
+def read_sidecar(folder: Path) -> dict[str, Any]:
+    path = folder / SIDECAR
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _missing_weights_message(source: str, err: Exception) -> str:
+    return (
+        f"Could not load the text-to-video model {source!r}: {err}\n"
+        "No weights were found locally and this machine cannot download them. Either\n"
+        f"  - download it on a machine with internet access (`huggingface-cli download {source}`) and copy the\n"
+        "    Hugging Face cache (~/.cache/huggingface) here, or point --model at the downloaded folder, or\n"
+        "  - use the embedded shapes-world model (leave --model out)."
+    )
+
+
+def load_model(
+    source: str | os.PathLike | None = None,
+    device: str | torch.device | None = "auto",
+    dtype: str | torch.dtype | None = "auto",
+    local_files_only: bool | None = None,
+) -> T2VModel:
+    """Load a text-to-video model from a local folder or a hub id (``None``/"default": the embedded model).
+
+    The UNet's weights are stored in ``dtype``; the VAE and text encoder too. Training and sampling decide
+    their own compute precision on top of this (see ``train.py``).
+    """
+    if source in (None, "", "default"):
+        source = os.environ.get("MOTION_MATCHER_MODEL") or str(DEFAULT_MODEL_DIR)
+    source = str(source)
+    dev = resolve_device(device)
+    wdtype = resolve_dtype(dtype, dev)
+    folder = Path(source).expanduser()
+    if folder.is_dir():
+        missing = [s for s in SUBFOLDERS if not (folder / s).is_dir()]
+        if missing:
+            raise ModelLoadError(
+                f"{folder} is not a text-to-video model folder: it lacks the sub-folder(s) {missing} "
+                f"(expected {list(SUBFOLDERS)}, the layout Zeroscope ships)."
+            )
+        root: str = str(folder)
+        sidecar = read_sidecar(folder)
+    elif source == str(DEFAULT_MODEL_DIR) or "/" not in source or source.startswith((".", "/", "~")):
+        raise ModelLoadError(
+            f"model folder {source!r} does not exist. Give a folder with unet/, vae/, text_encoder/, "
+            f"tokenizer/ and scheduler/ sub-folders, or a Hugging Face hub id such as {ZEROSCOPE_ID}."
+        )
+    else:
+        root = source
+        sidecar = {}
+        if local_files_only is None:
+            # Offline first: a cached snapshot loads without touching the network.
+            local_files_only = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+    kw: dict[str, Any] = {"local_files_only": bool(local_files_only)} if not folder.is_dir() else {}
+    try:
+        unet = UNet3DWithPeft.from_pretrained(root, subfolder="unet", torch_dtype=wdtype, **kw)
+        vae = AutoencoderKL.from_pretrained(root, subfolder="vae", torch_dtype=wdtype, **kw)
+        text_encoder = CLIPTextModel.from_pretrained(root, subfolder="text_encoder", dtype=wdtype, **kw)
+        tokenizer = CLIPTokenizer.from_pretrained(root, subfolder="tokenizer", **kw)
+        scheduler = DDIMScheduler.from_pretrained(root, subfolder="scheduler", **kw)
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(_missing_weights_message(source, err)) from err
+    if not isinstance(scheduler, DDIMScheduler):  # a folder may name another scheduler class; we need DDIM maths
+        scheduler = DDIMScheduler.from_config(scheduler.config)
+    unet.to(dev).eval().requires_grad_(False)
+    vae.to(dev).eval().requires_grad_(False)
+    text_encoder.to(dev).eval().requires_grad_(False)
+    blocks = tuple(sidecar.get("capture_blocks") or default_capture_blocks(unet))
+    for b in blocks:
+        try:
+            unet.get_submodule(b)
+        except AttributeError as err:
+            raise ModelLoadError(f"{SIDECAR} names capture block {b!r}, which this UNet does not have") from err
+    return T2VModel(unet, vae, text_encoder, tokenizer, scheduler, source, blocks,
+                    dict(sidecar.get("video", {})), wdtype)
+
+
+def save_model(model: T2VModel, folder: str | os.PathLike, extra_sidecar: dict[str, Any] | None = None) -> Path:
+    """Write the model in Zeroscope's folder layout plus the sidecar, so ``load_model(folder)`` reads it back."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.unet.save_pretrained(folder / "unet")
+    model.vae.save_pretrained(folder / "vae")
+    model.text_encoder.save_pretrained(folder / "text_encoder")
+    model.tokenizer.save_pretrained(folder / "tokenizer")
+    model.scheduler.save_pretrained(folder / "scheduler")
+    side = {"capture_blocks": list(model.capture_blocks), "video": model.video_defaults}
+    side.update(extra_sidecar or {})
+    (folder / SIDECAR).write_text(json.dumps(side, indent=2))
+    return folder
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Text and video encoding
+# --------------------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def encode_prompt(model: T2VModel, prompts: str | list[str]) -> torch.Tensor:
+    """Text embeddings ``(B, 77, D)`` from the last hidden state, as the Zeroscope pipeline uses them."""
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    tok = model.tokenizer(prompts, padding="max_length", max_length=model.tokenizer.model_max_length,
+                          truncation=True, return_tensors="pt")
+    return model.text_encoder(tok.input_ids.to(model.device))[0]
+
+
+@torch.no_grad()
+def encode_video(model: T2VModel, frames: torch.Tensor, sample: bool = False) -> torch.Tensor:
+    """Frames ``(F, 3, H, W)`` in [0, 1] -> scaled latents ``(1, C, F, h, w)`` (the VAE's mean by default)."""
+    if frames.ndim != 4 or frames.shape[1] != 3:
+        raise ValueError(f"frames must be (F, 3, H, W), got {tuple(frames.shape)}")
+    x = (frames.to(model.device, model.vae.dtype) * 2 - 1)
+    dist = model.vae.encode(x).latent_dist
+    z = dist.sample() if sample else dist.mean
+    z = z * model.vae.config.scaling_factor
+    return z.permute(1, 0, 2, 3).unsqueeze(0).float()
+
+
+@torch.no_grad()
+def decode_latents(model: T2VModel, latents: torch.Tensor, chunk: int = 8) -> torch.Tensor:
+    """Latents ``(B, C, F, h, w)`` -> frames ``(B, F, 3, H, W)`` in [0, 1]; decoded a few frames at a time."""
+    b, c, f, h, w = latents.shape
+    z = latents.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w) / model.vae.config.scaling_factor
+    out = [model.vae.decode(z[i:i + chunk].to(model.vae.dtype)).sample.float() for i in range(0, b * f, chunk)]
+    x = torch.cat(out).reshape(b, f, 3, h * model.vae_scale, w * model.vae_scale)
+    return ((x + 1) / 2).clamp(0, 1)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Tiny models (tests, and the starting point of the embedded model's recipe)
+# --------------------------------------------------------------------------------------------------------------
+
+SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")
+
+
+def build_word_tokenizer(words: list[str], max_length: int = 77) -> CLIPTokenizer:
+    """A CLIP BPE tokenizer whose merges spell each word of a small vocabulary as one token.
+
+    Every merge product is also in the vocabulary, so any text tokenises to known ids; unknown words fall
+    back to single characters.
+    """
+    vocab: dict[str, int] = {}
+    for t in SPECIAL_TOKENS:
+        vocab.setdefault(t, len(vocab))
+    words = sorted({w.lower() for w in words if w})
+    for ch in sorted(set("".join(words)) | set("abcdefghijklmnopqrstuvwxyz0123456789")):
+        vocab.setdefault(ch, len(vocab))
+        vocab.setdefault(ch + "</w>", len(vocab))
+    merges: list[tuple[str, str]] = []
+    seen: set[tuple[str, str]] = set()
+    for w in words:
+        symbols = list(w[:-1]) + [w[-1] + "</w>"]
+        cur = symbols[0]
+        for s in symbols[1:]:
+            if (cur, s) not in seen:
+                seen.add((cur, s))
+                merges.append((cur, s))
+            cur += s
+            vocab.setdefault(cur, len(vocab))
+    tok = CLIPTokenizer(vocab=vocab, merges=merges)
+    tok.model_max_length = max_length
+    return tok
+
+
+TINY_WORDS = ["a", "an", "red", "green", "blue", "yellow", "circle", "square", "triangle", "star", "on",
+              "background", "striped", "dotted", "moving", "left", "right", "up", "down", "dog", "cat", "car"]
+
+
+def build_tiny_model(
+    seed: int = 0,
+    block_out_channels: tuple[int, ...] = (16, 32),
+    layers_per_block: int = 1,
+    cross_attention_dim: int = 16,
+    heads: int = 2,
+    vae_channels: tuple[int, ...] = (8, 16),
+    text_layers: int = 2,
+    words: list[str] | None = None,
+    video_defaults: dict[str, Any] | None = None,
+    capture_blocks: tuple[str, ...] | None = None,
+) -> T2VModel:
+    """Real diffusers/transformers classes at toy size, with deterministic random weights.
+
+    The last down block has no attention (as in Zeroscope), so the capture block is ``down_blocks.{n-2}``.
+    """
+    torch.manual_seed(seed)
+    n = len(block_out_channels)
+    groups = min(4, min(block_out_channels))
+    unet = UNet3DWithPeft(
+        sample_size=None,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=tuple(["CrossAttnDownBlock3D"] * (n - 1) + ["DownBlock3D"]),
+        up_block_types=tuple(["UpBlock3D"] + ["CrossAttnUpBlock3D"] * (n - 1)),
+        block_out_channels=block_out_channels,
+        layers_per_block=layers_per_block,
+        norm_num_groups=groups,
+        cross_attention_dim=cross_attention_dim,
+        attention_head_dim=heads,  # diffusers' naming quirk: this is the number of heads
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=tuple(["DownEncoderBlock2D"] * len(vae_channels)),
+        up_block_types=tuple(["UpDecoderBlock2D"] * len(vae_channels)),
+        block_out_channels=vae_channels,
+        latent_channels=4,
+        norm_num_groups=min(4, min(vae_channels)),
+        layers_per_block=1,
+        sample_size=32,
+    )
+    tokenizer = build_word_tokenizer(words or TINY_WORDS)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer.get_vocab()),
+        hidden_size=cross_attention_dim,
+        intermediate_size=cross_attention_dim * 4,
+        num_hidden_layers=text_layers,
+        num_attention_heads=2,
+        max_position_embeddings=77,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+    ))
+    # Zeroscope's schedule (STACK.md): scaled-linear betas 0.00085 -> 0.012, epsilon prediction.
+    scheduler = DDIMScheduler(
+        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+        clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon",
+    )
+    for m in (unet, vae, text_encoder):
+        m.eval().requires_grad_(False)
+    blocks = capture_blocks or default_capture_blocks(unet)
+    vd = {"num_frames": 8, "fps": 8.0, "height": 32, "width": 32} | (video_defaults or {})
+    return T2VModel(unet, vae, text_encoder, tokenizer, scheduler, f"tiny-seed{seed}", tuple(blocks), vd)

@@ -1,0 +1,230 @@
+"""The LoRA training loop: one reference clip, one objective, progress callbacks, cancel, checkpoints, resume.
+
+    from motion_core.train import train_lora
+    result = train_lora(model, frames, "a red circle on a blue background", "runs/demo", RunConfig())
+
+The reference latents and caption embedding are computed once. Each step draws one (t, eps) from a seeded
+generator, so a run repeats exactly and a resumed run continues the same random stream. A checkpoint (LoRA,
+optimiser, step, random state, loss log) is written atomically every ``checkpoint_every`` steps and on cancel;
+``train_lora`` on the same folder resumes from it. A non-finite loss stops the run with ``NonFiniteLossError``
+and leaves the last good checkpoint untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .attention import MotionFeatureExtractor
+from .config import RunConfig
+from .lora_io import ADAPTER, add_lora, lora_state_dict, save_lora
+from .models import T2VModel, encode_prompt, encode_video
+from .objectives import ObjectiveContext, get_objective
+
+CHECKPOINT = "checkpoint.pt"
+LORA_FILE = "lora.safetensors"
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class Progress:
+    step: int  # steps done
+    total: int
+    loss: float
+    parts: dict[str, float]
+    steps_per_sec: float
+    eta_sec: float
+    phase: str = "training"
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    lora_path: Path | None  # None when cancelled before the end
+    steps_done: int
+    cancelled: bool
+    losses: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def resolve_amp(precision: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype for the denoiser: None = fp32. "auto" = bf16 on a CUDA GPU that has it, else fp32."""
+    if precision == "auto":
+        ok = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if ok else None
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def train_lora(
+    model: T2VModel,
+    reference: torch.Tensor,
+    caption: str,
+    out_dir: str | os.PathLike,
+    cfg: RunConfig | None = None,
+    callback: Callable[[Progress], None] | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+    resume: bool = True,
+    max_steps_this_call: int | None = None,
+) -> TrainResult:
+    """Learn the reference's motion as a LoRA; write ``lora.safetensors`` and ``config.json`` in ``out_dir``.
+
+    ``reference``: frames ``(F, 3, H, W)`` in [0, 1], or latents ``(1, C, F, h, w)`` already encoded.
+    ``max_steps_this_call`` stops (with a checkpoint) after that many steps, for hosts with a per-call time limit
+    (ZeroGPU); a later call resumes. Cancelling via ``should_cancel`` also checkpoints and returns.
+    """
+    cfg = cfg or RunConfig()
+    cfg.validate()
+    if not caption or not caption.strip():
+        raise ValueError("the caption is empty: describe the reference video, e.g. 'a red circle on blue'")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg.caption = caption
+    cfg.model = model.source
+    cfg.save(out / "config.json")
+    t_start = time.perf_counter()
+    dev = model.device
+    tc, lc = cfg.train, cfg.loss
+
+    # 1. Precision: LoRA and master weights in fp32; the denoiser may run under autocast (see resolve_amp).
+    if model.unet.dtype != torch.float32:
+        model.unet.to(torch.float32)  # half base weights cannot host an fp32 extractor; upcast once
+    amp = resolve_amp(tc.precision, dev)
+
+    # 2. The reference's latents and caption embedding, computed once.
+    if reference.ndim == 4:
+        z0 = encode_video(model, reference)
+    elif reference.ndim == 5:
+        z0 = reference.float().to(dev)
+    else:
+        raise ValueError(
+            f"reference must be frames (F, 3, H, W) or latents (1, C, F, h, w), got {tuple(reference.shape)}"
+        )
+    text = encode_prompt(model, caption).float()
+
+    # 3. A fresh LoRA, optimiser, seeded random stream; then the last checkpoint if there is one.
+    params = add_lora(model, cfg.lora, seed=tc.seed)
+    opt = torch.optim.AdamW(params, lr=tc.learning_rate, weight_decay=tc.weight_decay, betas=tc.adam_betas,
+                            eps=tc.adam_eps)
+    gen = torch.Generator(device="cpu").manual_seed(tc.seed)
+    torch.manual_seed(tc.seed)  # LoRA dropout draws from the global stream
+    step, losses = 0, []
+    ckpt_path = out / CHECKPOINT
+    if resume and ckpt_path.is_file():
+        step, losses = _load_checkpoint(ckpt_path, model, opt, gen)
+    log_path = out / "train_log.jsonl"
+    # The log restarts from what the checkpoint knows, so steps redone after a crash are not listed twice.
+    log_path.write_text("".join(json.dumps(r) + "\n" for r in losses))
+    # fp16 gradients of a loss of ~1e-6 underflow without loss scaling (measured: all zero on a tiny UNet).
+    scaler = torch.amp.GradScaler(dev.type) if amp == torch.float16 else None
+
+    objective = get_objective(lc.objective)
+    extractor = MotionFeatureExtractor(model, lc.capture_blocks) if lc.objective == "motion" else None
+    ctx = ObjectiveContext(model, lc, extractor, amp, gen)
+    lo, hi = lc.t_range(model.num_train_timesteps)
+
+    def checkpoint() -> None:
+        _atomic_save({"step": step, "lora": lora_state_dict(model), "optimizer": opt.state_dict(),
+                      "generator": gen.get_state(), "torch_rng": torch.get_rng_state(), "losses": losses},
+                     ckpt_path)
+
+    model.unet.train()  # LoRA dropout on; the base layers have no dropout of their own in UNet3D
+    stop_at = tc.steps if max_steps_this_call is None else min(tc.steps, step + max_steps_this_call)
+    cancelled = False
+    t_loop, step0 = time.perf_counter(), step
+    try:
+        while step < stop_at:
+            if should_cancel is not None and should_cancel():
+                cancelled = True
+                break
+            # 4. One step: a new (t, eps) from the seeded stream, the objective, AdamW.
+            t = torch.randint(lo, hi, (1,), generator=gen).to(dev)
+            eps = torch.randn(z0.shape, generator=gen).to(dev)
+            out_loss = objective(ctx, z0, text, t, eps)
+            loss = out_loss.loss
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(
+                    f"the loss became {float(loss)} at step {step + 1} (t={int(t)}); training stopped. The last "
+                    f"checkpoint (step {_ckpt_step(ckpt_path)}) is kept. Try a lower learning rate or fp32 precision."
+                )
+            opt.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.unscale_(opt)
+            else:
+                loss.backward()
+            if tc.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm)
+            if scaler is not None:
+                scaler.step(opt)
+                scaler.update()
+            else:
+                opt.step()
+            step += 1
+            rec = {"step": step, "t": int(t), "loss": float(loss.detach()), **out_loss.parts}
+            losses.append(rec)
+            with log_path.open("a") as f:
+                f.write(json.dumps(rec) + "\n")
+            if step % tc.checkpoint_every == 0:
+                checkpoint()
+            if callback is not None:
+                rate = (step - step0) / max(time.perf_counter() - t_loop, 1e-9)
+                callback(Progress(step, tc.steps, rec["loss"], dict(out_loss.parts), rate,
+                                  (tc.steps - step) / max(rate, 1e-9)))
+    finally:
+        model.unet.eval()
+        if extractor is not None:
+            extractor.remove()
+        for p in params:
+            p.grad = None
+
+    lora_path = None
+    if step < tc.steps:
+        if step > _ckpt_step(ckpt_path):
+            checkpoint()  # cancel or chunk boundary: keep everything done so far
+    else:
+        if callback is not None:
+            callback(Progress(step, tc.steps, losses[-1]["loss"] if losses else math.nan, {}, 0.0, 0.0, "saving"))
+        meta = {"objective": lc.objective, "steps": step, "lambda_ca": lc.lambda_ca, "lambda_tsa": lc.lambda_tsa,
+                "frames": int(z0.shape[2]), "fps": cfg.video.fps, "height": int(z0.shape[3] * model.vae_scale),
+                "width": int(z0.shape[4] * model.vae_scale), "caption": caption, "seed": tc.seed,
+                "learning_rate": tc.learning_rate}
+        lora_path = save_lora(out / LORA_FILE, model, cfg.lora, meta, cfg.to_dict())
+        checkpoint()
+    for p in params:
+        p.requires_grad_(False)
+    return TrainResult(out, lora_path, step, cancelled, losses, time.perf_counter() - t_start)
+
+
+def _ckpt_step(path: Path) -> int:
+    if not path.is_file():
+        return 0
+    return int(torch.load(path, map_location="cpu", weights_only=True)["step"])
+
+
+def _load_checkpoint(path: Path, model: T2VModel, opt: torch.optim.Optimizer, gen: torch.Generator):
+    from peft.utils import set_peft_model_state_dict
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    sd = {k.removeprefix("unet."): v for k, v in state["lora"].items()}
+    set_peft_model_state_dict(model.unet, sd, adapter_name=ADAPTER)
+    opt.load_state_dict(state["optimizer"])
+    gen.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    return int(state["step"]), list(state["losses"])

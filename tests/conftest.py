@@ -1,0 +1,28 @@
+"""Shared fixtures: tiny real diffusers/transformers components built in-process (no downloads)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture
+def tiny_model():
+    from motion_core.models import build_tiny_model
+
+    return build_tiny_model(seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """The tiny model saved in Zeroscope's folder layout (for loader, CLI and app tests)."""
+    from motion_core.models import build_tiny_model, save_model
+
+    folder = tmp_path_factory.mktemp("tiny-model")
+    save_model(build_tiny_model(seed=0), folder)
+    return folder

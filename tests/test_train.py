@@ -1,0 +1,119 @@
+"""The training loop: base weights untouched, progress, cancel, checkpoints and resume, non-finite loss."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from motion_core.config import RunConfig
+from motion_core.lora_io import load_lora, lora_state_dict
+from motion_core.models import build_tiny_model
+from motion_core.train import NonFiniteLossError, train_lora
+
+
+def _cfg(steps=6, every=3, objective="motion"):
+    cfg = RunConfig()
+    cfg.train.steps = steps
+    cfg.train.checkpoint_every = every
+    cfg.lora.rank = 4
+    cfg.loss.objective = objective
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def frames():
+    return torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+
+def test_training_changes_only_lora_and_writes_outputs(frames, tmp_path):
+    model = build_tiny_model()
+    base = {k: v.clone() for k, v in model.unet.state_dict().items()}
+    seen = []
+    res = train_lora(model, frames, "a red circle", tmp_path, _cfg(), callback=seen.append)
+    assert res.steps_done == 6 and not res.cancelled and res.lora_path.is_file()
+    after = model.unet.state_dict()
+    for k, v in base.items():  # base weights bit-identical (peft renames them under base_layer)
+        k2 = k if k in after else k.replace(".weight", ".base_layer.weight").replace(".bias", ".base_layer.bias")
+        assert torch.equal(after[k2], v), k
+    assert [p.step for p in seen if p.phase == "training"] == [1, 2, 3, 4, 5, 6]
+    p = seen[0]
+    assert p.total == 6 and p.steps_per_sec > 0 and p.eta_sec >= 0 and set(p.parts) == {"ca", "tsa"}
+    assert seen[-1].phase == "saving"
+    log = [json.loads(x) for x in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4, 5, 6] and all(500 <= r["t"] < 1000 for r in log)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    assert cfg["caption"] == "a red circle" and cfg["train"]["steps"] == 6
+    meta = load_lora(res.lora_path, build_tiny_model())
+    assert meta["objective"] == "motion" and meta["steps"] == 6 and meta["frames"] == 8
+
+
+def test_training_is_seeded(frames, tmp_path):
+    a = train_lora(build_tiny_model(), frames, "a red circle", tmp_path / "a", _cfg(steps=3, objective="ddpm"))
+    b = train_lora(build_tiny_model(), frames, "a red circle", tmp_path / "b", _cfg(steps=3, objective="ddpm"))
+    assert [r["loss"] for r in a.losses] == [r["loss"] for r in b.losses]
+
+
+def test_cancel_checkpoints_and_resume_matches_an_uninterrupted_run(frames, tmp_path):
+    full_model = build_tiny_model()
+    full = train_lora(full_model, frames, "a red circle", tmp_path / "full", _cfg(steps=6, every=50))
+
+    model = build_tiny_model()
+    steps_seen = []
+
+    def cancel_after_4() -> bool:
+        return len(steps_seen) >= 4
+
+    part = train_lora(model, frames, "a red circle", tmp_path / "part", _cfg(steps=6, every=50),
+                      callback=lambda p: steps_seen.append(p.step), should_cancel=cancel_after_4)
+    assert part.cancelled and part.steps_done == 4 and part.lora_path is None  # stopped within one step
+    assert (tmp_path / "part" / "checkpoint.pt").is_file()
+    resumed = train_lora(build_tiny_model(), frames, "a red circle", tmp_path / "part", _cfg(steps=6, every=50))
+    assert resumed.steps_done == 6 and not resumed.cancelled
+    assert [r["loss"] for r in resumed.losses] == pytest.approx([r["loss"] for r in full.losses], rel=1e-5)
+    sa = lora_state_dict(full_model)
+    m2 = build_tiny_model()
+    load_lora(resumed.lora_path, m2)
+    sb = lora_state_dict(m2)
+    assert all(torch.allclose(sa[k], sb[k], rtol=1e-5, atol=1e-7) for k in sa)
+    log = (tmp_path / "part" / "train_log.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in log] == [1, 2, 3, 4, 5, 6]
+
+
+def test_chunked_training(frames, tmp_path):
+    model = build_tiny_model()
+    r1 = train_lora(model, frames, "a red circle", tmp_path, _cfg(steps=5, every=50), max_steps_this_call=2)
+    assert r1.steps_done == 2 and r1.lora_path is None
+    r2 = train_lora(model, frames, "a red circle", tmp_path, _cfg(steps=5, every=50), max_steps_this_call=10)
+    assert r2.steps_done == 5 and r2.lora_path is not None
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(frames, tmp_path, monkeypatch):
+    import motion_core.objectives as objectives
+
+    real = objectives.OBJECTIVES["ddpm"]
+    calls = {"n": 0}
+
+    def flaky(ctx, z0, text, t, eps):
+        calls["n"] += 1
+        out = real(ctx, z0, text, t, eps)
+        if calls["n"] == 5:
+            out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setitem(objectives.OBJECTIVES, "ddpm", flaky)
+    with pytest.raises(NonFiniteLossError, match="step 5.*checkpoint \\(step 4\\)"):
+        train_lora(build_tiny_model(), frames, "a red circle", tmp_path, _cfg(steps=8, every=2, objective="ddpm"))
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert state["step"] == 4 and all(torch.isfinite(v).all() for v in state["lora"].values())
+    assert not (tmp_path / "lora.safetensors").exists()
+
+
+def test_bad_arguments(frames, tmp_path):
+    with pytest.raises(ValueError, match="caption is empty"):
+        train_lora(build_tiny_model(), frames, "  ", tmp_path, _cfg())
+    cfg = _cfg()
+    cfg.train.learning_rate = 50.0
+    with pytest.raises(ValueError, match="learning_rate"):
+        train_lora(build_tiny_model(), frames, "a cat", tmp_path, cfg)
