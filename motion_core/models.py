@@ -61,6 +61,7 @@ class T2VModel:
     capture_blocks: tuple[str, ...]  # e.g. ("down_blocks.2",) for Zeroscope
     video_defaults: dict[str, Any] = field(default_factory=dict)  # num_frames, fps, height, width
     weight_dtype: torch.dtype = torch.float32
+    sample_defaults: dict[str, Any] = field(default_factory=dict)  # e.g. fewer DDIM steps for a small CPU model
 
     @property
     def device(self) -> torch.device:
@@ -188,7 +189,7 @@ def load_model(
         except AttributeError as err:
             raise ModelLoadError(f"{SIDECAR} names capture block {b!r}, which this UNet does not have") from err
     return T2VModel(unet, vae, text_encoder, tokenizer, scheduler, source, blocks,
-                    dict(sidecar.get("video", {})), wdtype)
+                    dict(sidecar.get("video", {})), wdtype, dict(sidecar.get("sample", {})))
 
 
 def save_model(model: T2VModel, folder: str | os.PathLike, extra_sidecar: dict[str, Any] | None = None) -> Path:
@@ -200,7 +201,8 @@ def save_model(model: T2VModel, folder: str | os.PathLike, extra_sidecar: dict[s
     model.text_encoder.save_pretrained(folder / "text_encoder")
     model.tokenizer.save_pretrained(folder / "tokenizer")
     model.scheduler.save_pretrained(folder / "scheduler")
-    side = {"capture_blocks": list(model.capture_blocks), "video": model.video_defaults}
+    side = {"capture_blocks": list(model.capture_blocks), "video": model.video_defaults,
+            "sample": model.sample_defaults}
     side.update(extra_sidecar or {})
     (folder / SIDECAR).write_text(json.dumps(side, indent=2))
     return folder

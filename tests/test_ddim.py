@@ -7,9 +7,9 @@ import torch
 from diffusers import DDIMScheduler
 
 from motion_core.ddim import (
+    abar_at,
     blend_noise,
     ddim_move,
-    abar_at,
     inversion_timesteps,
     sampling_timesteps,
     v_t,

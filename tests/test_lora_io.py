@@ -115,7 +115,7 @@ def test_diffusers_pipeline_reads_our_file_and_matches_our_sampler(tmp_path):
         warnings.simplefilter("ignore")
         from diffusers import TextToVideoSDPipeline
     model = _trained_like(seed=5)
-    path = save_lora(tmp_path / "lora.safetensors", model, LoraConfig(rank=4))
+    save_lora(tmp_path / "lora.safetensors", model, LoraConfig(rank=4))
     noise = torch.randn(1, 4, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     ours = sample(model, "a red circle", SampleConfig(num_inference_steps=4, guidance_scale=5.0, lora_cutoff=0,
                                                       beta=0.0), latent_shape=(4, 8, 8), init_noise=noise,

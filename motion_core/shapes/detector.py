@@ -187,7 +187,7 @@ def _templates() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     for si, shape in enumerate(SHAPES):
         for base in (7.0, 8.5, 10.2, 13.4, 17.0, 21.0, 26.0):  # the world's radii at 64 x 64 (zoom included)
             radius = base * SHAPE_SCALE[shape]
-            for k in range(6):
+            for _ in range(6):
                 angle = float(rng.uniform(0, 360)) if shape != "circle" else 0.0
                 size = int(2 * radius + 8)
                 cx, cy = size / 2 + rng.uniform(-0.5, 0.5), size / 2 + rng.uniform(-0.5, 0.5)

@@ -36,7 +36,11 @@ API
   motion, objects); ``VOCABULARY`` (every word a caption can use, sorted).
 * ``generate_dataset(n, seed=0, frames=16, height=64, width=64, **sample_kwargs) -> list[Clip]`` -- clip ``i`` depends
   only on ``(seed, i)``; ``iter_dataset`` yields the same clips lazily.
-* ``rasterize(shape, cx, cy, radius, angle, height, width) -> (H, W) float32`` coverage in [0, 1] (anti-aliased).
+* ``rasterize(shape, cx, cy, radius, angle, height, width) -> (H, W) float32`` coverage in [0, 1] (anti-aliased,
+  4x4 supersampled); ``trajectory(obj, frames)`` and ``camera_path(spec)`` give the world-space ground truth;
+  ``compatible(colour, bg_colour)`` says whether an object colour may be drawn on a background colour.
+
+Speed: ~1000 clips of 16 x 64 x 64 in ~10 s on one core.
 """
 
 from __future__ import annotations
@@ -249,11 +253,12 @@ def _unit_polygon(shape: str) -> np.ndarray:
         r = np.where(np.arange(10) % 2 == 0, 1.0, 0.45)
         return np.stack([r * np.cos(a), -r * np.sin(a)], axis=1)
     elif shape == "cross":
-        w = 0.36
-        h = math.sqrt(1.0 - w * w)
-        return np.array(
-            [[-w, -h], [w, -h], [w, -w], [h, -w], [h, w], [w, w], [w, h], [-w, h], [-w, w], [-h, w], [-h, -w], [-w, -w]]
-        )
+        w, h = 0.36, math.sqrt(1.0 - 0.36**2)  # arm half-width, arm length (corners on the unit circle)
+        quarter = [[-w, -h], [w, -h], [w, -w]]  # the top arm and the corner towards the right arm
+        pts = [quarter]
+        for _ in range(3):  # rotate by 90 degrees on screen for the right, bottom and left arms
+            pts.append([[-y, x] for x, y in pts[-1]])
+        return np.array([p for q in pts for p in q], dtype=np.float64)
     else:
         raise ValueError(f"unknown shape {shape!r}; known: {SHAPES}")
     return np.stack([np.cos(a), -np.sin(a)], axis=1)
@@ -272,6 +277,23 @@ def shape_polygon(shape: str, cx: float, cy: float, radius: float, angle: float 
     return np.stack([x + cx, y + cy], axis=1)
 
 
+def _inset(poly: np.ndarray, d: float) -> np.ndarray:
+    """Move every edge of a closed polygon inwards by ``d`` (mitred corners).
+
+    cv2.fillPoly also fills pixels on the boundary, which grows a shape by about half a (fine) pixel; insetting by
+    that much makes the rendered coverage match the ideal area.
+    """
+    nxt = np.roll(poly, -1, axis=0)
+    edge = nxt - poly
+    edge /= np.maximum(np.linalg.norm(edge, axis=1, keepdims=True), 1e-9)
+    x, y = poly[:, 0], poly[:, 1]
+    orient = np.sign(np.sum(x * np.roll(y, -1) - np.roll(x, -1) * y)) or 1.0
+    normal = orient * np.stack([-edge[:, 1], edge[:, 0]], axis=1)  # inward normal of edge i (poly[i] -> poly[i+1])
+    prev = np.roll(normal, 1, axis=0)  # inward normal of the edge ending at vertex i
+    miter = (normal + prev) / np.maximum(1.0 + (normal * prev).sum(1, keepdims=True), 0.2)
+    return poly + d * miter
+
+
 def _alpha_patch(
     shape: str, cx: float, cy: float, radius: float, angle: float, height: int, width: int, ss: int = SUPERSAMPLE
 ) -> tuple[int, int, np.ndarray] | None:
@@ -283,7 +305,7 @@ def _alpha_patch(
     if x1 <= x0 or y1 <= y0:
         return None
     poly = shape_polygon(shape, cx - x0, cy - y0, radius, angle)
-    fine = (poly + 0.5) * ss - 0.5  # coarse pixel centre j -> centre of its ss x ss block
+    fine = _inset((poly + 0.5) * ss - 0.5, 0.5)  # coarse pixel centre j -> centre of its ss x ss block
     pts = np.round(fine * 16.0).astype(np.int32).reshape(-1, 1, 2)
     canvas = np.zeros(((y1 - y0) * ss, (x1 - x0) * ss), dtype=np.uint8)
     cv2.fillPoly(canvas, [pts], 1, lineType=cv2.LINE_8, shift=4)
@@ -321,14 +343,15 @@ def _value_noise(seed: int, cell: float, xs: np.ndarray, ys: np.ndarray, extent:
     return top * (1 - fy) + bot * fy
 
 
-def _background_field(spec: ClipSpec, ox: float, oy: float, ss: int = SUPERSAMPLE) -> np.ndarray:
-    """Mix weight (H, W) in [0, 1] of the second tone, for a view offset (ox, oy), anti-aliased by supersampling."""
+def _background_field(spec: ClipSpec, ox: float, oy: float, rows: int, cols: int, ss: int = SUPERSAMPLE) -> np.ndarray:
+    """Supersampled mix weight (rows * ss, cols * ss) in [0, 1] of the second tone; (ox, oy) = world coordinates of
+    the top-left coarse pixel centre."""
     h, w, p = spec.height, spec.width, spec.bg_params
     kind = spec.background
     if kind == "plain":
-        return np.zeros((h, w), dtype=np.float32)
-    ys = (np.arange(h * ss, dtype=np.float32) + 0.5) / ss - 0.5 + oy
-    xs = (np.arange(w * ss, dtype=np.float32) + 0.5) / ss - 0.5 + ox
+        return np.zeros((rows * ss, cols * ss), dtype=np.float32)
+    ys = (np.arange(rows * ss, dtype=np.float32) + 0.5) / ss - 0.5 + oy
+    xs = (np.arange(cols * ss, dtype=np.float32) + 0.5) / ss - 0.5 + ox
     xx, yy = np.meshgrid(xs, ys)
     if kind == "gradient":
         t = math.radians(p.get("angle", 90.0))
@@ -341,27 +364,45 @@ def _background_field(spec: ClipSpec, ox: float, oy: float, ss: int = SUPERSAMPL
         proj = xx * math.cos(t) + yy * math.sin(t) + p.get("phase", 0.0)
         f = ((proj / p.get("period", 10.0)) % 1.0 < 0.5).astype(np.float32)
     elif kind == "dotted":
-        s = p.get("spacing", 10.0)
-        dx = (xx + p.get("phase", 0.0)) % s - s / 2
-        dy = (yy + p.get("phase", 0.0)) % s - s / 2
-        f = (dx * dx + dy * dy <= (p.get("dot", 0.22) * s) ** 2).astype(np.float32)
+        sp = p.get("spacing", 10.0)
+        dx = (xx + p.get("phase", 0.0)) % sp - sp / 2
+        dy = (yy + p.get("phase", 0.0)) % sp - sp / 2
+        f = (dx * dx + dy * dy <= (p.get("dot", 0.22) * sp) ** 2).astype(np.float32)
     elif kind == "checkered":
         c = p.get("cell", 8.0)
-        f = ((np.floor((xx + p.get("phase", 0.0)) / c) + np.floor((yy + p.get("phase", 0.0)) / c)) % 2).astype(
-            np.float32
-        )
+        ph = p.get("phase", 0.0)
+        f = ((np.floor((xx + ph) / c) + np.floor((yy + ph) / c)) % 2).astype(np.float32)
     elif kind == "mottled":
         v = _value_noise(int(p.get("noise_seed", 0)), p.get("cell", 12.0), xx, yy, float(max(h, w)))
         f = np.clip((v - 0.5) * 4.0 + 0.5, 0.0, 1.0)
     else:
         raise ValueError(f"unknown background {kind!r}; known: {BACKGROUNDS}")
-    return f.reshape(h, ss, w, ss).mean(axis=(1, 3), dtype=np.float32)
+    return f.astype(np.float32)
 
 
-def _background_image(spec: ClipSpec, ox: float, oy: float) -> np.ndarray:
+def _background_frames(spec: ClipSpec, cam: np.ndarray, ss: int = SUPERSAMPLE) -> list[np.ndarray]:
+    """Background image (H, W, 3) float32 per frame for view offsets ``cam`` (F, 2).
+
+    The supersampled field is evaluated once on a canvas covering the whole camera path and cropped per frame, so
+    offsets are rounded to 1 / ss pixel (camera speeds are multiples of that, see ``_resolve_object``).
+    """
+    h, w = spec.height, spec.width
     a, b = background_tones(spec.bg_colour)
-    f = _background_field(spec, ox, oy)[..., None]
-    return a * (1.0 - f) + b * f
+    q = np.round(np.asarray(cam) * ss).astype(np.int64)
+    q0 = q.min(axis=0)
+    span = q.max(axis=0) - q0
+    rows, cols = h + -(-int(span[1]) // ss), w + -(-int(span[0]) // ss)
+    field = _background_field(spec, q0[0] / ss, q0[1] / ss, rows, cols, ss)
+    out: list[np.ndarray] = []
+    cache: dict[tuple[int, int], np.ndarray] = {}
+    for dx, dy in q - q0:
+        key = (int(dx), int(dy))
+        if key not in cache:
+            crop = field[key[1] : key[1] + h * ss, key[0] : key[0] + w * ss]
+            f = crop.reshape(h, ss, w, ss).mean(axis=(1, 3), dtype=np.float32)[..., None]
+            cache[key] = a * (1.0 - f) + b * f
+        out.append(cache[key])
+    return out
 
 
 # -------------------------------------------------------------------------------------------------- trajectories
@@ -452,9 +493,8 @@ def _resolve_object(
         return float(rng.uniform(min(a, b), max(a, b)))
 
     if motion in DIRECTIONS or motion in PANS:
-        name = motion if motion in DIRECTIONS else {"left": "right", "right": "left", "up": "down", "down": "up"}[
-            motion.split("_")[1]
-        ]  # a pan moves the content opposite to the camera
+        opposite = {"left": "right", "right": "left", "up": "down", "down": "up"}
+        name = motion if motion in DIRECTIONS else opposite[motion.split("_")[1]]  # content moves against the camera
         dx, dy = DIRECTIONS[name]
         dist = frac * side
         ax, bx, sx = _start_range(lo_x, hi_x, dx * dist)
@@ -465,8 +505,8 @@ def _resolve_object(
         p.update(x0=uniform(ax, bx), y0=uniform(ay, by))
         if motion in DIRECTIONS:
             p.update(vx=dx * dist / n, vy=dy * dist / n)
-        else:
-            cam_speed = dist / n
+        else:  # a multiple of 1 / SUPERSAMPLE px, so the background is cropped exactly (and stays in bounds)
+            cam_speed = math.floor(dist / n * SUPERSAMPLE) / SUPERSAMPLE
     elif motion in ("orbit_cw", "orbit_ccw"):
         rad = min(uniform(0.16, 0.24) * side, (hi_x - lo_x) / 2 - 1, (hi_y - lo_y) / 2 - 1)
         rad = max(rad, 2.0)
@@ -527,8 +567,11 @@ def _sample_bg_params(rng: np.random.Generator, background: str, side: float, ca
             angles = [90.0, 45.0, 135.0]
         else:
             angles = [0.0, 90.0, 45.0, 135.0]
-        return {"angle": float(rng.choice(angles)), "period": side * float(rng.uniform(0.14, 0.22)),
-                "phase": float(rng.uniform(0, 20))}
+        return {
+            "angle": float(rng.choice(angles)),
+            "period": side * float(rng.uniform(0.14, 0.22)),
+            "phase": float(rng.uniform(0, 20)),
+        }
     if background == "dotted":
         return {"spacing": side * float(rng.uniform(0.14, 0.2)), "dot": 0.22, "phase": float(rng.uniform(0, 10))}
     if background == "checkered":
@@ -559,7 +602,7 @@ def _build(
     for name, val, known in (("background", background, BACKGROUNDS), ("bg_colour", bg_colour, BG_COLOURS)):
         if val not in known:
             raise ValueError(f"unknown {name} {val!r}; known: {tuple(known)}")
-    for shape, colour, size, motion, speed in [first] + ([second] if second else []):
+    for shape, colour, size, _, speed in [first] + ([second] if second else []):
         if shape not in SHAPES:
             raise ValueError(f"unknown shape {shape!r}; known: {SHAPES}")
         if colour not in COLOURS:
@@ -580,13 +623,14 @@ def _build(
         m2 = camera if camera != "static" else second[3]
         if camera == "static" and attempt >= 30:  # the two keep colliding: simpler motions for the second object
             m2 = linear[int(rng.integers(len(linear)))] if attempt < 60 or first[3] == "static" else "static"
-        b, _ = _resolve_object(rng, *second[:3], m2, second[4], frames, height, width)
+        speed2 = first[4] if camera != "static" else second[4]  # one camera: the same pan for both objects
+        b, _ = _resolve_object(rng, *second[:3], m2, speed2, frames, height, width)
         objs = [a, b]
         if not _overlaps(a, b, frames):
             break
     if camera != "static":
         for o in objs:
-            o.motion = "static"
+            o.motion, o.speed = "static", first[4]
     bg_params = _sample_bg_params(rng, background, float(min(height, width)), camera)
     return ClipSpec(objs, background, bg_colour, bg_params, camera, cam_speed, frames, height, width, seed)
 
@@ -654,7 +698,9 @@ def sample_spec(
             others = [m for m in others if not m.startswith("rotate")]
         second = (shape2, colour2, "small", pick(others), pick(tuple(SPEEDS)))
     seed = int(rng.integers(1 << 31))
-    return _build(rng, (shape, colour, size, motion, speed), second, background, bg_colour, frames, height, width, seed)
+    return _build(
+        rng, (shape, colour, size, motion, speed), second, background, bg_colour, frames, height, width, seed
+    )
 
 
 # ------------------------------------------------------------------------------------------------------ captions
@@ -671,7 +717,7 @@ def _object_phrase(obj: ObjectSpec, with_motion: bool, camera: str) -> str:
 
 
 def caption(spec: ClipSpec, with_motion: bool = False) -> str:
-    """"a red triangle on a striped blue background"; with_motion adds e.g. "moving left" or the camera pan."""
+    """Plain caption, e.g. "a red triangle on a striped blue background"; with_motion adds "moving left" etc."""
     objs = " and ".join(_object_phrase(o, with_motion, spec.camera) for o in spec.objects)
     text = f"{objs} on a {spec.background} {spec.bg_colour} background"
     if with_motion and spec.camera != "static":
@@ -735,10 +781,10 @@ def render(spec: ClipSpec) -> Clip:
     angles = np.stack([p[2] for p in paths])
     frames = np.empty((f_n, h, w, 3), dtype=np.uint8)
     masks = np.zeros((n_obj, f_n, h, w), dtype=bool)
-    static_bg = _background_image(spec, 0.0, 0.0) if spec.camera == "static" else None
+    backgrounds = _background_frames(spec, cam)
     colours = [np.asarray(COLOURS[o.colour], dtype=np.float32) for o in spec.objects]
     for f in range(f_n):
-        img = static_bg.copy() if static_bg is not None else _background_image(spec, cam[f, 0], cam[f, 1])
+        img = backgrounds[f].copy()
         for k, obj in enumerate(spec.objects):
             cx, cy = centroids[k, f]
             patch = _alpha_patch(obj.shape, cx, cy, scales[k, f], angles[k, f], h, w)

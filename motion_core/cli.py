@@ -1,0 +1,273 @@
+"""Command line over motion_core: train a motion LoRA, invert a reference, sample new videos, evaluate.
+
+    motion-matcher train clip.mp4 --caption "a red circle on a blue background" --out runs/circle
+    motion-matcher sample --run runs/circle --prompt "a green star on a striped grey background" --beta 0.3
+    motion-matcher invert clip.mp4 --out runs/circle/inverted.pt
+    motion-matcher eval --help
+
+(``python -m motion_core ...`` is the same.) Without ``--model`` the embedded shapes-world model is used; give a
+hub id (``cerspense/zeroscope_v2_576w``) or a folder to switch. Defaults follow METHOD.md; the model's own
+sidecar can set its video size and sampling steps. A run folder holds ``lora.safetensors``, ``config.json``,
+``train_log.jsonl``, ``reference.mp4`` (the clip as the model sees it), the reference latents, and samples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .config import ConfigError, LossConfig, RunConfig, SampleConfig, VideoConfig
+
+REF_LATENTS = "reference_latents.pt"
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default=None, help="hub id or folder of a text-to-video model (default: the embedded "
+                   "shapes-world model, or $MOTION_MATCHER_MODEL)")
+    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    g.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
+                   help="weight dtype for sampling (training keeps fp32 master weights)")
+
+
+def _add_video_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("reference clip (defaults: the model's own size, else 16 frames at 8 fps, 384x384)")
+    g.add_argument("--frames", type=int, default=None, help="number of frames to take")
+    g.add_argument("--fps", type=float, default=None, help="frames per second to resample the clip to")
+    g.add_argument("--height", type=int, default=None, help="height in pixels (multiple of 8)")
+    g.add_argument("--width", type=int, default=None, help="width in pixels (multiple of 8)")
+    g.add_argument("--start", type=float, default=0.0, help="offset into the clip in seconds")
+    g.add_argument("--loop", action="store_true", help="loop a clip that is too short instead of refusing it")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="motion-matcher", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    d = RunConfig()
+    t = sub.add_parser("train", help="learn a reference video's motion as a LoRA",
+                       description="Learn the motion of VIDEO as a LoRA (MotionMatcher's motion feature matching).")
+    t.add_argument("video", help="reference clip (mp4, mov, webm, mkv, avi, gif)")
+    t.add_argument("--caption", required=True, help="what the reference shows, e.g. 'a red circle'")
+    t.add_argument("--out", default=None, help="run folder (default: runs/<video name>)")
+    _add_model_args(t)
+    _add_video_args(t)
+    g = t.add_argument_group("training (defaults from METHOD.md)")
+    g.add_argument("--steps", type=int, default=d.train.steps, help="optimisation steps")
+    g.add_argument("--lr", type=float, default=d.train.learning_rate, help="AdamW learning rate")
+    g.add_argument("--rank", type=int, default=d.lora.rank, help="LoRA rank")
+    g.add_argument("--objective", default=d.loss.objective, choices=["motion", "ddpm", "frame-diff", "residual"],
+                   help="motion = MotionMatcher; the others are the baselines")
+    g.add_argument("--lambda-ca", type=float, default=d.loss.lambda_ca, help="weight of the cross-attention maps")
+    g.add_argument("--lambda-tsa", type=float, default=d.loss.lambda_tsa,
+                   help="weight of the temporal self-attention maps")
+    g.add_argument("--seed", type=int, default=d.train.seed, help="seed of LoRA init, timesteps and noise")
+    g.add_argument("--checkpoint-every", type=int, default=d.train.checkpoint_every, help="steps between checkpoints")
+    g.add_argument("--precision", default=d.train.precision, choices=["auto", "fp32", "bf16", "fp16"],
+                   help="denoiser precision (the extractor always runs in fp32)")
+    g.add_argument("--no-resume", action="store_true", help="start over even if the run folder has a checkpoint")
+
+    i = sub.add_parser("invert", help="DDIM-invert a reference clip with the base model",
+                       description="DDIM-invert VIDEO (base model, empty prompt, no guidance) and save the noise.")
+    i.add_argument("video", help="reference clip")
+    i.add_argument("--out", required=True, help="file to write (.pt)")
+    i.add_argument("--steps", type=int, default=None, help="inversion steps (default: the sampling steps)")
+    _add_model_args(i)
+    _add_video_args(i)
+
+    s = sub.add_parser("sample", help="generate videos with a motion LoRA",
+                       description="Generate videos for PROMPT that move like the reference.")
+    s.add_argument("--prompt", required=True, help="what to generate")
+    s.add_argument("--run", default=None, help="a run folder from `train` (its LoRA and reference)")
+    s.add_argument("--lora", default=None, help="a LoRA file (default: <run>/lora.safetensors)")
+    s.add_argument("--video", default=None, help="reference clip to invert (default: the run's reference)")
+    s.add_argument("--inverted", default=None, help="inverted noise from `invert` (skips inversion)")
+    s.add_argument("--out", default=None, help="output folder (default: <run>/samples or ./samples)")
+    sd = SampleConfig()
+    s.add_argument("--negative-prompt", default=sd.negative_prompt, help="what to steer away from")
+    s.add_argument("--beta", type=float, default=sd.beta,
+                   help="share of inverted noise: higher = closer motion, more of the reference's look leaks")
+    s.add_argument("--seed", type=int, default=None, help="seed (default: random, printed)")
+    s.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the model's, else 75)")
+    s.add_argument("--guidance", type=float, default=None, help="classifier-free guidance (default: model's, else 12)")
+    s.add_argument("--lora-scale", type=float, default=sd.lora_scale, help="LoRA strength")
+    s.add_argument("--lora-cutoff", type=int, default=sd.lora_cutoff,
+                   help="LoRA only while t >= this (release: 500; 0 = throughout)")
+    s.add_argument("--num-videos", type=int, default=1, help="videos to make (seeds seed, seed+1, ...)")
+    s.add_argument("--base", action="store_true", help="also render the base model for the same seeds and beta")
+    s.add_argument("--gif", action="store_true", help="also write GIFs")
+    _add_model_args(s)
+    _add_video_args(s)
+
+    e = sub.add_parser("eval", help="evaluate objectives side by side (see docs/results.md)", add_help=False)
+    e.add_argument("rest", nargs=argparse.REMAINDER)
+    return ap
+
+
+def _video_cfg(args: argparse.Namespace, model) -> VideoConfig:
+    vd = {**model.video_defaults}
+    for k, a in (("num_frames", "frames"), ("fps", "fps"), ("height", "height"), ("width", "width")):
+        if getattr(args, a) is not None:
+            vd[k] = getattr(args, a)
+    vd.update(start_sec=args.start, loop=args.loop)
+    return VideoConfig.from_dict(vd)
+
+
+def _load(args: argparse.Namespace):
+    from .models import load_model
+
+    t0 = time.perf_counter()
+    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    print(f"model: {model.source} on {model.device} ({time.perf_counter() - t0:.1f} s)", file=sys.stderr)
+    return model
+
+
+def _bar(total: int, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .models import encode_video
+    from .train import train_lora
+    from .video import read_video, write_mp4
+
+    model = _load(args)
+    vcfg = _video_cfg(args, model)
+    frames = read_video(args.video, vcfg)
+    cfg = RunConfig(video=vcfg)
+    cfg.train.steps, cfg.train.learning_rate, cfg.train.seed = args.steps, args.lr, args.seed
+    cfg.train.checkpoint_every, cfg.train.precision = args.checkpoint_every, args.precision
+    cfg.lora.rank = args.rank
+    cfg.loss = LossConfig(objective=args.objective, lambda_ca=args.lambda_ca, lambda_tsa=args.lambda_tsa)
+    cfg.validate()
+    out = Path(args.out or Path("runs") / Path(args.video).stem)
+    out.mkdir(parents=True, exist_ok=True)
+    write_mp4(frames, out / "reference.mp4", fps=vcfg.fps)
+    z0 = encode_video(model, frames)
+    torch.save(z0.cpu(), out / REF_LATENTS)
+    bar = _bar(cfg.train.steps, "training")
+
+    def progress(p) -> None:
+        bar.n = p.step
+        bar.set_postfix(loss=f"{p.loss:.4g}", **{k: f"{v:.3g}" for k, v in p.parts.items()}, refresh=False)
+        bar.refresh()
+
+    try:
+        res = train_lora(model, z0, args.caption, out, cfg, callback=progress, resume=not args.no_resume)
+    except KeyboardInterrupt:
+        bar.close()
+        print(f"interrupted; run again with the same --out to resume from the last checkpoint in {out}")
+        return 130
+    bar.close()
+    print(f"LoRA: {res.lora_path}  ({res.steps_done} steps, {res.seconds:.0f} s)")
+    return 0
+
+
+def cmd_invert(args: argparse.Namespace) -> int:
+    from .models import encode_video
+    from .sample import invert
+    from .video import read_video
+
+    model = _load(args)
+    steps = args.steps or int(model.sample_defaults.get("num_inference_steps", SampleConfig().num_inference_steps))
+    z0 = encode_video(model, read_video(args.video, _video_cfg(args, model)))
+    bar = _bar(steps, "inverting")
+    eps_inv = invert(model, z0, steps, callback=lambda i, n, t: bar.update(1))
+    bar.close()
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"eps_inv": eps_inv.cpu(), "steps": steps, "model": model.source}, out)
+    print(f"inverted noise: {out} ({steps} steps)")
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from .lora_io import load_lora
+    from .models import encode_video
+    from .sample import invert_cached, sample
+    from .video import read_video, write_gif, write_mp4
+
+    run = Path(args.run) if args.run else None
+    lora = args.lora or (str(run / "lora.safetensors") if run else None)
+    model = _load(args)
+    if lora:
+        meta = load_lora(lora, model)
+        print(f"LoRA: {lora} (objective {meta.get('objective')}, {meta.get('steps')} steps, "
+              f"reference: {meta.get('caption')!r})", file=sys.stderr)
+    sd = model.sample_defaults
+    cfg = SampleConfig(
+        num_inference_steps=args.steps or int(sd.get("num_inference_steps", SampleConfig().num_inference_steps)),
+        guidance_scale=args.guidance if args.guidance is not None else float(sd.get("guidance_scale", 12.0)),
+        beta=args.beta, lora_scale=args.lora_scale, lora_cutoff=args.lora_cutoff,
+        negative_prompt=args.negative_prompt, seed=args.seed, num_videos=args.num_videos,
+    )
+    cfg.validate()
+    eps_inv = None
+    if args.inverted:
+        saved = torch.load(args.inverted, map_location="cpu", weights_only=True)
+        eps_inv = saved["eps_inv"]
+        if saved.get("steps") != cfg.num_inference_steps:
+            print(f"note: the noise was inverted with {saved.get('steps')} steps, sampling uses "
+                  f"{cfg.num_inference_steps}", file=sys.stderr)
+    elif args.video or (run and (run / REF_LATENTS).is_file()):
+        if args.video:
+            z0 = encode_video(model, read_video(args.video, _video_cfg(args, model)))
+        else:
+            z0 = torch.load(run / REF_LATENTS, map_location="cpu", weights_only=True)
+        bar = _bar(cfg.num_inference_steps, "inverting")
+        cache = (run / "cache") if run else None
+        eps_inv = invert_cached(model, z0.to(model.device), cfg.num_inference_steps, cache,
+                                callback=lambda i, n, t: bar.update(1))
+        bar.close()
+    if eps_inv is None:
+        raise SystemExit("sample needs a reference: --run with a reference, --video, or --inverted")
+    out = Path(args.out or ((run / "samples") if run else "samples"))
+    fps = float(model.video_defaults.get("fps", 8.0))
+    variants = [("lora", True)] + ([("base", False)] if args.base else [])
+    for name, use_lora in variants:
+        bar = _bar(cfg.num_inference_steps * cfg.num_videos, f"sampling ({name})")
+        res = sample(model, args.prompt, cfg, eps_inv=eps_inv, use_lora=use_lora and bool(lora),
+                     callback=lambda i, n, t, bar=bar: bar.update(1))
+        bar.close()
+        cfg.seed = res.seeds[0]  # the base model gets the same seeds
+        for seed, frames in zip(res.seeds, res.frames):
+            stem = f"{name}_seed{seed}_beta{cfg.beta:g}"
+            path = write_mp4(frames, out / f"{stem}.mp4", fps=fps)
+            if args.gif:
+                write_gif(frames, out / f"{stem}.gif", fps=fps)
+            print(path)
+    (out / "sample_config.json").write_text(json.dumps({"prompt": args.prompt, "lora": lora, **cfg.to_dict()},
+                                                       indent=2))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    try:
+        from .eval.protocol import main as eval_main
+    except ImportError as err:
+        raise SystemExit("this version has no evaluation protocol (motion_core.eval.protocol)") from err
+    return int(eval_main(args.rest) or 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .models import ModelLoadError
+    from .video import VideoError
+
+    try:
+        return {"train": cmd_train, "invert": cmd_invert, "sample": cmd_sample, "eval": cmd_eval}[args.command](args)
+    except (ConfigError, VideoError, ModelLoadError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,215 @@
+"""The recipe of the embedded shapes-world text-to-video model: generate the data, train VAE, text encoder and UNet.
+
+    python -m motion_core.shapes.recipe --out assets/shapes-t2v            # the shipped model (CPU, ~1 hour)
+    python -m motion_core.shapes.recipe --out /tmp/m --clips 64 --vae-minutes 0.2 --unet-minutes 0.3   # smoke
+
+Everything is seeded. The model uses exactly Zeroscope's classes and folder layout (``AutoencoderKL``,
+``CLIPTextModel`` + ``CLIPTokenizer`` built from the world's small vocabulary, ``UNet3DConditionModel`` and
+``DDIMScheduler`` with Zeroscope's schedule), so the project's one loader reads it like any hub model. The
+sidecar ``motion_matcher.json`` names the block the motion feature extractor reads (``down_blocks.1``: 8 x 8
+maps at 64 x 64 pixels) and the video size. Training stops on a wall-clock budget per stage, so the recipe fits
+a 2-core CPU; ``training_info.json`` records the data, sizes, steps, losses, hardware and wall time.
+
+Captions are the world's plain captions (objects, colours, background; no motion words), so for a prompt that
+names no motion the base model draws from the world's whole motion distribution: varied motion, which is what
+a motion LoRA then pins down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDIMScheduler
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from ..ddim import add_noise
+from ..models import T2VModel, UNet3DWithPeft, build_word_tokenizer, save_model
+from . import world
+
+FRAMES, HEIGHT, WIDTH, FPS = 12, 64, 64, 8.0
+
+
+def build_model(seed: int = 0) -> T2VModel:
+    """Untrained model at the shipped size (UNet ~2.4 M parameters)."""
+    torch.manual_seed(seed)
+    tokenizer = build_word_tokenizer(list(world.VOCABULARY))
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer.get_vocab()), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=77, bos_token_id=0, eos_token_id=1, pad_token_id=1,
+    ))
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=16,
+        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(32, 64, 64), sample_size=HEIGHT,
+    )
+    unet = UNet3DWithPeft(
+        in_channels=4, out_channels=4, layers_per_block=1, norm_num_groups=16, cross_attention_dim=64,
+        down_block_types=("CrossAttnDownBlock3D", "CrossAttnDownBlock3D", "DownBlock3D"),
+        up_block_types=("UpBlock3D", "CrossAttnUpBlock3D", "CrossAttnUpBlock3D"),
+        block_out_channels=(32, 64, 64), attention_head_dim=4,  # diffusers' quirk: 4 heads
+    )
+    scheduler = DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                              beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False,
+                              steps_offset=1, prediction_type="epsilon")
+    video = {"num_frames": FRAMES, "fps": FPS, "height": HEIGHT, "width": WIDTH}
+    # A small model needs far fewer DDIM steps than Zeroscope's 75 to sample well; 25 keeps the CPU flow short.
+    sample = {"num_inference_steps": 25, "guidance_scale": 7.5}
+    return T2VModel(unet, vae, text_encoder, tokenizer, scheduler, "shapes-t2v", ("down_blocks.1",), video,
+                    torch.float32, sample)
+
+
+def make_data(n: int, seed: int) -> tuple[np.ndarray, list[str]]:
+    clips = world.generate_dataset(n, seed=seed, frames=FRAMES, height=HEIGHT, width=WIDTH)
+    return np.stack([c.frames for c in clips]), [c.caption for c in clips]
+
+
+def _to_tensor(frames_u8: np.ndarray) -> torch.Tensor:
+    """(..., H, W, 3) uint8 -> (..., 3, H, W) in [-1, 1]."""
+    x = torch.from_numpy(frames_u8).float() / 127.5 - 1
+    return x.movedim(-1, -3)
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR in dB of images in [-1, 1] (peak-to-peak 2)."""
+    mse = F.mse_loss(a.clamp(-1, 1), b.clamp(-1, 1)).item()
+    return 10 * math.log10(4.0 / max(mse, 1e-12))
+
+
+def train_vae(vae: AutoencoderKL, frames: np.ndarray, minutes: float, seed: int, log: list) -> dict:
+    """Reconstruction (L1 + MSE) with a tiny KL weight; a small latent scale keeps detail (PSNR target 30 dB)."""
+    g = torch.Generator().manual_seed(seed)
+    flat = frames.reshape(-1, HEIGHT, WIDTH, 3)
+    opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
+    vae.train().requires_grad_(True)
+    t0, step = time.time(), 0
+    while time.time() - t0 < minutes * 60:
+        idx = torch.randint(0, len(flat), (16,), generator=g).numpy()
+        x = _to_tensor(flat[idx])
+        post = vae.encode(x).latent_dist
+        z = post.sample(generator=g)
+        rec = vae.decode(z).sample
+        kl = post.kl().mean() / (z[0].numel())
+        loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + 1e-6 * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        step += 1
+        if step % 200 == 0:
+            for group in opt.param_groups:  # a gentle decay for the last stretch of fine detail
+                group["lr"] = max(group["lr"] * 0.85, 1e-4)
+        if step % 50 == 0:
+            log.append({"stage": "vae", "step": step, "loss": float(loss.detach()), "psnr": psnr(rec.detach(), x),
+                        "sec": round(time.time() - t0, 1)})
+            print(json.dumps(log[-1]), flush=True)
+    vae.eval().requires_grad_(False)
+    return {"vae_steps": step, "vae_seconds": round(time.time() - t0, 1)}
+
+
+@torch.no_grad()
+def encode_all(vae: AutoencoderKL, frames: np.ndarray) -> torch.Tensor:
+    """Mean latents (N, 4, F, h, w), unscaled."""
+    out = []
+    for clip in frames:
+        z = vae.encode(_to_tensor(clip)).latent_dist.mean  # (F, 4, h, w)
+        out.append(z.permute(1, 0, 2, 3))
+    return torch.stack(out)
+
+
+def train_unet(model: T2VModel, latents: torch.Tensor, captions: list[str], minutes: float, seed: int,
+               log: list, batch: int = 8, lr: float = 4e-4, p_uncond: float = 0.1) -> dict:
+    """Joint UNet + text encoder training with the DDPM noise loss; captions dropped 10% of the time for CFG."""
+    g = torch.Generator().manual_seed(seed + 1)
+    unet, te, tok = model.unet, model.text_encoder, model.tokenizer
+    params = list(unet.parameters()) + list(te.parameters())
+    for m in (unet, te):
+        m.train().requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
+    ids_all = tok(captions + [""], padding="max_length", max_length=77, truncation=True,
+                  return_tensors="pt").input_ids
+    empty = ids_all[-1]
+    t0, step, ema = time.time(), 0, None
+    warmup = 100
+    while time.time() - t0 < minutes * 60:
+        idx = torch.randint(0, len(latents), (batch,), generator=g)
+        z0 = latents[idx]
+        ids = ids_all[idx].clone()
+        drop = torch.rand(batch, generator=g) < p_uncond
+        ids[drop] = empty
+        t = torch.randint(0, 1000, (batch,), generator=g)
+        eps = torch.randn(z0.shape, generator=g)
+        zt = add_noise(model.scheduler, z0, eps, t)
+        text = te(ids)[0]
+        pred = unet(zt, t, encoder_hidden_states=text).sample
+        loss = F.mse_loss(pred, eps)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        for group in opt.param_groups:
+            group["lr"] = lr * min(1.0, (step + 1) / warmup)
+        opt.step()
+        step += 1
+        lv = float(loss.detach())
+        ema = lv if ema is None else 0.98 * ema + 0.02 * lv
+        if step % 25 == 0:
+            log.append({"stage": "unet", "step": step, "loss": lv, "loss_ema": ema,
+                        "sec": round(time.time() - t0, 1)})
+            print(json.dumps(log[-1]), flush=True)
+    for m in (unet, te):
+        m.eval().requires_grad_(False)
+    return {"unet_steps": step, "unet_batch": batch, "unet_seconds": round(time.time() - t0, 1), "unet_loss_ema": ema}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="assets/shapes-t2v", help="model folder to write (Zeroscope layout)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of data and weights")
+    ap.add_argument("--clips", type=int, default=3000, help="number of training clips to generate")
+    ap.add_argument("--vae-minutes", type=float, default=12.0, help="wall-clock budget of the VAE stage")
+    ap.add_argument("--unet-minutes", type=float, default=45.0, help="wall-clock budget of the UNet stage")
+    ap.add_argument("--batch", type=int, default=8, help="UNet batch size (clips)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores)")
+    ap.add_argument("--resume-vae", default=None, help="reuse the VAE of an earlier run's folder")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    t_all = time.time()
+    log: list[dict] = []
+    model = build_model(args.seed)
+    frames, captions = make_data(args.clips, args.seed)
+    print(f"data: {frames.shape} uint8, {len(set(captions))} distinct captions", flush=True)
+    info: dict = {"seed": args.seed, "clips": args.clips, "frames": FRAMES, "height": HEIGHT, "width": WIDTH,
+                  "fps": FPS, "torch_threads": torch.get_num_threads(),
+                  "cpu": platform.processor() or platform.machine(),
+                  "cores": os.cpu_count()}
+    if args.resume_vae:
+        model.vae = AutoencoderKL.from_pretrained(Path(args.resume_vae) / "vae")
+        model.vae.eval().requires_grad_(False)
+        info["vae_from"] = args.resume_vae
+    else:
+        info.update(train_vae(model.vae, frames, args.vae_minutes, args.seed, log))
+    raw = encode_all(model.vae, frames)
+    scale = float(1.0 / raw.std())
+    model.vae.register_to_config(scaling_factor=scale)  # unit-variance latents, as SD's 0.18215 does for its VAE
+    info["vae_scaling_factor"] = scale
+    info.update(train_unet(model, raw * scale, captions, args.unet_minutes, args.seed, log, batch=args.batch))
+    info["wall_seconds"] = round(time.time() - t_all, 1)
+    info["params"] = {k: sum(p.numel() for p in getattr(model, k).parameters())
+                      for k in ("unet", "vae", "text_encoder")}
+    save_model(model, out)
+    (out / "training_info.json").write_text(json.dumps({"info": info, "log": log}, indent=1))
+    print(json.dumps(info), flush=True)
+
+
+if __name__ == "__main__":
+    main()
