@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import os
 
-import pytest
-import torch
-
+# Idle OpenMP threads sleep instead of spinning: with two processes on two cores (a test that starts the app as a
+# subprocess), spinning threads starve each other and steps take 10-20 times longer. Set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(int(os.environ.get("MM_TEST_THREADS", max(1, min(2, os.cpu_count() or 1)))))
 
 
 @pytest.fixture

@@ -115,6 +115,37 @@ def train_vae(vae: AutoencoderKL, frames: np.ndarray, minutes: float, seed: int,
     return {"vae_steps": step, "vae_seconds": round(time.time() - t0, 1)}
 
 
+def finetune_decoder(vae: AutoencoderKL, frames: np.ndarray, minutes: float, seed: int, log: list) -> dict:
+    """Train only the decoder on the frozen encoder's mean latents: sharper frames, same latent space.
+
+    The UNet was trained on this encoder's latents, so the encoder must not move; the decoder can keep learning.
+    """
+    g = torch.Generator().manual_seed(seed + 2)
+    flat = frames.reshape(-1, HEIGHT, WIDTH, 3)
+    dec = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+    opt = torch.optim.AdamW(dec, lr=3e-4, weight_decay=0.0)
+    vae.eval().requires_grad_(False)
+    for p in dec:
+        p.requires_grad_(True)
+    t0, step = time.time(), 0
+    while time.time() - t0 < minutes * 60:
+        x = _to_tensor(flat[torch.randint(0, len(flat), (16,), generator=g).numpy()])
+        with torch.no_grad():
+            z = vae.encode(x).latent_dist.mean
+        rec = vae.decode(z).sample
+        loss = F.l1_loss(rec, x) + F.mse_loss(rec, x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        if step % 50 == 0:
+            log.append({"stage": "decoder", "step": step, "loss": float(loss.detach()),
+                        "psnr": psnr(rec.detach(), x), "sec": round(time.time() - t0, 1)})
+            print(json.dumps(log[-1]), flush=True)
+    vae.requires_grad_(False)
+    return {"decoder_steps": step, "decoder_seconds": round(time.time() - t0, 1)}
+
+
 @torch.no_grad()
 def encode_all(vae: AutoencoderKL, frames: np.ndarray) -> torch.Tensor:
     """Mean latents (N, 4, F, h, w), unscaled."""
@@ -179,10 +210,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch", type=int, default=8, help="UNet batch size (clips)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores)")
     ap.add_argument("--resume-vae", default=None, help="reuse the VAE of an earlier run's folder")
+    ap.add_argument("--decoder-minutes", type=float, default=10.0,
+                    help="final stage: fine-tune the VAE decoder alone (the latent space stays fixed)")
+    ap.add_argument("--decoder-only", action="store_true",
+                    help="run only the decoder stage on the model already in --out (same data and seed)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
+    if args.decoder_only:
+        return _decoder_only(out, args)
     t_all = time.time()
     log: list[dict] = []
     model = build_model(args.seed)
@@ -203,12 +240,29 @@ def main(argv: list[str] | None = None) -> None:
     model.vae.register_to_config(scaling_factor=scale)  # unit-variance latents, as SD's 0.18215 does for its VAE
     info["vae_scaling_factor"] = scale
     info.update(train_unet(model, raw * scale, captions, args.unet_minutes, args.seed, log, batch=args.batch))
-    info["wall_seconds"] = round(time.time() - t_all, 1)
     info["params"] = {k: sum(p.numel() for p in getattr(model, k).parameters())
                       for k in ("unet", "vae", "text_encoder")}
+    if args.decoder_minutes > 0:
+        info.update(finetune_decoder(model.vae, frames, args.decoder_minutes, args.seed, log))
+    info["wall_seconds"] = round(time.time() - t_all, 1)
     save_model(model, out)
     (out / "training_info.json").write_text(json.dumps({"info": info, "log": log}, indent=1))
     print(json.dumps(info), flush=True)
+
+
+def _decoder_only(out: Path, args: argparse.Namespace) -> None:
+    """The decoder stage alone, on a saved model (it appends to training_info.json)."""
+    from ..models import load_model
+
+    t0 = time.time()
+    model = load_model(out, device="cpu")
+    frames, _ = make_data(args.clips, args.seed)
+    rec = json.loads((out / "training_info.json").read_text())
+    rec["info"].update(finetune_decoder(model.vae, frames, args.decoder_minutes, args.seed, rec["log"]))
+    rec["info"]["wall_seconds"] = round(rec["info"]["wall_seconds"] + time.time() - t0, 1)
+    model.vae.save_pretrained(out / "vae")
+    (out / "training_info.json").write_text(json.dumps(rec, indent=1))
+    print(json.dumps(rec["info"]), flush=True)
 
 
 if __name__ == "__main__":

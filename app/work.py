@@ -1,0 +1,459 @@
+"""What each job kind does with ``motion_core``: train a motion LoRA, generate videos, check an uploaded LoRA.
+
+The runner in ``app.jobs`` calls ``Worker.train``, ``Worker.sample`` and ``Worker.import_lora`` in its single
+worker thread, one job at a time, so the model (loaded once per source and kept in ``ModelCache``) is never
+used by two jobs at once. Everything a job needs is read from its folder, and everything it makes is written
+there, so a job resumes after an app restart from its files alone.
+
+On Hugging Face ZeroGPU (the ``spaces`` package importable and ``SPACES_ZERO_GPU`` set) the GPU parts run under
+``@spaces.GPU``, which runs them in a short-lived worker process with a per-call time limit; training is then cut
+into chunks of steps (``train_lora``'s ``max_steps_this_call``) that each fit the limit and resume from the
+checkpoint the previous chunk left. Progress and cancel go through the job's files, so they work across that
+process boundary. Elsewhere there is no wrapping and training runs in one call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import os
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from motion_core.attention import MotionFeatureExtractor
+from motion_core.config import RunConfig, SampleConfig, VideoConfig
+from motion_core.ddim import add_noise
+from motion_core.lora_io import load_lora, read_lora
+from motion_core.models import (
+    DEFAULT_MODEL_DIR,
+    ModelLoadError,
+    T2VModel,
+    encode_prompt,
+    encode_video,
+    load_model,
+    read_sidecar,
+)
+from motion_core.sample import invert_cached, sample
+from motion_core.train import LORA_FILE, Progress, train_lora
+from motion_core.video import read_video, to_uint8, write_mp4
+
+from . import figures
+from .jobs import DONE, JobContext, JobError, JobStore, Runner, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+LATENTS = "reference_latents.pt"
+PREVIEW = "preview.mp4"
+FEATURES = {"ca": "features/cross_attention.png", "tsa": "features/temporal_attention.png"}
+HUB_ID_RE = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+# ----------------------------------------------------------------------------------------------- models
+
+
+def resolve_source(choice: str | None) -> str:
+    """The model a choice names: "default" (or empty) is the embedded model, as ``load_model`` reads it."""
+    choice = (choice or "").strip()
+    if choice in ("", "default"):
+        return os.environ.get("MOTION_MATCHER_MODEL") or str(DEFAULT_MODEL_DIR)
+    return choice
+
+
+def check_source(source: str) -> None:
+    """Cheap checks before a job is queued, so a typo fails at once and not after a wait in the queue."""
+    p = Path(source).expanduser()
+    if p.is_dir():
+        missing = [s for s in ("unet", "vae", "text_encoder", "tokenizer", "scheduler") if not (p / s).is_dir()]
+        if missing:
+            raise ModelLoadError(f"{source} is not a text-to-video model folder: it lacks {', '.join(missing)}.")
+        return
+    if source == str(DEFAULT_MODEL_DIR):
+        raise ModelLoadError(
+            f"The embedded model is not installed ({DEFAULT_MODEL_DIR} does not exist yet). Start the app with "
+            "--model pointing at a model folder or a Hugging Face id such as cerspense/zeroscope_v2_576w, or set "
+            "MOTION_MATCHER_MODEL.")
+    if source.startswith(("/", ".", "~")) or not HUB_ID_RE.fullmatch(source):
+        raise ModelLoadError(f"There is no model folder {source!r}, and it is not a Hugging Face id (owner/name).")
+
+
+class ModelCache:
+    """Models by source, loaded once and kept (``capacity`` at a time: a GPU rarely holds two)."""
+
+    def __init__(self, device: str = "auto", dtype: str = "auto", capacity: int = 1) -> None:
+        self.device, self.dtype, self.capacity = device, dtype, max(1, capacity)
+        self._models: OrderedDict[str, T2VModel] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, source: str) -> T2VModel:
+        with self._lock:
+            if source in self._models:
+                self._models.move_to_end(source)
+                return self._models[source]
+            while len(self._models) >= self.capacity:
+                self._models.popitem(last=False)
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+            model = load_model(source, device=self.device, dtype=self.dtype)
+            self._models[source] = model
+            return model
+
+    def peek(self, source: str) -> T2VModel | None:
+        return self._models.get(source)
+
+
+def video_config_for(source: str, models: ModelCache | None = None, max_file_mb: float = 500.0,
+                     lora_meta: dict[str, Any] | None = None) -> VideoConfig:
+    """How a reference clip is read for this model: its sidecar's (or loaded model's) frames, fps and size; a
+    LoRA's own recorded values first when one is given; else the paper's 16 frames at 8 fps, 384 x 384."""
+    vd: dict[str, Any] = {}
+    p = Path(source).expanduser()
+    if p.is_dir():
+        vd = dict(read_sidecar(p).get("video", {}))
+    elif models is not None and models.peek(source) is not None:
+        vd = dict(models.peek(source).video_defaults)
+    meta = lora_meta or {}
+    vd.update({k: meta[k] for k in ("fps", "height", "width") if k in meta})
+    if "frames" in meta:
+        vd["num_frames"] = meta["frames"]
+    keys = ("num_frames", "fps", "height", "width")
+    cfg = VideoConfig(**{k: vd[k] for k in keys if k in vd}, max_file_mb=max_file_mb)
+    cfg.validate()
+    return cfg
+
+
+def model_defaults(source: str) -> dict[str, Any]:
+    """Optional app presets from the model folder's sidecar: ``{"train": {...}, "sample": {...}}`` with
+    TrainConfig / SampleConfig field names (e.g. fewer sampling steps for a small CPU model)."""
+    p = Path(source).expanduser()
+    side = read_sidecar(p) if p.is_dir() else {}
+    return {"train": dict(side.get("train", {})), "sample": dict(side.get("sample", {}))}
+
+
+# ------------------------------------------------------------------------------------------------- ZeroGPU
+
+
+def zero_gpu() -> Any | None:
+    """The ``spaces`` module when running on ZeroGPU, else None (then nothing is wrapped)."""
+    if os.environ.get("SPACES_ZERO_GPU", "").lower() not in ("1", "true", "yes"):
+        return None
+    try:
+        import spaces
+    except ImportError:
+        return None
+    return spaces
+
+
+_ACTIVE: Worker | None = None  # the worker the ZeroGPU entry point reaches (its process forks from this one)
+
+
+def _gpu_entry(method: str, *args: Any) -> Any:
+    """Module-level so ZeroGPU can pickle a reference to it; the model stays in this module's globals."""
+    assert _ACTIVE is not None, "no active Worker"
+    return getattr(_ACTIVE, method)(*args)
+
+
+# ------------------------------------------------------------------------------------------------- worker
+
+
+class Worker:
+    """The executors of the three job kinds, bound to a job store and a model cache."""
+
+    def __init__(self, store: JobStore, models: ModelCache, default_source: str | None = None,
+                 gpu_seconds: int = 110, chunk_steps: int | None = None) -> None:
+        global _ACTIVE
+        self.store = store
+        self.models = models
+        self.default_source = default_source
+        self.runner: Runner | None = None
+        self.spaces = zero_gpu()
+        self.gpu_seconds = gpu_seconds  # ZeroGPU's per-call budget we plan chunks for (its cap is a few minutes)
+        self.chunk_steps = chunk_steps  # fixed ZeroGPU chunk size (tests); None = sized from measured speed
+        self._gpu: Callable[..., Any] = self._call
+        if self.spaces is not None:
+            # Decorated here, at start-up: ZeroGPU looks for its decorated functions when the app launches. Its
+            # worker process reaches this Worker through the module global, so the model is never pickled.
+            _ACTIVE = self
+            self._gpu = self.spaces.GPU(duration=gpu_seconds)(_gpu_entry)
+        self.speeds_path = store.root / "speeds.json"
+
+    def _call(self, method: str, *args: Any) -> Any:
+        return getattr(self, method)(*args)
+
+    def executors(self) -> dict[str, Callable[[JobContext], dict[str, Any] | None]]:
+        return {"train": self.train, "sample": self.sample, "import": self.import_lora}
+
+    def warmup(self) -> None:
+        if self.default_source:
+            self.models.get(self.default_source)
+
+    def _ctx(self, job_id: str) -> JobContext:
+        assert self.runner is not None, "Worker.runner is not set"
+        return JobContext(self.runner, self.store.load(job_id, fresh=True))
+
+    # --------------------------------------------------------------------------------------- speeds
+
+    def speeds(self) -> dict[str, float]:
+        """Measured training steps per second by model source, for the estimate shown before a run."""
+        try:
+            return {k: float(v) for k, v in json.loads(self.speeds_path.read_text()).items()}
+        except (OSError, ValueError, AttributeError):
+            return {}
+
+    def _record_speed(self, source: str, rate: float) -> None:
+        if rate > 0 and math.isfinite(rate):
+            speeds = self.speeds()
+            speeds[source] = rate
+            with contextlib.suppress(OSError):
+                atomic_write_text(self.speeds_path, json.dumps(speeds, indent=1))
+
+    # ----------------------------------------------------------------------------------------- train
+
+    def train(self, ctx: JobContext) -> dict[str, Any]:
+        p = ctx.params
+        cfg = RunConfig.from_dict(p["config"])
+        ctx.phase("loading the model")
+        model = self.models.get(p["model"])
+        if not ctx.path(LATENTS).is_file() or not ctx.path(FEATURES["ca"]).is_file():
+            ctx.phase("reading the video")
+            frames = read_video(ctx.path(p["video"]), cfg.video)
+            z0 = encode_video(model, frames).cpu()
+            torch.save(z0, ctx.path(".latents.tmp"))
+            os.replace(ctx.path(".latents.tmp"), ctx.path(LATENTS))
+            ctx.phase("computing the motion features")
+            try:
+                self.feature_pictures(model, frames, z0, p["caption"], cfg, ctx.dir)
+            except Exception as err:  # pictures are a bonus: never let them stop the training
+                log.warning("motion feature pictures failed for job %s: %s", ctx.id, err, exc_info=True)
+                ctx.log(f"warning: no motion feature pictures ({type(err).__name__}: {err})")
+        total = cfg.train.steps
+        ctx.phase("training", step=int(ctx.job.progress.get("step") or 0), total=total)
+        if self.spaces is None:
+            out = self._train_call(ctx.id, None)
+        else:
+            out = self._train_in_chunks(ctx, total)
+        if out["cancelled"]:
+            ctx.check()  # raises JobCancelled or RunnerStopped: the runner records which
+        self._record_speed(p["model"], out["steps_per_sec"])
+        lora = str(Path("train") / LORA_FILE)
+        return {"lora": lora, "config": "train/config.json", "steps": out["steps_done"],
+                "seconds": round(out["seconds"], 1), "features": [v for v in FEATURES.values()
+                                                                  if ctx.path(v).is_file()]}
+
+    def _train_in_chunks(self, ctx: JobContext, total: int) -> dict[str, Any]:
+        """ZeroGPU: calls of at most ``gpu_seconds`` each; the first is short and measures the speed."""
+        chunk = self.chunk_steps or 5
+        while True:
+            out = self._gpu("_train_call", ctx.id, chunk)
+            if out["cancelled"] or out["done"]:
+                return out
+            ctx.check()
+            if not self.chunk_steps and out["steps_per_sec"] > 0:
+                # 70% of the budget: model loading, checkpoint writes and timing noise eat the rest.
+                chunk = max(1, int(0.7 * self.gpu_seconds * out["steps_per_sec"]))
+
+    def _train_call(self, job_id: str, max_steps: int | None) -> dict[str, Any]:
+        """One call of ``train_lora`` (all of it, or a ZeroGPU chunk), reading everything from the job folder."""
+        ctx = self._ctx(job_id)
+        p = ctx.params
+        cfg = RunConfig.from_dict(p["config"])
+        model = self.models.get(p["model"])
+        z0 = torch.load(ctx.path(LATENTS), map_location=model.device, weights_only=True)
+        phase, rate = ["training"], [0.0]
+
+        def on_progress(pr: Progress) -> None:
+            fields = {"step": pr.step, "total": pr.total, "loss": pr.loss, "parts": pr.parts,
+                      "steps_per_sec": pr.steps_per_sec, "eta_sec": pr.eta_sec}
+            if pr.phase == "training":
+                rate[0] = pr.steps_per_sec  # speed of this call's steps only (a resumed call starts afresh)
+            if pr.phase != phase[0]:
+                phase[0] = pr.phase
+                ctx.store.update(ctx.id, phase=pr.phase, progress=fields)
+            else:
+                ctx.progress(force=pr.step == pr.total, **fields)
+
+        res = train_lora(model, z0, p["caption"], ctx.path("train"), cfg, callback=on_progress,
+                         should_cancel=ctx.should_stop, resume=True, max_steps_this_call=max_steps)
+        return {"steps_done": res.steps_done, "cancelled": res.cancelled, "done": res.lora_path is not None,
+                "seconds": res.seconds, "steps_per_sec": rate[0]}
+
+    @torch.no_grad()
+    def feature_pictures(self, model: T2VModel, frames: torch.Tensor, z0: torch.Tensor, caption: str,
+                         cfg: RunConfig, out_dir: Path) -> None:
+        """The reference's motion features as the extractor sees them at one noise level of the training range:
+        cross-attention maps of the caption's words over the frames, and temporal attention heat maps."""
+        lo, hi = cfg.loss.t_range(model.num_train_timesteps)
+        t = torch.tensor([lo + (hi - lo) // 4], device=model.device)  # noisy enough to be in range, clear enough
+        eps = torch.randn(z0.shape, generator=torch.Generator().manual_seed(0))
+        z_t = add_noise(model.scheduler, z0.float(), eps, t.cpu()).to(model.device)
+        text = encode_prompt(model, caption)
+        ext = MotionFeatureExtractor(model, cfg.loss.capture_blocks)
+        try:
+            feats = ext(z_t, t, text)
+        finally:
+            ext.remove()
+        ca = feats.ca[0].float().cpu().numpy()  # (F, HW, 77)
+        tsa = feats.tsa[0].float().cpu().numpy()  # (HW, F, F)
+        grid = _capture_grid(ext.blocks, z0.shape[3], z0.shape[4])
+        if grid is not None and grid[0] * grid[1] < ca.shape[1]:
+            hw = grid[0] * grid[1]  # several capture blocks are concatenated: picture the first one
+            ca, tsa = ca[:, :hw], tsa[:hw]
+        elif grid is not None and grid[0] * grid[1] != ca.shape[1]:
+            grid = None
+        tokens = model.tokenizer.tokenize(caption)[: ca.shape[2] - 2]
+        words = figures.caption_words(tokens)
+        rgb = to_uint8(frames)
+        figures.save(figures.cross_attention_picture(rgb, ca, words, grid), out_dir / FEATURES["ca"])
+        figures.save(figures.temporal_attention_picture(tsa, ca, words), out_dir / FEATURES["tsa"])
+
+    # ---------------------------------------------------------------------------------------- sample
+
+    def sample(self, ctx: JobContext) -> dict[str, Any]:
+        parent = self.store.load(ctx.job.parent or "")
+        if parent.state != DONE or "lora" not in parent.results:
+            raise JobError("That run has no finished LoRA to generate with.")
+        ctx.phase("loading the model")
+        self.models.get(parent.params["model"])
+        return self._gpu("_sample_call", ctx.id)
+
+    def _sample_call(self, job_id: str) -> dict[str, Any]:
+        ctx = self._ctx(job_id)
+        p = ctx.params
+        parent = self.store.load(ctx.job.parent or "")
+        model = self.models.get(parent.params["model"])
+        ctx.phase("loading the LoRA")
+        meta = load_lora(self.store.file_in(parent.id, parent.results["lora"]), model)
+        cfg = SampleConfig(num_inference_steps=int(p["steps"]), guidance_scale=float(p["guidance"]),
+                           beta=float(p["beta"]), lora_scale=float(p["lora_strength"]),
+                           negative_prompt=p.get("negative_prompt") or "", seed=p.get("seed"),
+                           num_videos=int(p["num_videos"]))
+        cfg.validate()
+
+        def progress(step: int, total: int, t: int) -> None:
+            ctx.progress(step=step, total=total, t=t)
+            ctx.check()  # stops within one denoising step
+
+        eps_inv, latent_shape, note = None, None, ""
+        z_path = self.store.job_dir(parent.id) / LATENTS
+        if z_path.is_file():
+            z0 = torch.load(z_path, map_location=model.device, weights_only=True)
+            ctx.phase("inverting the reference", step=0, total=cfg.num_inference_steps)
+            cache = self.store.job_dir(parent.id) / "inversion"
+            eps_inv = invert_cached(model, z0, cfg.num_inference_steps, cache, callback=progress)
+        else:
+            vs = model.vae_scale
+            vd = model.video_defaults
+            latent_shape = (int(meta.get("frames", vd.get("num_frames", 16))),
+                            int(meta.get("height", vd.get("height", 256))) // vs,
+                            int(meta.get("width", vd.get("width", 256))) // vs)
+            note = "Note: β was not used: this LoRA came without its reference video, so sampling starts from noise."
+        runs = cfg.num_videos * (2 if p.get("compare_base", True) else 1)
+        ctx.phase("generating", step=0, total=runs * cfg.num_inference_steps)
+        res = sample(model, p["prompt"], cfg, eps_inv=eps_inv, latent_shape=latent_shape, use_lora=True,
+                     callback=progress)
+        base = None
+        if p.get("compare_base", True):
+            ctx.phase("generating with the base model (same seed and β)", step=0,
+                      total=cfg.num_videos * cfg.num_inference_steps)
+            base = sample(model, p["prompt"], dataclasses.replace(cfg, seed=res.seeds[0]), eps_inv=eps_inv,
+                          latent_shape=latent_shape, use_lora=False, callback=progress)
+        ctx.phase("writing the videos")
+        fps = float(meta.get("fps") or model.video_defaults.get("fps") or 8.0)
+        videos = []
+        for i, seed in enumerate(res.seeds):
+            item: dict[str, Any] = {"seed": seed, "lora": f"motion_{i}.mp4"}
+            write_mp4(res.frames[i], ctx.path(item["lora"]), fps)
+            if base is not None:
+                item["base"] = f"base_{i}.mp4"
+                item["pair"] = f"pair_{i}.mp4"
+                write_mp4(base.frames[i], ctx.path(item["base"]), fps)
+                write_mp4(side_by_side(res.frames[i], base.frames[i]), ctx.path(item["pair"]), fps)
+            videos.append(item)
+        out: dict[str, Any] = {"videos": videos, "seeds": res.seeds, "fps": fps}
+        if note:
+            out["note"] = note
+        return out
+
+    # ----------------------------------------------------------------------------------------- import
+
+    def import_lora(self, ctx: JobContext) -> dict[str, Any]:
+        ctx.phase("loading the model")
+        self.models.get(ctx.params["model"])
+        return self._gpu("_import_call", ctx.id)
+
+    def _import_call(self, job_id: str) -> dict[str, Any]:
+        ctx = self._ctx(job_id)
+        p = ctx.params
+        model = self.models.get(p["model"])
+        ctx.phase("checking the LoRA")
+        meta = load_lora(ctx.path(LORA_FILE), model)  # LoraFileError says why a file does not fit this model
+        if p.get("video"):
+            ctx.phase("reading the video")
+            vcfg = VideoConfig.from_dict(p["video_config"])
+            z0 = encode_video(model, read_video(ctx.path(p["video"]), vcfg)).cpu()
+            torch.save(z0, ctx.path(".latents.tmp"))
+            os.replace(ctx.path(".latents.tmp"), ctx.path(LATENTS))
+        out: dict[str, Any] = {"lora": LORA_FILE, "meta": meta}
+        if ctx.path("config.json").is_file():
+            out["config"] = "config.json"
+        return out
+
+
+def _capture_grid(blocks: tuple[str, ...], h: int, w: int) -> tuple[int, int] | None:
+    """The attention map size of the first capture block: each down block before it halves the latent size."""
+    m = re.fullmatch(r"down_blocks\.(\d+)", blocks[0]) if blocks else None
+    if m is None:
+        return None
+    k = int(m.group(1))
+    return max(1, h >> k), max(1, w >> k)
+
+
+# ----------------------------------------------------------------------------------------- video helpers
+
+
+def side_by_side(a: torch.Tensor, b: torch.Tensor, labels: tuple[str, str] = ("motion LoRA", "base model"),
+                 min_side: int = 192) -> np.ndarray:
+    """Two clips (F, 3, H, W) next to each other, labelled, enlarged by a whole factor (nearest neighbour, so
+    small models' pixels stay crisp) until the shorter side reaches ``min_side``. Returns uint8 (F, H', W', 3)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    x, y = to_uint8(a), to_uint8(b)
+    n, h, w, _ = x.shape
+    k = max(1, math.ceil(min_side / min(h, w)))
+    x = x.repeat(k, axis=1).repeat(k, axis=2)
+    y = y.repeat(k, axis=1).repeat(k, axis=2)
+    gap, strip = 6, 20
+    out = np.full((n, h * k + strip, 2 * w * k + gap, 3), 255, np.uint8)
+    out[:, strip:, : w * k] = x
+    out[:, strip:, w * k + gap:] = y
+    banner = Image.new("RGB", (out.shape[2], strip), "white")
+    draw = ImageDraw.Draw(banner)
+    font = ImageFont.load_default()
+    for i, text in enumerate(labels):
+        draw.text((i * (w * k + gap) + 4, 4), text, fill=(0, 0, 0), font=font)
+    out[:, :strip] = np.asarray(banner)
+    return out
+
+
+def lora_meta_of(path: str | os.PathLike) -> dict[str, Any]:
+    """The metadata of a LoRA file (no model needed); ``LoraFileError`` for files that are not ours."""
+    return read_lora(path)[1]
+
+
+def write_preview(path_in: str | os.PathLike, vcfg: VideoConfig, out: Path) -> torch.Tensor:
+    """Read the clip as training will and write it as an MP4 (what the page shows as 'as the model sees it')."""
+    frames = read_video(path_in, vcfg)
+    k = max(1, math.ceil(192 / min(vcfg.height, vcfg.width)))  # tiny clips are enlarged to be visible
+    big = to_uint8(frames).repeat(k, axis=1).repeat(k, axis=2) if k > 1 else frames
+    write_mp4(big, out, vcfg.fps)
+    return frames
+

@@ -1,0 +1,1005 @@
+"""The evaluation protocol: train one LoRA per (reference, variant), sample new prompts, score, tabulate, plot.
+
+    python -m motion_core eval --protocol shapes6 \\
+        --variants motion,ddpm,frame-diff,residual,motion-no-ca,motion-no-tsa --seeds 2 --out runs/eval-shapes6
+    python -m motion_core eval --protocol my_protocol.json --model cerspense/zeroscope_v2_576w --out runs/eval-zs
+    python -m motion_core.eval.protocol --help          # the same, without the top-level CLI
+
+A protocol is a JSON list of references, each ``{"reference": <video path | shapes-world spec>, "caption": ...,
+"prompts": [...]}`` (optional ``"name"``). A spec is a dict with ``shape``, ``colour``, ``motion`` and optionally
+``background``, ``bg_colour``, ``size``, ``speed``, ``seed`` (see ``motion_core.shapes.world.make_spec``); it is
+rendered at the model's video size and carries ground-truth tracks. ``--protocol shapes6`` is the built-in one:
+six shapes-world references with distinct motions x three prompts that change shape, colour and background.
+
+For each reference the base model (no LoRA) is sampled as a reference row ``base``; for each variant a LoRA is
+trained in ``<out>/<reference>/<variant>/`` (``train_lora`` resumes from its checkpoint) and ``--seeds`` videos
+(seeds 0..k-1) are sampled per prompt from the beta-blended inverted reference noise (paper App. F). Every sample
+is scored and appended to ``results.csv`` at once, so an interrupted run continues where it stopped: finished
+LoRAs are loaded, not retrained, and scored samples are skipped. ``table.md`` and ``alignment_vs_motion.png`` are
+rewritten from the whole CSV at the end.
+
+Metrics per sample (METHOD.md "Evaluation"):
+- motion discrepancy: symmetric Chamfer distance between point tracks of the sample and of the reference clip,
+  from ``get_tracker("auto")`` (CoTracker3 when installed, else Lucas-Kanade); the tracker is named in every row;
+- text alignment: CLIP-T (x100) and frame consistency when local CLIP weights exist; otherwise, for prompts in the
+  shapes-world vocabulary, the detector's prompted-colour / prompted-shape accuracy (mean of the two, in %);
+- on shapes-world references also the ground-truth trajectory distance (``trajectory_distance`` between the
+  sample's tracked object and the reference object's true centroid path, plus the log ratio of their relative
+  scale changes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import re
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["BASE", "CSV_FIELDS", "ORACLE", "VARIANTS", "SHAPES6", "EvalSettings", "PreparedReference",
+           "ProtocolError", "Reference", "Stat", "TextScorer", "aggregate", "append_row", "detector_scores",
+           "format_table", "load_protocol", "main", "oracle_spec", "parse_protocol", "parse_variants", "plan",
+           "plot_alignment_vs_motion", "prepare_reference", "read_rows", "render_spec", "render_tables",
+           "run_protocol", "score_sample", "trajectory_score", "write_reports"]
+
+# ---------------------------------------------------------------------------------------------------------------
+# variants
+# ---------------------------------------------------------------------------------------------------------------
+
+BASE = "base"  # the pre-trained model without a LoRA, sampled from the same inverted noise and seeds
+# The prompt's scene rendered by the shapes world with the reference's exact motion: what a perfect transfer
+# scores. It gives each metric its floor (LK tracks over a textured background are not noise-free).
+ORACLE = "oracle"
+# Variant -> LossConfig overrides. The ablations zero one lambda, as the paper's "without CA / TSA" rows do.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "motion": {"objective": "motion"},
+    "ddpm": {"objective": "ddpm"},
+    "frame-diff": {"objective": "frame-diff"},
+    "residual": {"objective": "residual"},
+    "motion-no-ca": {"objective": "motion", "lambda_ca": 0.0},
+    "motion-no-tsa": {"objective": "motion", "lambda_tsa": 0.0},
+}
+LABELS: dict[str, str] = {
+    ORACLE: "ground-truth transfer (rendered)",
+    BASE: "base model (no LoRA)",
+    "ddpm": "DDPM loss",
+    "residual": "residual frames (VMC-style)",
+    "frame-diff": "frame differences (MotionDirector-style)",
+    "motion": "MotionMatcher (motion features)",
+    "motion-no-ca": "MotionMatcher without CA",
+    "motion-no-tsa": "MotionMatcher without TSA",
+}
+TABLE1 = (ORACLE, BASE, "ddpm", "residual", "frame-diff", "motion")  # paper Table 1: methods side by side
+TABLE2 = ("motion", "motion-no-ca", "motion-no-tsa")  # paper Table 2: ablation of the two feature kinds
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # reference names become folder names
+
+
+class ProtocolError(ValueError):
+    """A protocol file, variant list or output folder is unusable; the message says what and where."""
+
+
+def parse_variants(text: str) -> list[str]:
+    """``"motion,ddpm"`` -> ``["motion", "ddpm"]``; unknown or repeated names are refused."""
+    names = [v.strip() for v in text.split(",") if v.strip()]
+    if not names:
+        raise ProtocolError(f"no variants given; choose from {', '.join(VARIANTS)}")
+    bad = [v for v in names if v not in VARIANTS]
+    if bad:
+        raise ProtocolError(f"unknown variant(s) {bad}; choose from {', '.join(VARIANTS)}")
+    if len(set(names)) != len(names):
+        raise ProtocolError(f"a variant is listed twice in {text!r}")
+    return names
+
+
+def variant_loss(name: str) -> Any:
+    """The ``LossConfig`` a variant trains with (paper defaults otherwise)."""
+    from motion_core.config import LossConfig
+
+    return LossConfig.from_dict(VARIANTS[name])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# protocol files
+# ---------------------------------------------------------------------------------------------------------------
+
+SPEC_REQUIRED = ("shape", "colour", "motion")
+SPEC_OPTIONAL = ("background", "bg_colour", "size", "speed", "seed")
+ENTRY_KEYS = {"reference", "caption", "prompts", "name"}
+
+
+@dataclass
+class Reference:
+    """One reference video of the protocol and the prompts to sample for it."""
+
+    name: str
+    caption: str
+    prompts: list[str]
+    spec: dict[str, Any] | None = None  # shapes-world spec (ground truth available)
+    path: str | None = None  # a video file
+
+    def definition(self) -> dict[str, Any]:
+        """What identifies the reference; stored beside its results so a re-run cannot mix two definitions."""
+        return {"name": self.name, "caption": self.caption, "spec": self.spec, "path": self.path}
+
+
+# Six references with distinct motions (a zigzag, an orbit, a zoom, a camera pan, a straight line, a bounce).
+# Each prompt changes shape, colour and background, as the paper's prompts change the subject and the scene.
+# Pans use a textured background so the camera motion is visible; every colour is compatible with its background.
+SHAPES6: list[dict[str, Any]] = [
+    {"name": "zigzag", "reference": {"shape": "circle", "colour": "red", "background": "plain", "bg_colour": "grey",
+                                     "motion": "zigzag_right", "seed": 1},
+     "prompts": ["a blue star on a dotted white background", "a yellow square on a striped black background",
+                 "a green triangle on a plain brown background"]},
+    {"name": "orbit", "reference": {"shape": "square", "colour": "green", "background": "gradient",
+                                    "bg_colour": "blue", "motion": "orbit_ccw", "seed": 2},
+     "prompts": ["a red cross on a plain grey background", "a purple circle on a checkered white background",
+                 "an orange star on a mottled dark green background"]},
+    {"name": "zoom", "reference": {"shape": "star", "colour": "yellow", "background": "plain", "bg_colour": "black",
+                                   "motion": "zoom_in", "seed": 3},
+     "prompts": ["a cyan circle on a striped grey background", "a red triangle on a plain white background",
+                 "a blue square on a dotted brown background"]},
+    {"name": "pan", "reference": {"shape": "triangle", "colour": "blue", "background": "striped",
+                                  "bg_colour": "white", "motion": "pan_left", "seed": 4},
+     "prompts": ["a yellow circle on a checkered dark green background", "a white star on a dotted grey background",
+                 "a red square on a mottled blue background"]},
+    {"name": "line", "reference": {"shape": "cross", "colour": "orange", "background": "dotted", "bg_colour": "grey",
+                                   "motion": "down_right", "seed": 5},
+     "prompts": ["a green circle on a plain black background", "a blue triangle on a gradient white background",
+                 "a purple star on a striped brown background"]},
+    {"name": "bounce", "reference": {"shape": "triangle", "colour": "cyan", "background": "checkered",
+                                     "bg_colour": "brown", "motion": "bounce", "seed": 6},
+     "prompts": ["a red star on a plain blue background", "a white square on a gradient black background",
+                 "a yellow cross on a dotted dark green background"]},
+]
+BUILTIN = {"shapes6": SHAPES6}
+
+
+def _check_spec(spec: dict[str, Any], where: str) -> dict[str, Any]:
+    from motion_core.shapes import world
+
+    unknown = set(spec) - set(SPEC_REQUIRED) - set(SPEC_OPTIONAL)
+    if unknown:
+        raise ProtocolError(f"{where}: unknown spec key(s) {sorted(unknown)}; "
+                            f"allowed: {list(SPEC_REQUIRED + SPEC_OPTIONAL)}")
+    missing = [k for k in SPEC_REQUIRED if k not in spec]
+    if missing:
+        raise ProtocolError(f"{where}: the spec lacks {missing} (needs {list(SPEC_REQUIRED)})")
+    vocab = {"shape": world.SHAPES, "colour": tuple(world.COLOURS), "motion": world.MOTIONS,
+             "background": world.BACKGROUNDS, "bg_colour": tuple(world.BG_COLOURS), "size": tuple(world.SIZES),
+             "speed": tuple(world.SPEEDS)}
+    for key, allowed in vocab.items():
+        if key in spec and spec[key] not in allowed:
+            raise ProtocolError(f"{where}: {key} {spec[key]!r} is not one of {list(allowed)}")
+    if "seed" in spec and (not isinstance(spec["seed"], int) or isinstance(spec["seed"], bool) or spec["seed"] < 0):
+        raise ProtocolError(f"{where}: seed must be a non-negative integer, got {spec['seed']!r}")
+    full = {"background": "plain", "bg_colour": "grey", "size": "medium", "speed": "medium", "seed": 0, **spec}
+    if not world.compatible(full["colour"], full["bg_colour"]):
+        raise ProtocolError(f"{where}: a {full['colour']} object does not stand out on a {full['bg_colour']} "
+                            "background; pick another colour pair")
+    if full["motion"].startswith("rotate") and full["shape"] not in world.ROTATABLE:
+        raise ProtocolError(f"{where}: a {full['shape']} cannot visibly rotate; pick another shape or motion")
+    return full
+
+
+def _spec_caption(spec: dict[str, Any]) -> str:
+    from motion_core.shapes import world
+
+    return world.caption(world.make_spec(**spec))  # the caption depends on the names only, not on the size
+
+
+def parse_protocol(data: Any, base_dir: Path | None = None) -> list[Reference]:
+    """Validate a decoded protocol (a list of entries) and resolve it into ``Reference`` objects."""
+    if isinstance(data, dict) and "references" in data:
+        data = data["references"]  # tolerate {"references": [...]} as well as the bare list
+    if not isinstance(data, list) or not data:
+        raise ProtocolError("a protocol must be a non-empty JSON list of references "
+                            '({"reference": ..., "caption": ..., "prompts": [...]})')
+    refs: list[Reference] = []
+    for i, entry in enumerate(data):
+        where = f"entry {i}"
+        if not isinstance(entry, dict):
+            raise ProtocolError(f"{where}: expected an object with reference, caption and prompts, got {entry!r}")
+        unknown = set(entry) - ENTRY_KEYS
+        if unknown:
+            raise ProtocolError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(ENTRY_KEYS)}")
+        if "reference" not in entry:
+            raise ProtocolError(f"{where}: no 'reference' (a video path or a shapes-world spec)")
+        prompts = entry.get("prompts")
+        if not isinstance(prompts, list) or not prompts:
+            raise ProtocolError(f"{where}: 'prompts' must be a non-empty list of strings")
+        if not all(isinstance(p, str) and p.strip() for p in prompts):
+            raise ProtocolError(f"{where}: every prompt must be a non-empty string")
+        if len(set(prompts)) != len(prompts):
+            raise ProtocolError(f"{where}: a prompt is listed twice")
+        caption = entry.get("caption")
+        if caption is not None and (not isinstance(caption, str) or not caption.strip()):
+            raise ProtocolError(f"{where}: 'caption' must be a non-empty string")
+        source = entry["reference"]
+        if isinstance(source, dict):
+            spec = _check_spec(source, where)
+            ref = Reference("", caption or _spec_caption(spec), [p.strip() for p in prompts], spec=spec)
+            default_name = f"{i:02d}-{spec['motion']}"
+        elif isinstance(source, str) and source.strip():
+            path = Path(source).expanduser()
+            if not path.is_absolute() and base_dir is not None:
+                path = base_dir / path  # relative paths are relative to the protocol file
+            if not path.is_file():
+                raise ProtocolError(f"{where}: reference video {str(path)!r} does not exist")
+            if caption is None:
+                raise ProtocolError(f"{where}: a video reference needs a 'caption' describing it")
+            ref = Reference("", caption, [p.strip() for p in prompts], path=str(path.resolve()))
+            default_name = f"{i:02d}-{path.stem}"
+        else:
+            raise ProtocolError(f"{where}: 'reference' must be a video path or a spec object, got {source!r}")
+        name = entry.get("name", default_name)
+        if not isinstance(name, str) or not NAME_RE.match(name):
+            raise ProtocolError(f"{where}: name {name!r} must be 1-64 letters, digits, '.', '_' or '-'")
+        ref.name = name
+        refs.append(ref)
+    names = [r.name for r in refs]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ProtocolError(f"reference name(s) {dupes} are used twice; names must be unique")
+    return refs
+
+
+def load_protocol(source: str) -> list[Reference]:
+    """A built-in protocol by name (``shapes6``) or a JSON protocol file."""
+    if source in BUILTIN:
+        return parse_protocol(json.loads(json.dumps(BUILTIN[source])))  # a deep copy
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise ProtocolError(f"protocol {source!r} is neither a built-in ({', '.join(BUILTIN)}) nor a file")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ProtocolError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})") from err
+    except UnicodeDecodeError as err:
+        raise ProtocolError(f"{path}: not a text file ({err})") from err
+    try:
+        return parse_protocol(data, path.parent)
+    except ProtocolError as err:
+        raise ProtocolError(f"{path}: {err}") from err
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# references
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PreparedReference:
+    """A reference clip at the model's video size, plus its ground truth when it comes from the shapes world."""
+
+    frames: np.ndarray  # (F, H, W, 3) uint8, what the model and the tracker see
+    gt_centroids: np.ndarray | None = None  # (F, 2) true centroid (x, y) of the (first) object, frame coordinates
+    gt_scales: np.ndarray | None = None  # (F,) equivalent radius sqrt(visible area / pi), the detector's unit
+    motion: str = ""
+
+
+def video_size(model: Any) -> dict[str, Any]:
+    """The model's own clip size (its sidecar), else METHOD.md's 16 frames at 8 fps, 384 x 384."""
+    from motion_core.config import VideoConfig
+
+    return VideoConfig.from_dict(dict(model.video_defaults)).to_dict()
+
+
+def render_spec(spec: dict[str, Any], frames: int, height: int, width: int) -> PreparedReference:
+    """Render a shapes-world spec; the ground truth is the first object's true path."""
+    from motion_core.shapes import world
+
+    clip = world.render(world.make_spec(**spec, frames=frames, height=height, width=width))
+    # The detector measures size as sqrt(area / pi) of the visible mask; the same unit here keeps the two comparable.
+    area = clip.masks[0].sum(axis=(1, 2)).astype(np.float64)
+    return PreparedReference(clip.frames, clip.centroids[0].copy(), np.sqrt(area / math.pi), clip.motion)
+
+
+def prepare_reference(ref: Reference, vsize: dict[str, Any]) -> PreparedReference:
+    if ref.spec is not None:
+        return render_spec(ref.spec, vsize["num_frames"], vsize["height"], vsize["width"])
+    from motion_core.config import VideoConfig
+    from motion_core.video import read_video, to_uint8
+
+    frames = read_video(ref.path, VideoConfig.from_dict(vsize))
+    return PreparedReference(np.asarray(to_uint8(frames)))
+
+
+def to_frames_u8(frames: Any) -> np.ndarray:
+    """(F, 3, H, W) float in [0, 1] (a sample) -> (F, H, W, 3) uint8 (what trackers and the detector read)."""
+    from motion_core.video import to_uint8
+
+    return np.asarray(to_uint8(frames))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# scoring
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def point_tracks(track_fn: Callable[..., Any], frames: np.ndarray, grid: int) -> np.ndarray:
+    """Valid tracks of a grid, or all of them when none is valid (as ``video_motion_discrepancy`` does)."""
+    tracks, valid = track_fn(frames, grid=grid)
+    tracks, valid = np.asarray(tracks), np.asarray(valid, dtype=bool)
+    return tracks[valid] if valid.any() else tracks
+
+
+def motion_discrepancy_to(ref_tracks: np.ndarray, frames: np.ndarray, track_fn: Callable[..., Any],
+                          grid: int) -> tuple[float, int]:
+    """Discrepancy of a sample to the reference's (cached) tracks and the number of sample tracks used."""
+    from motion_core.eval.metrics import motion_discrepancy
+
+    gen = point_tracks(track_fn, frames, grid)
+    f, h, w = frames.shape[:3]
+    return motion_discrepancy(gen, ref_tracks, f, h, w), len(gen)
+
+
+def detector_scores(frames: np.ndarray, prompt: str) -> tuple[dict[str, Any], Any]:
+    """Prompted-colour and prompted-shape correctness of the sample's main object, and its track.
+
+    The main object is the detector's (largest total area); scores are None when the prompt names no shapes-world
+    shape or colour.
+    """
+    from motion_core.shapes import detector, world
+
+    asked = world.parse_caption(prompt)
+    tr = detector.track(frames)
+    out = {"prompted_colour": asked["colour"] or "", "prompted_shape": asked["shape"] or "",
+           "detected_colour": tr.colour, "detected_shape": tr.shape,
+           "colour_ok": None if asked["colour"] is None else int(tr.colour == asked["colour"]),
+           "shape_ok": None if asked["shape"] is None else int(tr.shape == asked["shape"]),
+           "track_found": float(np.mean(tr.found))}
+    return out, tr
+
+
+def trajectory_score(tr: Any, ref: PreparedReference, min_found: float = 0.5) -> float:
+    """Ground-truth trajectory distance of a sample's tracked object (NaN without ground truth or a track).
+
+    Positions are compared absolutely (the paper transfers camera framing too), in frame units. Scales are compared
+    as changes relative to the first common frame: the prompt changes the shape, and a star and a circle of the same
+    nominal size differ in area, but a zoom should still grow both by the same factor.
+    """
+    from motion_core.eval.metrics import trajectory_distance
+
+    if ref.gt_centroids is None or ref.gt_scales is None:
+        return math.nan
+    ok = np.asarray(tr.found, dtype=bool) & np.isfinite(tr.scales) & (tr.scales > 0) & (ref.gt_scales > 0)
+    if ok.mean() < min_found or ok.sum() < 2:
+        return math.nan  # too few frames with the object to say anything about its path
+    sa = tr.scales[ok] / tr.scales[ok][0]
+    sb = ref.gt_scales[ok] / ref.gt_scales[ok][0]
+    h, w = ref.frames.shape[1:3]
+    return trajectory_distance(tr.centroids[ok], ref.gt_centroids[ok], (h, w), sa, sb)
+
+
+class TextScorer:
+    """CLIP-T and frame consistency from local CLIP weights; remembers after the first try that they are missing."""
+
+    def __init__(self, clip_model: str | None) -> None:
+        self.clip_model = clip_model
+        self.unavailable: str | None = None if clip_model else "disabled (--no-clip)"
+
+    def __call__(self, frames: np.ndarray, prompt: str) -> dict[str, float] | None:
+        from motion_core.eval.metrics import MetricUnavailable, clip_scores
+
+        if self.unavailable is not None:
+            return None
+        try:
+            res = clip_scores(frames, prompt, self.clip_model)
+        except MetricUnavailable as err:
+            first = str(err).splitlines()[0]
+            self.unavailable = first.split(" (")[0][:200]  # the first clause; the full advice is in the exception
+            return None
+        return {"clip_t": res["clip_t"], "frame_consistency": res["frame_consistency"]}
+
+
+def score_sample(frames: np.ndarray, prompt: str, ref: PreparedReference, ref_tracks: np.ndarray,
+                 tracker: tuple[str, Callable[..., Any]], text: TextScorer, grid: int) -> dict[str, Any]:
+    """Every metric of one sample, as the metric columns of a results row."""
+    name, fn = tracker
+    md, n_tracks = motion_discrepancy_to(ref_tracks, frames, fn, grid)
+    det, tr = detector_scores(frames, prompt)
+    row: dict[str, Any] = {"motion_discrepancy": md, "tracker": name, "num_tracks": n_tracks, **det,
+                           "trajectory_distance": trajectory_score(tr, ref)}
+    clip = text(frames, prompt)
+    if clip is not None:
+        row.update(clip, text_alignment=clip["clip_t"], text_metric="clip-t")
+    elif det["colour_ok"] is not None and det["shape_ok"] is not None:
+        # No CLIP here: on the shapes model, "does the video show what the prompt names" is exactly checkable.
+        row.update(text_alignment=50.0 * (det["colour_ok"] + det["shape_ok"]), text_metric="detector")
+    else:
+        row.update(text_alignment=None, text_metric="")
+    return row
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the results file
+# ---------------------------------------------------------------------------------------------------------------
+
+CSV_FIELDS = (
+    "reference", "reference_motion", "variant", "objective", "prompt_index", "prompt", "seed",
+    "text_alignment", "text_metric", "clip_t", "frame_consistency", "colour_ok", "shape_ok",
+    "prompted_colour", "prompted_shape", "detected_colour", "detected_shape", "motion_discrepancy", "tracker",
+    "num_tracks", "trajectory_distance", "track_found", "beta", "train_steps", "sample_steps", "guidance",
+    "video", "seconds",
+)
+METRICS = ("text_alignment", "frame_consistency", "motion_discrepancy", "trajectory_distance", "colour_ok",
+           "shape_ok")
+
+
+def _cell(v: Any) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return ""  # unavailable metric: an empty cell, read back as NaN
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return str(v)
+
+
+def append_row(path: Path, row: dict[str, Any]) -> None:
+    """Append one row (header first for a new file); written at once so an interruption loses at most one sample."""
+    new = not path.is_file() or path.stat().st_size == 0
+    with path.open("a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        if new:
+            w.writeheader()
+        w.writerow({k: _cell(row.get(k)) for k in CSV_FIELDS})
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    """Rows of a results file (complete rows only: a line cut short by a crash is dropped)."""
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        return [r for r in csv.DictReader(f) if r.get("seed") not in (None, "") and None not in r.values()]
+
+
+def row_key(reference: str, variant: str, prompt: str, seed: int | str) -> tuple[str, str, str, int]:
+    return (reference, variant, prompt, int(seed))
+
+
+def _num(x: str | None) -> float:
+    try:
+        return float(x) if x not in (None, "") else math.nan
+    except ValueError:
+        return math.nan
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# aggregation, table, plot
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Stat:
+    mean: float  # mean over (reference, prompt) pairs of the per-pair mean over seeds
+    sem: float  # standard error of that mean over pairs (NaN with one pair)
+    pairs: int  # pairs with a value
+    samples: int  # samples with a value
+
+
+def aggregate(rows: Iterable[dict[str, str]], metrics: Sequence[str] = METRICS) -> dict[str, dict[str, Stat]]:
+    """Per variant and metric: the mean over (reference, prompt) pairs of each pair's mean over its samples.
+
+    Averaging pairs (not samples) keeps every pair's weight equal when a run is unfinished or a metric is missing
+    for some samples; with complete runs both means agree (the paper: 42 pairs x 5 samples). Accuracies
+    (``colour_ok``, ``shape_ok``) are reported in percent.
+    """
+    per_pair: dict[str, dict[str, dict[tuple[str, str], list[float]]]] = defaultdict(
+        lambda: defaultdict(lambda: defaultdict(list)))
+    for r in rows:
+        for m in metrics:
+            v = _num(r.get(m))
+            if math.isfinite(v):
+                scale = 100.0 if m in ("colour_ok", "shape_ok") else 1.0
+                per_pair[r["variant"]][m][(r["reference"], r["prompt"])].append(v * scale)
+    out: dict[str, dict[str, Stat]] = {}
+    for variant, by_metric in per_pair.items():
+        out[variant] = {}
+        for m, pairs in by_metric.items():
+            means = np.array([np.mean(v) for v in pairs.values()])
+            sem = float(means.std(ddof=1) / math.sqrt(len(means))) if len(means) > 1 else math.nan
+            out[variant][m] = Stat(float(means.mean()), sem, len(means), sum(len(v) for v in pairs.values()))
+    return out
+
+
+def _fmt(stat: Stat | None, digits: int) -> str:
+    if stat is None:
+        return "-"
+    if math.isfinite(stat.sem):
+        return f"{stat.mean:.{digits}f} ± {stat.sem:.{digits}f}"
+    return f"{stat.mean:.{digits}f}"
+
+
+TABLE_COLUMNS = (  # (metric, header, digits)
+    ("text_alignment", "text align. ↑", 2),
+    ("frame_consistency", "frame cons. ↑", 2),
+    ("motion_discrepancy", "motion discr. ↓", 4),
+    ("trajectory_distance", "GT traj. dist. ↓", 3),
+    ("colour_ok", "colour acc. % ↑", 1),
+    ("shape_ok", "shape acc. % ↑", 1),
+)
+
+
+def format_table(stats: dict[str, dict[str, Stat]], variants: Sequence[str]) -> str:
+    """A Markdown table, one row per variant present, laid out like the paper's tables 1 and 2."""
+    present = [v for v in variants if v in stats]
+    if not present:
+        return "_no results yet_\n"
+    cols = [c for c in TABLE_COLUMNS if any(c[0] in stats[v] for v in present)]
+    head = "| method | pairs | samples | " + " | ".join(h for _, h, _ in cols) + " |"
+    lines = [head, "|" + "---|" * (3 + len(cols))]
+    for v in present:
+        s = stats[v]
+        pairs = max((st.pairs for st in s.values()), default=0)
+        samples = max((st.samples for st in s.values()), default=0)
+        cells = [_fmt(s.get(m), d) for m, _, d in cols]
+        lines.append(f"| {LABELS.get(v, v)} (`{v}`) | {pairs} | {samples} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def per_reference_table(rows: Sequence[dict[str, str]], variants: Sequence[str]) -> str:
+    """Motion discrepancy per reference (rows) and variant (columns): which motions each objective transfers."""
+    refs = list(dict.fromkeys(r["reference"] for r in rows))
+    present = [v for v in variants if any(r["variant"] == v for r in rows)]
+    if not refs or not present:
+        return ""
+    lines = ["| reference | " + " | ".join(f"`{v}`" for v in present) + " |", "|" + "---|" * (1 + len(present))]
+    for ref in refs:
+        stats = aggregate([r for r in rows if r["reference"] == ref], ("motion_discrepancy",))
+        motion = next((r["reference_motion"] for r in rows if r["reference"] == ref and r["reference_motion"]), "")
+        cells = [_fmt(stats.get(v, {}).get("motion_discrepancy"), 4) for v in present]
+        lines.append(f"| {ref}{f' ({motion})' if motion else ''} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _values(rows: Sequence[dict[str, str]], column: str) -> list[str]:
+    return sorted({r.get(column, "") for r in rows if r.get(column)})
+
+
+def render_tables(rows: Sequence[dict[str, str]], settings: dict[str, Any] | None = None) -> str:
+    """The whole ``table.md``: settings line, table 1 (objectives), table 2 (ablation), per-reference motion."""
+    stats = aggregate(rows)
+    metrics = _values(rows, "text_metric")
+    text_metric = {"clip-t": "CLIP-T (x100)", "detector": "detector: mean of prompted-colour and prompted-shape "
+                   "accuracy, %"}
+    described = "; ".join(text_metric.get(m, m) for m in metrics) or "unavailable"
+    parts = ["# Evaluation results", ""]
+    if settings:
+        parts += ["Settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()), ""]
+    parts += [
+        f"Tracker: {', '.join(_values(rows, 'tracker')) or '-'}. Text alignment: {described}"
+        + (" (MIXED metrics: rerun in a fresh folder)" if len(metrics) > 1 else "") + ".",
+        "Values are means over (reference, prompt) pairs of the per-pair mean over seeds, ± standard error over "
+        "pairs. Motion discrepancy: symmetric Chamfer distance of point tracks to the reference clip (METHOD.md). "
+        "GT traj. dist.: mean centroid distance to the reference object's true path (frame units) + mean |log| "
+        "ratio of relative scale changes (shapes-world references only).",
+        "",
+        "## Table 1: objectives (cf. paper Table 1)",
+        "",
+        format_table(stats, TABLE1),
+        "## Table 2: ablation of the motion features (cf. paper Table 2)",
+        "",
+        format_table(stats, TABLE2),
+        "## Motion discrepancy per reference",
+        "",
+        per_reference_table(rows, (ORACLE, BASE, *VARIANTS)) or "_no results yet_\n",
+    ]
+    return "\n".join(parts)
+
+
+def plot_alignment_vs_motion(stats: dict[str, dict[str, Stat]], path: Path,
+                             text_label: str = "text alignment") -> bool:
+    """Text alignment vs motion discrepancy per variant (cf. paper Fig. 7); False when nothing can be plotted."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers; must precede pyplot
+    import matplotlib.pyplot as plt
+
+    pts = [(v, s["motion_discrepancy"], s["text_alignment"]) for v, s in stats.items()
+           if "motion_discrepancy" in s and "text_alignment" in s]
+    order = [BASE, *VARIANTS, ORACLE]
+    fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
+    for v, md, ta in sorted(pts, key=lambda p: order.index(p[0]) if p[0] in order else len(order)):
+        i = order.index(v) if v in order else len(order)  # a variant keeps its colour and marker in every run
+        ax.errorbar(md.mean, ta.mean, xerr=np.nan_to_num(md.sem), yerr=np.nan_to_num(ta.sem), fmt="osD^v<>"[i % 7],
+                    capsize=3, color=f"C{i % 10}", label=f"{LABELS.get(v, v)} ({v})", alpha=0.85)
+    ax.set_xlabel("motion discrepancy (lower = closer to the reference motion)")
+    ax.set_ylabel(f"{text_label} (higher = closer to the prompt)")
+    ax.set_title("Text alignment vs motion discrepancy (cf. paper Fig. 7)")
+    if pts:
+        ax.legend(fontsize=7, loc="best")
+    else:
+        ax.text(0.5, 0.5, "no scored samples yet", ha="center", va="center", transform=ax.transAxes)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+    return bool(pts)
+
+
+def write_reports(out: Path, settings: dict[str, Any] | None = None,
+                  wanted: set[tuple[str, str, str, int]] | None = None) -> tuple[Path, Path]:
+    """(Re)write ``table.md`` and ``alignment_vs_motion.png`` from ``results.csv``.
+
+    ``wanted``: keys (reference, variant, prompt, seed) of the protocol as run now. Rows outside it (an earlier run
+    with more seeds, prompts since edited) stay in the CSV but do not enter the tables.
+    """
+    rows = read_rows(out / "results.csv")
+    if wanted is not None:
+        rows = [r for r in rows if row_key(r["reference"], r["variant"], r["prompt"], r["seed"]) in wanted]
+    table = out / "table.md"
+    table.write_text(render_tables(rows, settings))
+    metrics = _values(rows, "text_metric")
+    label = {"clip-t": "CLIP-T (x100)", "detector": "detector text alignment (%)"}.get(metrics[0], "text alignment") \
+        if len(metrics) == 1 else "text alignment"
+    png = out / "alignment_vs_motion.png"
+    plot_alignment_vs_motion(aggregate(rows), png, label)
+    return table, png
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the run
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EvalSettings:
+    variants: list[str] = field(default_factory=lambda: list(VARIANTS))
+    seeds: int = 5  # paper: 5 samples per pair
+    steps: int = 400  # paper: 400 training steps
+    learning_rate: float = 5e-4
+    rank: int = 32
+    train_seed: int = 0
+    precision: str = "auto"
+    beta: float = 0.3  # paper's quantitative runs
+    sample_steps: int | None = None  # None -> the model's own default, else 75
+    guidance: float | None = None  # None -> the model's own default, else 12
+    lora_cutoff: int = 500
+    grid: int = 10  # tracker grid: grid x grid query points
+    clip_model: str | None = "openai/clip-vit-base-patch32"  # None: never try CLIP
+    include_base: bool = True
+    include_oracle: bool = True  # shapes-world references only
+
+    # Settings that change what a stored LoRA or score means: a re-run into the same folder must use the same.
+    FIXED = ("steps", "learning_rate", "rank", "train_seed", "beta", "sample_steps", "guidance", "lora_cutoff",
+             "grid")
+
+    def resolve(self, model: Any) -> None:
+        from motion_core.config import SampleConfig
+
+        sd = model.sample_defaults
+        if self.sample_steps is None:
+            self.sample_steps = int(sd.get("num_inference_steps", SampleConfig().num_inference_steps))
+        if self.guidance is None:
+            self.guidance = float(sd.get("guidance_scale", SampleConfig().guidance_scale))
+
+    def sample_config(self, seed: int) -> Any:
+        from motion_core.config import SampleConfig
+
+        return SampleConfig.from_dict({"num_inference_steps": self.sample_steps, "guidance_scale": self.guidance,
+                                       "beta": self.beta, "lora_cutoff": self.lora_cutoff, "seed": seed,
+                                       "num_videos": 1})
+
+    def run_config(self, model: Any, variant: str) -> Any:
+        from motion_core.config import RunConfig, VideoConfig
+
+        cfg = RunConfig(video=VideoConfig.from_dict(video_size(model)), loss=variant_loss(variant))
+        cfg.train.steps, cfg.train.learning_rate = self.steps, self.learning_rate
+        cfg.train.seed, cfg.train.precision, cfg.lora.rank = self.train_seed, self.precision, self.rank
+        cfg.validate()
+        return cfg
+
+
+def check_folder(out: Path, record: dict[str, Any]) -> None:
+    """Refuse to mix results made with other settings into ``out``; record the settings on first use."""
+    path = out / "settings.json"
+    if path.is_file():
+        old = json.loads(path.read_text())
+        diff = {k: (old.get(k), v) for k, v in record.items() if old.get(k) != v}
+        if diff:
+            text = ", ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items())
+            raise ProtocolError(f"{out} holds results made with other settings ({text}); use a new --out folder "
+                                "or the same settings")
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record, indent=2))
+
+
+def check_reference_folder(folder: Path, ref: Reference) -> None:
+    path = folder / "reference.json"
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if old != ref.definition():
+            raise ProtocolError(f"{folder} belongs to another reference definition ({old}); rename the reference "
+                                "or use a new --out folder")
+    else:
+        folder.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(ref.definition(), indent=2))
+
+
+class _Bars:
+    """tqdm bars that vanish with --quiet."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+
+    def bar(self, total: int, desc: str, leave: bool = False, position: int | None = None) -> Any:
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc=desc, leave=leave, disable=self.quiet, dynamic_ncols=True, position=position)
+
+    def note(self, text: str) -> None:
+        if not self.quiet:
+            from tqdm.auto import tqdm
+
+            tqdm.write(text, file=sys.stderr)
+
+
+def _train_or_load(model: Any, folder: Path, z0: Any, caption: str, cfg: Any, bars: _Bars) -> str:
+    """Load a finished LoRA, else train (resuming from the folder's checkpoint). Returns "loaded" or "trained"."""
+    from motion_core.lora_io import load_lora
+    from motion_core.train import LORA_FILE, train_lora
+
+    if (folder / LORA_FILE).is_file():
+        load_lora(folder / LORA_FILE, model)
+        return "loaded"
+    bar = bars.bar(cfg.train.steps, f"train {folder.parent.name}/{folder.name}")
+
+    def progress(p: Any) -> None:
+        bar.n = p.step
+        bar.set_postfix(loss=f"{p.loss:.4g}", refresh=False)
+        bar.refresh()
+
+    try:
+        train_lora(model, z0, caption, folder, cfg, callback=progress)
+    finally:
+        bar.close()
+    return "trained"
+
+
+def _row_base(ref: Reference, pref: PreparedReference, variant: str, j: int, prompt: str, seed: int,
+              st: EvalSettings) -> dict[str, Any]:
+    objective = VARIANTS[variant]["objective"] if variant in VARIANTS else ""
+    return {"reference": ref.name, "reference_motion": pref.motion, "variant": variant, "objective": objective,
+            "prompt_index": j, "prompt": prompt, "seed": seed, "beta": st.beta,
+            "train_steps": st.steps if variant in VARIANTS else 0, "sample_steps": st.sample_steps,
+            "guidance": st.guidance}
+
+
+def _sample_and_score(model: Any, ref: Reference, pref: PreparedReference, variant: str, folder: Path,
+                      todo: list[tuple[int, str, int]], eps_inv: Any, ctx: dict[str, Any], out: Path,
+                      st: EvalSettings, bars: _Bars) -> None:
+    from motion_core.sample import sample
+    from motion_core.video import write_mp4
+
+    bar = bars.bar(len(todo), f"sample {ref.name}/{variant}")
+    fps = float(video_size(model)["fps"])
+    for j, prompt, seed in todo:
+        t0 = time.perf_counter()
+        res = sample(model, prompt, st.sample_config(seed), eps_inv=eps_inv, use_lora=variant != BASE)
+        frames = to_frames_u8(res.frames[0])
+        video = write_mp4(frames, folder / "samples" / f"p{j}_seed{seed}.mp4", fps=fps)
+        row = _row_base(ref, pref, variant, j, prompt, seed, st)
+        row.update(score_sample(frames, prompt, pref, ctx["ref_tracks"], ctx["tracker"], ctx["text"], st.grid))
+        row.update(video=str(video.relative_to(out)), seconds=time.perf_counter() - t0)
+        append_row(out / "results.csv", row)
+        bar.update(1)
+    bar.close()
+
+
+def oracle_spec(ref: Reference, prompt: str) -> dict[str, Any] | None:
+    """The reference's spec with the prompt's shape, colours and background (None if the prompt does not say)."""
+    from motion_core.shapes import world
+
+    if ref.spec is None:
+        return None
+    asked = world.parse_caption(prompt)
+    keys = ("shape", "colour", "background", "bg_colour")
+    if any(asked[k] is None for k in keys) or len(asked["objects"]) != 1:
+        return None
+    spec = {**ref.spec, **{k: asked[k] for k in keys}}
+    if not world.compatible(spec["colour"], spec["bg_colour"]):
+        return None
+    if spec["motion"].startswith("rotate") and spec["shape"] not in world.ROTATABLE:
+        return None
+    return spec
+
+
+def plan(ref: Reference, st: EvalSettings) -> dict[str, list[tuple[int, str, int]]]:
+    """Every (prompt index, prompt, seed) to score per variant; the oracle is deterministic, so one seed."""
+    variants = ([BASE] if st.include_base else []) + list(st.variants)
+    todo = {v: [(j, p, s) for j, p in enumerate(ref.prompts) for s in range(st.seeds)] for v in variants}
+    if st.include_oracle and ref.spec is not None:
+        todo = {ORACLE: [(j, p, 0) for j, p in enumerate(ref.prompts) if oracle_spec(ref, p)], **todo}
+    return todo
+
+
+def _score_oracle(ref: Reference, pref: PreparedReference, folder: Path, todo: list[tuple[int, str, int]],
+                  ctx: dict[str, Any], out: Path, st: EvalSettings, fps: float) -> None:
+    from motion_core.video import write_mp4
+
+    f_n, h, w = pref.frames.shape[:3]
+    for j, prompt, seed in todo:
+        t0 = time.perf_counter()
+        frames = render_spec(oracle_spec(ref, prompt), f_n, h, w).frames  # type: ignore[arg-type]
+        video = write_mp4(frames, folder / "samples" / f"p{j}_seed{seed}.mp4", fps=fps)
+        row = _row_base(ref, pref, ORACLE, j, prompt, seed, st) | {"sample_steps": 0, "guidance": None, "beta": None}
+        row.update(score_sample(frames, prompt, pref, ctx["ref_tracks"], ctx["tracker"], ctx["text"], st.grid))
+        row.update(video=str(video.relative_to(out)), seconds=time.perf_counter() - t0)
+        append_row(out / "results.csv", row)
+
+
+def run_reference(model: Any, ref: Reference, st: EvalSettings, out: Path, done: set[tuple[str, str, str, int]],
+                  tracker: tuple[str, Callable[..., Any]], text: TextScorer, bars: _Bars) -> dict[str, str]:
+    """Oracle and base rows and every variant of one reference; returns what happened per variant (for the log)."""
+    import torch
+
+    from motion_core.models import encode_video
+    from motion_core.sample import invert_cached
+    from motion_core.video import write_mp4
+
+    folder = out / ref.name
+    check_reference_folder(folder, ref)
+    todo = {v: [(j, p, s) for j, p, s in items if row_key(ref.name, v, p, s) not in done]
+            for v, items in plan(ref, st).items()}
+    if not any(todo.values()):
+        return {v: "done" for v in todo}  # nothing left: do not even load the clip
+    pref = prepare_reference(ref, video_size(model))
+    fps = float(video_size(model)["fps"])
+    if not (folder / "reference.mp4").is_file():
+        write_mp4(pref.frames, folder / "reference.mp4", fps=fps)
+    ctx = {"tracker": tracker, "text": text, "ref_tracks": point_tracks(tracker[1], pref.frames, st.grid)}
+    z0 = encode_video(model, torch.from_numpy(pref.frames).permute(0, 3, 1, 2).float() / 255.0)
+    eps_inv = None
+    status: dict[str, str] = {}
+    for v, items in todo.items():
+        if not items:
+            status[v] = "done"
+            continue
+        if v == ORACLE:
+            _score_oracle(ref, pref, folder / v, items, ctx, out, st, fps)
+            status[v] = "scored"
+            continue
+        status[v] = "sampled" if v == BASE else _train_or_load(model, folder / v, z0, ref.caption,
+                                                                st.run_config(model, v), bars)
+        if eps_inv is None:  # the base model's inversion, shared by all variants and cached on disk
+            eps_inv = invert_cached(model, z0, st.sample_steps, folder / "cache")
+        _sample_and_score(model, ref, pref, v, folder / v, items, eps_inv, ctx, out, st, bars)
+    return status
+
+
+def run_protocol(model: Any, refs: Sequence[Reference], st: EvalSettings, out: str | Path,
+                 quiet: bool = False) -> tuple[Path, Path, Path]:
+    """Run (or continue) the protocol into ``out``; returns the paths of results.csv, table.md and the plot."""
+    from motion_core.eval.trackers import get_tracker
+    from motion_core.lora_io import remove_lora
+
+    out = Path(out)
+    st.resolve(model)
+    tracker = get_tracker("auto")
+    record = {"model": model.fingerprint(), "tracker": tracker[0], **{k: getattr(st, k) for k in st.FIXED}}
+    check_folder(out, record)
+    (out / "protocol.json").write_text(json.dumps([r.definition() | {"prompts": r.prompts} for r in refs], indent=2))
+    bars = _Bars(quiet)
+    text = TextScorer(st.clip_model)
+    done = {row_key(r["reference"], r["variant"], r["prompt"], r["seed"]) for r in read_rows(out / "results.csv")}
+    wanted = {row_key(r.name, v, p, s) for r in refs for v, items in plan(r, st).items() for _, p, s in items}
+    outer = bars.bar(len(refs), "references", leave=True)
+    try:
+        for ref in refs:
+            status = run_reference(model, ref, st, out, done, tracker, text, bars)
+            bars.note(f"{ref.name}: " + ", ".join(f"{k} {v}" for k, v in status.items()))
+            outer.update(1)
+    finally:
+        outer.close()
+        remove_lora(model)
+        if text.unavailable:
+            bars.note(f"CLIP text alignment unavailable ({text.unavailable}); the detector's accuracy is used")
+        shown = {k: record[k] for k in ("model", "steps", "beta", "sample_steps", "guidance", "tracker")}
+        table, png = write_reports(out, {**shown, "seeds": st.seeds, "references": len(refs)}, wanted)
+    return out / "results.csv", table, png
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# command line
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = EvalSettings()
+    ap = argparse.ArgumentParser(prog="motion-matcher eval", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    # The protocol may also come first as a positional: `motion-matcher eval shapes6 --out ...` then passes through
+    # the top-level parser, whose REMAINDER argument cannot start with an option.
+    ap.add_argument("protocol_pos", nargs="?", default=None, metavar="PROTOCOL", help="same as --protocol")
+    ap.add_argument("--protocol", default=None, help="built-in protocol name (shapes6, the default) or a JSON file")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from {', '.join(VARIANTS)}")
+    ap.add_argument("--references", default=None, help="comma-separated reference names: run only these")
+    ap.add_argument("--out", default="runs/eval", help="output folder (re-running continues it)")
+    ap.add_argument("--seeds", type=int, default=d.seeds, help="samples per prompt, seeds 0..k-1 (paper: 5)")
+    ap.add_argument("--steps", type=int, default=d.steps, help="training steps per LoRA (paper: 400)")
+    ap.add_argument("--lr", type=float, default=d.learning_rate, help="learning rate")
+    ap.add_argument("--rank", type=int, default=d.rank, help="LoRA rank")
+    ap.add_argument("--train-seed", type=int, default=d.train_seed, help="seed of LoRA init, timesteps and noise")
+    ap.add_argument("--precision", default=d.precision, choices=["auto", "fp32", "bf16", "fp16"],
+                    help="denoiser precision while training")
+    ap.add_argument("--beta", type=float, default=d.beta, help="share of inverted noise in z_T (paper: 0.3)")
+    ap.add_argument("--sample-steps", type=int, default=None, help="DDIM steps (default: the model's, else 75)")
+    ap.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's, else 12)")
+    ap.add_argument("--lora-cutoff", type=int, default=d.lora_cutoff, help="LoRA on only while t >= this")
+    ap.add_argument("--grid", type=int, default=d.grid, help="tracker query grid per side")
+    ap.add_argument("--clip-model", default=d.clip_model, help="local CLIP weights for CLIP-T (hub id or folder)")
+    ap.add_argument("--no-clip", action="store_true", help="never try CLIP; use the detector's text alignment")
+    ap.add_argument("--no-base", action="store_true", help="skip the base-model reference rows")
+    ap.add_argument("--no-oracle", action="store_true",
+                    help="skip the ground-truth transfer rows (the prompt's scene rendered with the reference motion)")
+    ap.add_argument("--model", default=None, help="hub id or folder (default: the embedded shapes-world model)")
+    ap.add_argument("--device", default="auto", help="cpu, cuda, ... (default: cuda when available)")
+    ap.add_argument("--quiet", action="store_true", help="no progress bars or notes")
+    return ap
+
+
+def settings_from_args(args: argparse.Namespace) -> EvalSettings:
+    if args.seeds < 1 or args.steps < 1 or args.grid < 2:
+        raise ProtocolError("--seeds and --steps must be >= 1 and --grid >= 2")
+    return EvalSettings(variants=parse_variants(args.variants), seeds=args.seeds, steps=args.steps,
+                        learning_rate=args.lr, rank=args.rank, train_seed=args.train_seed, precision=args.precision,
+                        beta=args.beta, sample_steps=args.sample_steps, guidance=args.guidance,
+                        lora_cutoff=args.lora_cutoff, grid=args.grid,
+                        clip_model=None if args.no_clip else args.clip_model, include_base=not args.no_base,
+                        include_oracle=not args.no_oracle)
+
+
+def select_references(refs: list[Reference], names: str | None) -> list[Reference]:
+    if not names:
+        return refs
+    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    known = {r.name for r in refs}
+    bad = [n for n in wanted if n not in known]
+    if bad:
+        raise ProtocolError(f"unknown reference(s) {bad}; the protocol has {sorted(known)}")
+    return [r for r in refs if r.name in wanted]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from motion_core.config import ConfigError
+    from motion_core.models import ModelLoadError, load_model
+    from motion_core.video import VideoError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--"]:
+        argv = argv[1:]  # `motion-matcher eval -- --protocol ...` hands the separator on
+    args = build_parser().parse_args(argv)
+    if args.protocol_pos and args.protocol and args.protocol_pos != args.protocol:
+        print(f"error: two protocols given ({args.protocol_pos!r} and --protocol {args.protocol!r})", file=sys.stderr)
+        return 2
+    try:
+        st = settings_from_args(args)
+        refs = select_references(load_protocol(args.protocol or args.protocol_pos or "shapes6"), args.references)
+        model = load_model(args.model, device=args.device)
+        paths = run_protocol(model, refs, st, args.out, quiet=args.quiet)
+    except (ProtocolError, ConfigError, ModelLoadError, VideoError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"interrupted; run the same command again to continue {args.out}", file=sys.stderr)
+        return 130
+    if not args.quiet:
+        for p in paths:
+            print(p)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

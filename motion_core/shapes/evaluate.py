@@ -1,0 +1,322 @@
+"""Evaluate the embedded shapes-world model: VAE fidelity, prompt following, coherence and motion transfer.
+
+    python -m motion_core.shapes.evaluate --model assets/shapes-t2v --out runs/shapes-eval     # the full report
+    python -m motion_core.shapes.evaluate --model /tmp/tiny --quick --out /tmp/e               # smoke run
+
+In this world the true motion of every reference is known, so motion transfer is measured, not judged:
+1. VAE reconstruction PSNR on held-out frames (clips of another seed than the training data).
+2. Prompt following of the base model (beta = 0, pure noise): the detector's dominant colour and shape of the
+   sampled video against the prompt; temporal coherence = one object of that colour found in every frame.
+3. Motion transfer: for each reference motion, a MotionMatcher LoRA (default settings) is trained on the rendered
+   reference; videos for new prompts (other shape, colour, background) are sampled from the LoRA and from the
+   base model with the same seeds and beta. Distance to the reference trajectory = mean over frames of the
+   centroid distance divided by the frame size, plus, for scale, the mean |change of log scale since frame 0|
+   difference (zooms). Both tracks come from the same detector, so units agree. The claim checked: the LoRA's
+   mean distance is at most half the base model's; the prompted colour still wins in the LoRA's samples.
+4. Wall time of the default flow (training, inversion, one sample) on this machine.
+
+Writes ``results.json`` and ``report.md`` in ``--out`` and, with ``--card``, the model card ``README.md`` beside the
+model's weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import RunConfig, SampleConfig
+from ..eval.metrics import trajectory_distance
+from ..lora_io import remove_lora
+from ..models import T2VModel, decode_latents, encode_video, load_model
+from ..sample import invert_cached, sample
+from ..train import train_lora
+from ..video import write_mp4
+from . import detector, world
+
+# Reference motions (>= 6, distinct) and, for each, new prompts naming other shapes, colours and backgrounds.
+REFERENCES: list[dict] = [
+    {"shape": "circle", "colour": "red", "background": "plain", "bg_colour": "grey", "motion": "zigzag_right"},
+    {"shape": "square", "colour": "yellow", "background": "gradient", "bg_colour": "blue", "motion": "orbit_cw"},
+    {"shape": "star", "colour": "orange", "background": "plain", "bg_colour": "black", "motion": "zoom_in"},
+    {"shape": "triangle", "colour": "white", "background": "striped", "bg_colour": "blue", "motion": "pan_left"},
+    {"shape": "circle", "colour": "green", "background": "dotted", "bg_colour": "grey", "motion": "down_right"},
+    {"shape": "cross", "colour": "cyan", "background": "plain", "bg_colour": "brown", "motion": "bounce"},
+]
+NEW_PROMPTS = [
+    "a blue star on a plain white background",
+    "a purple triangle on a checkered grey background",
+    "a yellow circle on a dotted black background",
+    "a red square on a gradient blue background",
+    "a green cross on a striped black background",
+    "a white star on a mottled brown background",
+]
+
+
+@dataclass
+class Settings:
+    steps: int = 400  # LoRA training steps (paper: 400)
+    sample_steps: int | None = None  # None: the model's own default
+    seeds: int = 2
+    prompts_per_ref: int = 3
+    betas: tuple[float, ...] = (0.3, 0.0)
+    n_refs: int = 6
+    n_prompt_samples: int = 40
+    n_psnr_clips: int = 40
+
+
+def _u8(frames: torch.Tensor) -> np.ndarray:
+    """(F, 3, H, W) in [0, 1] -> (F, H, W, 3) uint8."""
+    return (frames.clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
+
+
+def vae_psnr(model: T2VModel, n_clips: int, seed: int = 10_000) -> float:
+    """Mean PSNR (dB) of VAE reconstructions of held-out clips (seed unused by the training data)."""
+    vd = model.video_defaults
+    clips = world.generate_dataset(n_clips, seed=seed, frames=int(vd["num_frames"]), height=int(vd["height"]),
+                                   width=int(vd["width"]))
+    vals = []
+    for c in clips:
+        x = torch.from_numpy(c.frames).float().permute(0, 3, 1, 2) / 255
+        rec = decode_latents(model, encode_video(model, x))[0]
+        mse = float(((rec - x) ** 2).mean())
+        vals.append(10 * math.log10(1.0 / max(mse, 1e-12)))
+    return float(np.mean(vals))
+
+
+def track_distance(a: detector.Track, b: detector.Track, size: float) -> float:
+    """Centroid distance / frame size + |relative log-scale change| difference, over frames where both are found."""
+    ok = a.found & b.found
+    if ok.sum() < 2:
+        return float("nan")
+    sa, sb = a.scales[ok], b.scales[ok]
+    return trajectory_distance(a.centroids[ok], b.centroids[ok], size, scales_a=sa / sa[0], scales_b=sb / sb[0])
+
+
+def prompt_following(model: T2VModel, n: int, sample_steps: int, guidance: float, seed: int = 20_000) -> dict:
+    """Base model, beta = 0: does the sampled object have the prompted colour and shape; is it one coherent object?"""
+    rng = np.random.default_rng(seed)
+    vd = model.video_defaults
+    shape = (int(vd["num_frames"]), int(vd["height"]) // model.vae_scale, int(vd["width"]) // model.vae_scale)
+    rows = []
+    for i in range(n):
+        spec = world.sample_spec(rng, frames=shape[0], n_objects=1)
+        prompt = world.caption(spec)
+        want = world.parse_caption(prompt)
+        out = sample(model, prompt, SampleConfig(num_inference_steps=sample_steps, guidance_scale=guidance, beta=0.0,
+                                                 seed=seed + i), latent_shape=shape, use_lora=False)
+        tr = detector.track(_u8(out.frames[0]))
+        rows.append({"prompt": prompt, "colour_ok": tr.colour == want["colour"],
+                     "shape_ok": tr.shape == want["shape"], "coherent": bool(tr.coherent), "colour": tr.colour,
+                     "shape": tr.shape})
+    return {"n": n, "colour_acc": float(np.mean([r["colour_ok"] for r in rows])),
+            "shape_acc": float(np.mean([r["shape_ok"] for r in rows])),
+            "coherent": float(np.mean([r["coherent"] for r in rows])), "rows": rows}
+
+
+def motion_transfer(model: T2VModel, s: Settings, out: Path, guidance: float, sample_steps: int) -> dict:
+    vd = model.video_defaults
+    f, h, w = int(vd["num_frames"]), int(vd["height"]), int(vd["width"])
+    rows, timings = [], []
+    for r_i, ref in enumerate(REFERENCES[: s.n_refs]):
+        spec = world.make_spec(**ref, seed=r_i, frames=f, height=h, width=w)
+        clip = world.render(spec)
+        ref_track = detector.track(clip.frames)
+        frames = torch.from_numpy(clip.frames).float().permute(0, 3, 1, 2) / 255
+        run = out / f"ref{r_i}_{ref['motion']}"
+        write_mp4(clip.frames, run / "reference.mp4", fps=float(vd.get("fps", 8)))
+        cfg = RunConfig()
+        cfg.train.steps = s.steps
+        t0 = time.perf_counter()
+        res = train_lora(model, frames, clip.caption, run, cfg)
+        t_train = time.perf_counter() - t0
+        z0 = encode_video(model, frames)
+        t0 = time.perf_counter()
+        eps_inv = invert_cached(model, z0, sample_steps, run / "cache")
+        t_inv = time.perf_counter() - t0
+        prompts = NEW_PROMPTS[r_i % len(NEW_PROMPTS):] + NEW_PROMPTS[: r_i % len(NEW_PROMPTS)]
+        prompts = [p for p in prompts if world.parse_caption(p)["shape"] != ref["shape"]][: s.prompts_per_ref]
+        t_sample = None
+        for beta in s.betas:
+            for prompt in prompts:
+                want = world.parse_caption(prompt)
+                for seed in range(s.seeds):
+                    cfg_s = SampleConfig(num_inference_steps=sample_steps, guidance_scale=guidance, beta=beta,
+                                         seed=seed)
+                    for variant, use_lora in (("lora", True), ("base", False)):
+                        t0 = time.perf_counter()
+                        o = sample(model, prompt, cfg_s, eps_inv=eps_inv, use_lora=use_lora)
+                        if t_sample is None and use_lora:
+                            t_sample = time.perf_counter() - t0
+                        vid = _u8(o.frames[0])
+                        tr = detector.track(vid)
+                        d = track_distance(tr, ref_track, float(max(h, w)))
+                        rows.append({"ref": r_i, "motion": ref["motion"], "prompt": prompt, "seed": seed,
+                                     "beta": beta, "variant": variant, "distance": d,
+                                     "colour_ok": tr.colour == want["colour"], "coherent": bool(tr.coherent)})
+                        if seed == 0 and prompt == prompts[0]:
+                            name = f"{variant}_beta{beta:g}_seed{seed}.mp4"
+                            write_mp4(vid, run / name, fps=float(vd.get("fps", 8)))
+        timings.append({"train_s": t_train, "train_steps_per_s": res.steps_done / max(t_train, 1e-9),
+                        "invert_s": t_inv, "sample_s": t_sample})
+        remove_lora(model)
+        print(json.dumps({"ref": r_i, "motion": ref["motion"], **timings[-1]}), flush=True)
+    summary = {}
+    for beta in s.betas:
+        for variant in ("lora", "base"):
+            sel = [r for r in rows if r["beta"] == beta and r["variant"] == variant]
+            dist = [r["distance"] for r in sel if not math.isnan(r["distance"])]
+            summary[f"{variant}_beta{beta:g}"] = {
+                "mean_distance": float(np.mean(dist)) if dist else float("nan"),
+                "untracked": sum(math.isnan(r["distance"]) for r in sel), "n": len(sel),
+                "colour_acc": float(np.mean([r["colour_ok"] for r in sel])),
+                "coherent": float(np.mean([r["coherent"] for r in sel])),
+            }
+        lo, ba = summary[f"lora_beta{beta:g}"], summary[f"base_beta{beta:g}"]
+        summary[f"ratio_beta{beta:g}"] = lo["mean_distance"] / ba["mean_distance"] if ba["mean_distance"] else None
+    per_motion = {}
+    for r_i, ref in enumerate(REFERENCES[: s.n_refs]):
+        for variant in ("lora", "base"):
+            dist = [r["distance"] for r in rows if r["ref"] == r_i and r["variant"] == variant
+                    and r["beta"] == s.betas[0] and not math.isnan(r["distance"])]
+            per_motion.setdefault(ref["motion"], {})[variant] = float(np.mean(dist)) if dist else float("nan")
+    return {"summary": summary, "per_motion": per_motion, "timings": timings, "rows": rows}
+
+
+def report_md(res: dict, model: T2VModel, cmd: str) -> str:
+    pf, mt = res["prompt_following"], res["motion_transfer"]
+    t = mt["timings"][0] if mt["timings"] else {}
+    lines = [
+        "## Quality (measured by `motion_core/shapes/evaluate.py`)",
+        "",
+        f"Command: `{cmd}`  ",
+        f"Hardware: {res['hardware']}; evaluation wall time {res['wall_minutes']:.1f} min.",
+        "",
+        "| check | target | measured |",
+        "|---|---|---|",
+        f"| VAE reconstruction PSNR, held-out frames | >= 30 dB | {res['vae_psnr']:.2f} dB |",
+        f"| prompted colour is the dominant colour (base model, {pf['n']} prompts) | >= 90% | "
+        f"{100 * pf['colour_acc']:.0f}% |",
+        f"| prompted shape is right | >= 70% | {100 * pf['shape_acc']:.0f}% |",
+        f"| one object tracked through all frames | >= 90% | {100 * pf['coherent']:.0f}% |",
+    ]
+    for key in sorted(k for k in mt["summary"] if k.startswith("ratio")):
+        beta = key.removeprefix("ratio_beta")
+        lo, ba = mt["summary"][f"lora_beta{beta}"], mt["summary"][f"base_beta{beta}"]
+        lines.append(f"| motion transfer, beta = {beta}: LoRA / base trajectory distance | <= 0.5 | "
+                     f"{mt['summary'][key]:.2f} ({lo['mean_distance']:.3f} / {ba['mean_distance']:.3f}; "
+                     f"untracked {lo['untracked']}/{lo['n']} and {ba['untracked']}/{ba['n']}) |")
+        lines.append(f"| prompted colour wins in LoRA samples, beta = {beta} | >= 80% | "
+                     f"{100 * lo['colour_acc']:.0f}% |")
+    if t:
+        total = t["train_s"] + t["invert_s"] + (t["sample_s"] or 0)
+        lines.append(f"| default flow on this CPU ({res['settings']['steps']} steps + inversion + one sample) | "
+                     f"<= 5 min | {total / 60:.1f} min ({t['train_steps_per_s']:.2f} training steps/s) |")
+    lines += ["", "Per reference motion (beta = first value), mean trajectory distance:", "",
+              "| motion | LoRA | base |", "|---|---|---|"]
+    for m, v in mt["per_motion"].items():
+        lines.append(f"| {m} | {v['lora']:.3f} | {v['base']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=None, help="model folder (default: the embedded model)")
+    ap.add_argument("--out", default="runs/shapes-eval", help="output folder")
+    ap.add_argument("--steps", type=int, default=400, help="LoRA training steps per reference")
+    ap.add_argument("--seeds", type=int, default=2, help="seeds per (reference, prompt)")
+    ap.add_argument("--refs", type=int, default=6, help="number of reference motions (max 6)")
+    ap.add_argument("--prompt-samples", type=int, default=40, help="samples for the prompt-following check")
+    ap.add_argument("--quick", action="store_true", help="a smoke run: 2 steps, 1 reference, few samples")
+    ap.add_argument("--card", action="store_true", help="write the results into the model card beside the weights")
+    args = ap.parse_args(argv)
+    s = Settings(steps=args.steps, seeds=args.seeds, n_refs=args.refs, n_prompt_samples=args.prompt_samples)
+    if args.quick:
+        s = Settings(steps=2, sample_steps=3, seeds=1, prompts_per_ref=1, n_refs=1, n_prompt_samples=2,
+                     n_psnr_clips=2)
+    t_all = time.perf_counter()
+    model = load_model(args.model, device="cpu")
+    sd = model.sample_defaults
+    steps = s.sample_steps or int(sd.get("num_inference_steps", 25))
+    guidance = float(sd.get("guidance_scale", 7.5))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    res: dict = {"model": model.source, "settings": s.__dict__ | {"betas": list(s.betas)},
+                 "sample_steps": steps, "guidance": guidance,
+                 "hardware": f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads"}
+    res["vae_psnr"] = vae_psnr(model, s.n_psnr_clips)
+    print(f"VAE PSNR {res['vae_psnr']:.2f} dB", flush=True)
+    res["prompt_following"] = prompt_following(model, s.n_prompt_samples, steps, guidance)
+    print({k: v for k, v in res["prompt_following"].items() if k != "rows"}, flush=True)
+    res["motion_transfer"] = motion_transfer(model, s, out, guidance, steps)
+    print(json.dumps(res["motion_transfer"]["summary"], indent=1), flush=True)
+    res["wall_minutes"] = (time.perf_counter() - t_all) / 60
+    (out / "results.json").write_text(json.dumps(res, indent=1))
+    cmd = "python -m motion_core.shapes.evaluate " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
+    md = report_md(res, model, cmd.strip())
+    (out / "report.md").write_text(md)
+    print(md)
+    if args.card:
+        write_card(Path(model.source), md)
+
+
+def write_card(folder: Path, quality_md: str) -> None:
+    """Model card = the recipe's facts (training_info.json) + the measured quality section."""
+    info = json.loads((folder / "training_info.json").read_text())["info"]
+    side = json.loads((folder / "motion_matcher.json").read_text())
+    p = info["params"]
+    card = f"""---
+license: apache-2.0
+library_name: diffusers
+tags: [text-to-video, motion-customization, motionmatcher, toy-model]
+---
+# shapes-t2v: the embedded text-to-video model of this project
+
+A small text-to-video diffusion model of a procedural world of moving coloured shapes, made so that the app,
+the CLI and the tests work on a CPU with no downloads, and so that motion transfer can be *measured* (the true
+motion of every clip is known). Same classes and folder layout as Zeroscope (`AutoencoderKL`, `CLIPTextModel` +
+`CLIPTokenizer`, `UNet3DConditionModel`, `DDIMScheduler`); load it with `motion_core.models.load_model()`.
+
+## Data
+{info['clips']} clips of `motion_core.shapes.world` (seed {info['seed']}), {info['frames']} frames of
+{info['height']} x {info['width']} at {info['fps']:g} fps: one or two objects (5 shapes, 8 colours, 3 sizes) over 6
+kinds of backgrounds, with 22 motions (lines in 8 directions, orbits, zigzags, bounces, zooms, rotations, camera
+pans) and two-object clips. Captions name objects, colours and background only (no motion words), so a prompt
+without a motion gives varied motion.
+
+## Model
+| part | parameters |
+|---|---|
+| UNet3DConditionModel (32, 64, 64 channels, 1 layer per block) | {p['unet'] / 1e6:.2f} M |
+| AutoencoderKL (32, 64, 64; 4 latent channels, factor 4; scaling {info['vae_scaling_factor']:.4f}) | \
+{p['vae'] / 1e6:.2f} M |
+| CLIPTextModel (64 hidden, 2 layers) + word-level CLIP BPE tokenizer | {p['text_encoder'] / 1e6:.2f} M |
+
+Motion features are read at `{', '.join(side['capture_blocks'])}` (8 x 8 maps), set in `motion_matcher.json`.
+Sampling defaults for this model: {side.get('sample')}.
+
+## Training
+`python -m motion_core.shapes.recipe --out assets/shapes-t2v --clips {info['clips']}` on {info['cpu']}
+({info['cores']} cores, {info['torch_threads']} torch threads), no GPU. VAE: {info.get('vae_steps', '?')} steps
+(batch 16 frames, L1 + MSE + 1e-6 KL), {info.get('vae_seconds', 0) / 60:.0f} min. UNet and text encoder jointly:
+{info['unet_steps']} steps (batch {info['unet_batch']} clips, DDPM noise loss, 10% empty captions for guidance),
+{info['unet_seconds'] / 60:.0f} min. Total wall time {info['wall_seconds'] / 60:.0f} min. The stages stop on a
+wall-clock budget, so step counts depend on the machine; they are recorded in `training_info.json` with the losses.
+
+{quality_md}
+## Limits
+A toy: 64 x 64 pixels, a 50-word vocabulary, shapes only. It exists to run and measure the method on a CPU; use
+Zeroscope (`--model cerspense/zeroscope_v2_576w`) on a GPU for real videos.
+"""
+    (folder / "README.md").write_text(card)
+
+
+if __name__ == "__main__":
+    main()
