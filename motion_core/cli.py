@@ -258,6 +258,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["eval"]:  # the protocol owns its flags (argparse.REMAINDER cannot start with an option)
+        return cmd_eval(argparse.Namespace(rest=argv[1:]))
     args = build_parser().parse_args(argv)
     from .models import ModelLoadError
     from .video import VideoError

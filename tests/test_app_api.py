@@ -42,7 +42,9 @@ def server(tiny_model_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(server):
-    return Client(server.url, verbose=False)
+    c = Client(server.url, verbose=False)
+    yield c
+    c.close()  # else the server's shutdown waits for the client's open stream
 
 
 @pytest.fixture(scope="module")
@@ -132,6 +134,7 @@ def test_a_run_finishes_after_the_server_is_killed_and_restarted(tiny_model_dir,
                             api_name="/train")
         job = st["job_id"]
         wait_status(client, job, lambda s: (s["step"] or 0) >= 2 or s["state"] in FINAL)
+        client.close()
     finally:
         srv.kill()  # no clean shutdown: the job is left "running" on disk, as after a crash
     state = json.loads((store / "jobs" / job / "job.json").read_text())
@@ -142,11 +145,13 @@ def test_a_run_finishes_after_the_server_is_killed_and_restarted(tiny_model_dir,
         client = Client(srv2.url, verbose=False)
         st = wait_status(client, job, lambda s: s["state"] in FINAL)
         assert st["state"] == "done" and st["results"]["steps"] == 10, st
+        client.close()
     finally:
         srv2.stop()
     state = json.loads((store / "jobs" / job / "job.json").read_text())
     assert state["attempts"] == 2
     log = (store / "jobs" / job / "job.log").read_text()
     assert "the app restarted" in log
-    steps = [json.loads(x)["step"] for x in (store / "jobs" / job / "train" / "train_log.jsonl").read_text().split()]
+    lines = (store / "jobs" / job / "train" / "train_log.jsonl").read_text().splitlines()
+    steps = [json.loads(x)["step"] for x in lines]
     assert steps == list(range(1, 11))  # resumed from its checkpoint: no step lost, none counted twice

@@ -41,11 +41,14 @@ def test_eval_smoke_then_resume(tiny_model_dir, tmp_path):
     # Through the top-level CLI (protocol first: its REMAINDER argument cannot begin with an option).
     assert cli_main(["eval", str(proto), *_eval_args(tiny_model_dir, proto, out)[2:]]) == 0
     rows = P.read_rows(out / "results.csv")
-    assert sorted(r["variant"] for r in rows) == ["base", "ddpm", "motion"]
+    assert sorted(r["variant"] for r in rows) == ["base", "ddpm", "motion", "oracle"]
     for r in rows:
         assert r["tracker"] in ("lk", "cotracker3") and r["reference_motion"] == "right"
         assert math.isfinite(float(r["motion_discrepancy"])) and r["text_metric"] == "detector"
         assert (out / r["video"]).is_file()
+    # The rendered ground-truth transfer scores as a perfect sample should: the metrics' floor.
+    oracle = next(r for r in rows if r["variant"] == "oracle")
+    assert float(oracle["text_alignment"]) == 100.0 and float(oracle["trajectory_distance"]) < 0.1
     table = (out / "table.md").read_text()
     assert "Table 1" in table and "Table 2" in table and "`motion`" in table and "`ddpm`" in table
     assert (out / "alignment_vs_motion.png").stat().st_size > 1000
@@ -54,16 +57,16 @@ def test_eval_smoke_then_resume(tiny_model_dir, tmp_path):
 
     # Same command again: nothing to do, nothing retrained, no row repeated.
     assert P.main(_eval_args(tiny_model_dir, proto, out)) == 0
-    assert len(P.read_rows(out / "results.csv")) == 3
+    assert len(P.read_rows(out / "results.csv")) == 4
     # One more seed: only the new samples are made, from the stored LoRAs.
     assert P.main(_eval_args(tiny_model_dir, proto, out, seeds=2)) == 0
     rows = P.read_rows(out / "results.csv")
-    assert len(rows) == 6 and sorted({int(r["seed"]) for r in rows}) == [0, 1]
+    assert len(rows) == 7 and sorted({int(r["seed"]) for r in rows}) == [0, 1]
     assert {v: p.stat().st_mtime_ns for v, p in loras.items()} == mtimes
-    assert "| 1 | 2 |" in (out / "table.md").read_text()  # 1 pair, 2 samples per variant now
+    assert "(`motion`) | 1 | 2 |" in (out / "table.md").read_text()  # 1 pair, 2 samples per variant now
     # Back to one seed: the second seed's rows stay in the CSV but leave the table.
     assert P.main(_eval_args(tiny_model_dir, proto, out)) == 0
-    assert len(P.read_rows(out / "results.csv")) == 6 and "| 1 | 1 |" in (out / "table.md").read_text()
+    assert len(P.read_rows(out / "results.csv")) == 7 and "(`motion`) | 1 | 1 |" in (out / "table.md").read_text()
 
     # Other training settings into the same folder are refused, not mixed in.
     args = _eval_args(tiny_model_dir, proto, out)

@@ -1,0 +1,40 @@
+"""Promises the repository makes to a new user: README commands, CI, pins, asset sizes."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _readme_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    return [b.strip() for b in re.findall(r"```bash\n(.*?)```", text, flags=re.S)]
+
+
+def test_readme_opens_with_app_and_test_commands_and_ci_runs_the_test_command():
+    app_cmd, test_cmd = _readme_commands()[:2]
+    assert "app.py" in app_cmd and "requirements.txt" in app_cmd
+    assert "pytest" in test_cmd
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert test_cmd in ci, "the README's test command must appear verbatim in .ci/run"
+
+
+def test_torch_is_pinned_exactly_and_torchvision_is_not_used():
+    req = (ROOT / "requirements.txt").read_text()
+    assert re.search(r"^torch==2\.13\.0$", req, flags=re.M)
+    assert "torchvision" not in req
+    for py in (ROOT / "motion_core").rglob("*.py"):
+        assert "import torchvision" not in py.read_text(), py
+
+
+def test_library_never_imports_the_ui():
+    for py in (ROOT / "motion_core").rglob("*.py"):
+        src = py.read_text()
+        assert not re.search(r"^\s*(import gradio|from gradio|from app|import app\b)", src, flags=re.M), py
+
+
+def test_assets_stay_small():
+    total = sum(p.stat().st_size for p in (ROOT / "assets").rglob("*") if p.is_file())
+    assert total < 50 * 2**20, f"assets/ is {total / 2**20:.1f} MB (limit 50 MB)"
