@@ -61,7 +61,9 @@ def build_ui(app: Any) -> gr.Blocks:
 
     with gr.Blocks(title="MotionMatcher") as demo:
         saved = gr.BrowserState({}, storage_key="motion-matcher-runs", secret=app.secret)
-        current = gr.State(None)  # the run (training or uploaded LoRA) this page shows
+        # The run (training or uploaded LoRA) this page shows. A hidden Textbox, not a gr.State: State values stay
+        # on the server, and the address-bar script below needs the id in the browser.
+        current = gr.Textbox(visible=False, elem_id="mm-current")
         sig = gr.State({})  # what the page already shows, so polling sends only changes
         timer = gr.Timer(app.opts.poll_seconds, active=False)
 
@@ -152,7 +154,8 @@ def build_ui(app: Any) -> gr.Blocks:
             gen_progress = gr.HTML(elem_id="mm-gen-progress")
             result = gr.Video(label="Latest result: motion LoRA (left) | base model (right)", interactive=False,
                               autoplay=True, loop=True, height=320, elem_id="mm-result")
-            gallery = gr.Gallery(label="All results of this run", columns=3, height="auto", elem_id="mm-gallery")
+            gallery = gr.Gallery(label="All results of this run", columns=3, fit_columns=False, height=280,
+                                 object_fit="contain", elem_id="mm-gallery")
 
         # --------------------------------------------------------------------------- 4. download, share
         with gr.Column(elem_classes="mm-section"):
@@ -183,29 +186,33 @@ def build_ui(app: Any) -> gr.Blocks:
         private_ev: dict[str, Any] = {"api_visibility": "private"}
         run_out = [current, saved, history, timer, sig]
 
-        demo.load(app.ui_load, [saved, model], [current, saved, history, model_md, timer, sig, *presets],
-                  **private_ev).then(app.poll, [current, sig], poll_out, show_progress="hidden", **private_ev) \
-            .then(app.estimate, [model, steps], estimate, **private_ev)
+        def show_run(event: Any) -> None:
+            """After an event that changes the run shown: poll once now, and put the run in the address bar."""
+            event.then(app.poll, [current, sig], poll_out, show_progress="hidden", **private_ev) \
+                .then(None, [current], None, js=SET_URL_JS, **private_ev)
+
+        loaded = demo.load(app.ui_load, [saved, model], [current, saved, history, model_md, timer, sig, *presets],
+                           **private_ev)
+        show_run(loaded)
+        loaded.then(app.estimate, [model, steps], estimate, **private_ev)
         timer.tick(app.poll, [current, sig], poll_out, show_progress="hidden", concurrency_limit=None,
                    **private_ev)
-        current.change(None, [current], None, js=SET_URL_JS, **private_ev)
         video.change(app.ui_preview, [video, model], [preview, preview_md], concurrency_limit=2,
                      concurrency_id="ffmpeg", **private_ev)
         example.input(app.ui_example, [example], [video, caption, prompt], **private_ev)
         model.change(app.ui_model_changed, [model, steps], [model_md, estimate, *presets], **private_ev)
         steps.change(app.estimate, [model, steps], estimate, show_progress="hidden", **private_ev)
-        start.click(app.ui_start, [video, caption, model, steps, lr, rank, lca, ltsa, seed, objective, saved],
-                    run_out, concurrency_limit=2, concurrency_id="ffmpeg", **private_ev) \
-            .then(app.poll, [current, sig], poll_out, show_progress="hidden", **private_ev)
+        show_run(start.click(app.ui_start, [video, caption, model, steps, lr, rank, lca, ltsa, seed, objective,
+                                            saved], run_out, concurrency_limit=2, concurrency_id="ffmpeg",
+                             **private_ev))
         cancel.click(app.ui_cancel, [current], [timer], **private_ev)
         resume.click(app.ui_resume, [current], [timer], **private_ev)
-        history.input(app.ui_open, [history, saved], [current, saved, timer, sig], **private_ev) \
-            .then(app.poll, [current, sig], poll_out, show_progress="hidden", **private_ev)
+        show_run(history.input(app.ui_open, [history, saved], [current, saved, timer, sig], **private_ev))
         generate.click(app.ui_generate, [current, prompt, negative, beta, fixed_seed, sample_seed, s_steps,
                                          guidance, strength, n_videos, compare], [timer], **private_ev)
         cancel_gen.click(app.ui_cancel_generation, [current], [timer], **private_ev)
-        import_btn.click(app.ui_import, [lora_files, video, caption, model, saved], run_out, **private_ev) \
-            .then(app.poll, [current, sig], poll_out, show_progress="hidden", **private_ev)
+        show_run(import_btn.click(app.ui_import, [lora_files, video, caption, model, saved], run_out,
+                                  **private_ev))
         push_btn.click(app.ui_push, [current, repo_id, token, private], [push_md], **private_ev)
 
         _api_endpoints(app, tr, lo, lc, sc)

@@ -180,6 +180,7 @@ def load_model(
     if not isinstance(scheduler, DDIMScheduler):  # a folder may name another scheduler class; we need DDIM maths
         scheduler = DDIMScheduler.from_config(scheduler.config)
     unet.to(dev).eval().requires_grad_(False)
+    _maybe_xformers(unet, dev)
     vae.to(dev).eval().requires_grad_(False)
     text_encoder.to(dev).eval().requires_grad_(False)
     blocks = tuple(sidecar.get("capture_blocks") or default_capture_blocks(unet))
@@ -190,6 +191,21 @@ def load_model(
             raise ModelLoadError(f"{SIDECAR} names capture block {b!r}, which this UNet does not have") from err
     return T2VModel(unet, vae, text_encoder, tokenizer, scheduler, source, blocks,
                     dict(sidecar.get("video", {})), wdtype, dict(sidecar.get("sample", {})))
+
+
+def _maybe_xformers(unet: UNet3DConditionModel, dev: torch.device) -> None:
+    """Use xformers on CUDA when it is importable (optional; SDPA is as good). Never required, never on the CPU.
+
+    It replaces every attention processor, so it must run before the motion extractor installs its own.
+    """
+    if dev.type != "cuda" or os.environ.get("MOTION_MATCHER_NO_XFORMERS"):
+        return
+    try:
+        import xformers  # noqa: F401
+
+        unet.enable_xformers_memory_efficient_attention()
+    except Exception:  # noqa: BLE001 - any failure (missing wheel, wrong torch build) means: keep SDPA
+        pass
 
 
 def save_model(model: T2VModel, folder: str | os.PathLike, extra_sidecar: dict[str, Any] | None = None) -> Path:

@@ -130,7 +130,7 @@ def test_train_generate_download_in_the_browser(browser, server, tiny_model_dir,
     page.screenshot(path=str(artifacts / "3-generated.png"), full_page=True)
 
     # 4. Download the LoRA from the page; it loads into the model.
-    link = page.locator("#mm-downloads a", has_text="lora.safetensors").first
+    link = page.locator('#mm-downloads a[download="lora.safetensors"]')
     with page.expect_download() as dl:
         link.click()
     lora = tmp_path / "lora.safetensors"
