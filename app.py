@@ -7,7 +7,7 @@
 Starts the job runner (one worker thread; jobs left running by a previous app resume), builds the page and
 serves it. The default model loads in the background, so the page is up before torch has finished loading.
 Listens on 127.0.0.1 unless ``--host`` says otherwise or it runs in a Space or a container (``SPACE_ID`` or
-``MOTION_MATCHER_PUBLIC`` set), where it must listen on 0.0.0.0.
+``MOTION_MATCHER_PUBLIC`` set), where it must listen on 0.0.0.0. In a Space the model is locked (``--lock-model``).
 """
 
 from __future__ import annotations
@@ -48,8 +48,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", default=os.environ.get("MOTION_MATCHER_MODEL") or "default",
                    help="model preselected on the page: 'default' (the embedded model), a Hugging Face id such as "
                         "cerspense/zeroscope_v2_576w, or a model folder")
-    p.add_argument("--lock-model", action="store_true", default=public,
-                   help="users cannot choose another model (on by default in a Space: no arbitrary downloads)")
+    p.add_argument("--lock-model", action="store_true", default=bool(os.environ.get("SPACE_ID")),
+                   help="users cannot choose another model or type a folder (on by default in a Space: no arbitrary "
+                        "downloads or server folders); use it for any shared deployment")
     p.add_argument("--job-store", default=default_job_store(),
                    help="folder for jobs, checkpoints and results (keep it on persistent storage)")
     p.add_argument("--job-ttl-hours", type=float, default=72.0, help="finished jobs are removed after this long")

@@ -256,7 +256,8 @@ class MotionApp:
                 name = e.get("file") or e.get("video") or e.get("path") or ""
                 path = (EXAMPLES_DIR / str(name)).resolve()
                 if path.parent == EXAMPLES_DIR.resolve() and path.is_file():  # no paths out of the folder
-                    entries.append({"name": e.get("name") or path.stem, "path": str(path),
+                    label = e.get("name") or (f"{path.stem} ({e['motion']})" if e.get("motion") else path.stem)
+                    entries.append({"name": str(label), "path": str(path),
                                     "caption": str(e.get("caption", "")), "prompt": str(e.get("prompt", ""))})
         elif EXAMPLES_DIR.is_dir():  # no index: every clip, without a caption
             entries = [{"name": p.stem, "path": str(p), "caption": "", "prompt": ""}
@@ -368,8 +369,7 @@ class MotionApp:
         self.store.append_log(job_id, "resumed by the user")
         job = self.store.update(job_id, state=QUEUED, phase="waiting", finished=None, attempts=0,
                                 message="Resumed: it continues from its last checkpoint.", log_tail=[])
-        with self.runner._wake:
-            self.runner._wake.notify_all()
+        self.runner.notify()
         return job
 
     def files_of(self, job: Job) -> list[Path]:
@@ -523,17 +523,24 @@ class MotionApp:
             saved = self.remember(saved, current)
         choices = self.history_choices(saved)
         return (current, saved or {}, gr.update(choices=choices, value=current if choices else None),
-                self.model_status(model), gr.Timer(active=bool(current)), {}, *self.presets(model))
+                self.model_status(model), gr.Timer(active=bool(current) or self._warming_up()), {},
+                *self.presets(model))
 
     @user_errors
     def ui_preview(self, video: str | None, model: str | None):
         """The clip as the model will see it (resampled, cropped, resized), with what was done to it."""
         if not video:
             return None, ""
+        note = ""
+        try:
+            vcfg = self.video_config(self.source_of(model))
+        except Exception as err:  # no usable model yet: show the clip at the paper's settings, and say so
+            from motion_core.config import VideoConfig
+
+            vcfg = VideoConfig(max_file_mb=self.opts.max_upload_mb)
+            note = f" (the paper's settings: the model is not usable: {user_message(err)})"
         try:
             src = self.store.check_video_upload(video)
-            source = self.source_of(model)
-            vcfg = self.video_config(source)
             from motion_core.video import probe_video
 
             info = probe_video(src)
@@ -550,7 +557,7 @@ class MotionApp:
         if info.fps:
             src_desc += f" at {info.fps:.3g} fps"
         return str(out), (f"The model sees **{vcfg.num_frames} frames at {vcfg.fps:g} fps** ({secs:.1f} s from the "
-                          f"start), centre-cropped to **{vcfg.width}×{vcfg.height}**. Source: {src_desc}.")
+                          f"start), centre-cropped to **{vcfg.width}×{vcfg.height}**{note}. Source: {src_desc}.")
 
     def ui_example(self, name: str | None):
         for e in self.examples():
@@ -637,42 +644,47 @@ class MotionApp:
     # ------------------------------------------------------------------------------------- page: polling
 
     def _latest_sample(self, job_id: str) -> Job | None:
-        kids = [j for j in self.store.children(job_id) if j.kind == "sample"]
-        return kids[-1] if kids else None
+        samples = [j for j in self.store.children(job_id) if j.kind == "sample"]
+        return samples[-1] if samples else None
 
-    def poll(self, job_id: str | None, sig: dict[str, Any] | None):
+    def poll(self, job_id: str | None, sig: dict[str, Any] | None, model: str | None = None):
         """One timer tick: everything the page shows about the current run, sending only what changed.
 
         Outputs: status, progress bar, loss plot, cross-attention picture, temporal-attention picture, download
-        files, generation status, generation progress, latest result, gallery, timer, signature state.
+        files, generation status, generation progress, latest result, gallery, model status, timer, signature.
         """
         sig = dict(sig or {})
         if not job_id:
-            return (*(gr.skip() for _ in range(10)), gr.Timer(active=False), sig)
+            if self._warming_up() or sig.get("model_pending"):  # keep the model line true while it loads
+                sig["model_pending"] = self._warming_up()
+                return (*(gr.skip() for _ in range(10)), self.model_status(model), gr.Timer(active=True), sig)
+            return (*(gr.skip() for _ in range(11)), gr.Timer(active=False), sig)
         try:
-            return self._poll(job_id, sig)
+            return self._poll(job_id, sig, model)
         except JobError as err:
-            return (f"**{err}**", "", *(gr.skip() for _ in range(8)), gr.Timer(active=False), sig)
+            return (f"**{err}**", "", *(gr.skip() for _ in range(9)), gr.Timer(active=False), sig)
         except Exception:  # a timer tick must never raise: it would pop an error every second
             log.exception("poll failed for job %s", job_id)
-            return (*(gr.skip() for _ in range(10)), gr.skip(), sig)
+            return (*(gr.skip() for _ in range(11)), gr.skip(), sig)
 
-    def _poll(self, job_id: str, sig: dict[str, Any]):
+    def _poll(self, job_id: str, sig: dict[str, Any], model: str | None):
         out: dict[str, Any] = {}
         job = self.store.load(job_id)
         out["status"] = self._status_md(job)
         out["progress"] = self._progress_html(job)
         out["ca"], out["tsa"], out["files"] = self._result_files(job)
-        latest = self._latest_sample(job.id)
+        samples = [j for j in self.store.children(job.id) if j.kind == "sample"]
+        latest = samples[-1] if samples else None
         out["gen_status"] = self._gen_status_md(latest)
         out["gen_progress"] = self._progress_html(latest) if latest and not latest.terminal else ""
-        done = [j for j in self.store.children(job.id) if j.kind == "sample" and j.state == DONE]
+        done = [j for j in samples if j.state == DONE]
         out["result"] = self._video_of(done[-1], 0) if done else None
-        out["gallery"] = [(self._video_of(j, i), self._caption_of(j, v))
-                          for j in reversed(done) for i, v in enumerate(j.results.get("videos", []))]
+        out["gallery"] = [(str(self.store.file_in(j.id, v.get("gif") or v["lora"])), self._caption_of(j, v))
+                          for j in reversed(done) for v in j.results.get("videos", [])]
+        out["model"] = self.model_status(model)
         values = []
         for key in ("status", "progress", "loss", "ca", "tsa", "files", "gen_status", "gen_progress", "result",
-                    "gallery"):
+                    "gallery", "model"):
             if key == "loss":
                 values.append(self._loss_update(job, sig))
                 continue
@@ -682,12 +694,19 @@ class MotionApp:
             else:
                 sig[key] = stamp
                 values.append(out[key])
-        active = not job.terminal or (latest is not None and not latest.terminal)
+        active = not job.terminal or (latest is not None and not latest.terminal) or self._warming_up()
         return (*values, gr.Timer(active=active), sig)
 
+    def _warming_up(self) -> bool:
+        return self.opts.preload and not self.runner.warmup_done.is_set()
+
     def _loss_update(self, job: Job, sig: dict[str, Any]) -> Any:
-        if job.kind != "train":
-            return None if sig.pop("loss", None) else gr.skip()
+        if job.kind != "train":  # an uploaded LoRA has no loss: clear the plot once
+            key = f"{job.id}:none"
+            if sig.get("loss") == key:
+                return gr.skip()
+            sig["loss"] = key
+            return None
         path = self.store.job_dir(job.id) / "train" / "train_log.jsonl"
         size = path.stat().st_size if path.is_file() else 0
         key = f"{job.id}:{size}:{job.state}"

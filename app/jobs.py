@@ -508,8 +508,7 @@ class Runner:
     def stop(self, timeout: float = 60.0) -> None:
         """Stop the worker: a running job is interrupted at its next step and goes back to the queue."""
         self._stop.set()
-        with self._wake:
-            self._wake.notify_all()
+        self.notify()
         if self._thread is not None:
             self._thread.join(timeout)
             if self._thread.is_alive():  # e.g. a model still loading: it stops at its next check
@@ -543,9 +542,13 @@ class Runner:
             raise JobError(f"unknown job kind {kind!r}")
         job = self.store.create(kind, params, parent=parent, files=files, prepare=prepare)
         self.store.append_log(job.id, f"queued ({kind})")
+        self.notify()
+        return job
+
+    def notify(self) -> None:
+        """Wake the worker: a job was queued (or re-queued) outside ``submit``."""
         with self._wake:
             self._wake.notify_all()
-        return job
 
     def cancel(self, job_id: str) -> Job:
         return self.store.request_cancel(job_id)
@@ -595,8 +598,9 @@ class Runner:
         try:
             results = self.executors[job.kind](ctx) or {}
         except JobCancelled:
-            done = ctx.job.progress.get("step")
-            where = f" at step {done} of {ctx.job.progress.get('total')}" if done else ""
+            progress = store.load(job.id, fresh=True).progress  # written by the job, maybe from another process
+            done = progress.get("step")
+            where = f" at step {done} of {progress.get('total')}" if done else ""
             store.append_log(job.id, f"cancelled{where}")
             store.finish(job.id, CANCELLED, f"Cancelled{where}. Work done so far is kept in its checkpoint.")
         except RunnerStopped:

@@ -181,21 +181,21 @@ def build_ui(app: Any) -> gr.Blocks:
 
         # ----------------------------------------------------------------------------------- page events
         poll_out = [status, progress, loss_plot, ca_img, tsa_img, downloads, gen_status, gen_progress, result,
-                    gallery, timer, sig]
+                    gallery, model_md, timer, sig]
         presets = [steps, lr, s_steps, guidance]
         private_ev: dict[str, Any] = {"api_visibility": "private"}
         run_out = [current, saved, history, timer, sig]
 
         def show_run(event: Any) -> None:
             """After an event that changes the run shown: poll once now, and put the run in the address bar."""
-            event.then(app.poll, [current, sig], poll_out, show_progress="hidden", **private_ev) \
+            event.then(app.poll, [current, sig, model], poll_out, show_progress="hidden", **private_ev) \
                 .then(None, [current], None, js=SET_URL_JS, **private_ev)
 
         loaded = demo.load(app.ui_load, [saved, model], [current, saved, history, model_md, timer, sig, *presets],
                            **private_ev)
         show_run(loaded)
         loaded.then(app.estimate, [model, steps], estimate, **private_ev)
-        timer.tick(app.poll, [current, sig], poll_out, show_progress="hidden", concurrency_limit=None,
+        timer.tick(app.poll, [current, sig, model], poll_out, show_progress="hidden", concurrency_limit=None,
                    **private_ev)
         video.change(app.ui_preview, [video, model], [preview, preview_md], concurrency_limit=2,
                      concurrency_id="ffmpeg", **private_ev)

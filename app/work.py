@@ -45,7 +45,7 @@ from motion_core.models import (
 )
 from motion_core.sample import invert_cached, sample
 from motion_core.train import LORA_FILE, Progress, train_lora
-from motion_core.video import read_video, to_uint8, write_mp4
+from motion_core.video import read_video, to_uint8, write_gif, write_mp4
 
 from . import figures
 from .jobs import DONE, JobContext, JobError, JobStore, Runner, atomic_write_text
@@ -375,8 +375,11 @@ class Worker:
             if base is not None:
                 item["base"] = f"base_{i}.mp4"
                 item["pair"] = f"pair_{i}.mp4"
+                item["gif"] = f"pair_{i}.gif"  # the gallery shows GIFs: they move without pressing play
                 write_mp4(base.frames[i], ctx.path(item["base"]), fps)
-                write_mp4(side_by_side(res.frames[i], base.frames[i]), ctx.path(item["pair"]), fps)
+                pair = side_by_side(res.frames[i], base.frames[i])
+                write_mp4(pair, ctx.path(item["pair"]), fps)
+                write_gif(pair, ctx.path(item["gif"]), fps)
             videos.append(item)
         out: dict[str, Any] = {"videos": videos, "seeds": res.seeds, "fps": fps}
         if note:

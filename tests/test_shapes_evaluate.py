@@ -1,0 +1,29 @@
+"""Smoke run of the embedded model's evaluation script on a tiny model (the full run is documented on the card)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+from motion_core.shapes import detector, evaluate, world
+
+
+def test_quick_evaluation_writes_results(tiny_model_dir, tmp_path):
+    evaluate.main(["--model", str(tiny_model_dir), "--quick", "--out", str(tmp_path)])
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert math.isfinite(res["vae_psnr"])
+    pf = res["prompt_following"]
+    assert pf["n"] == 2 and 0 <= pf["colour_acc"] <= 1
+    mt = res["motion_transfer"]["summary"]
+    assert {"lora_beta0.3", "base_beta0.3", "lora_beta0", "base_beta0", "ratio_beta0.3"} <= set(mt)
+    md = (tmp_path / "report.md").read_text()
+    assert "VAE reconstruction PSNR" in md and "LoRA / base trajectory distance" in md
+    assert (tmp_path / "ref0_zigzag_right" / "lora.safetensors").is_file()
+
+
+def test_track_distance_is_zero_for_the_same_clip_and_grows_with_offset():
+    a = world.render(world.make_spec("circle", "red", motion="right", seed=0, frames=8))
+    b = world.render(world.make_spec("circle", "red", motion="left", seed=0, frames=8))
+    ta, tb = detector.track(a.frames), detector.track(b.frames)
+    assert evaluate.track_distance(ta, ta, 64.0) == 0.0
+    assert evaluate.track_distance(ta, tb, 64.0) > 0.05
