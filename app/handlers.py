@@ -15,6 +15,7 @@ log only. ``app.work`` (torch, diffusers) is imported on first use, so the page 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import html
 import json
@@ -170,8 +171,10 @@ class MotionApp:
         # run history readable after the app restarts.
         path = self.store.root / "browser_secret"
         if not path.is_file():
-            path.write_text(secrets.token_urlsafe(32))
-            path.chmod(0o600)
+            with contextlib.suppress(FileExistsError):  # created with owner-only rights from the first byte
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "w") as f:
+                    f.write(secrets.token_urlsafe(32))
         return path.read_text().strip()
 
     # ---------------------------------------------------------------------------------------- models
@@ -306,7 +309,8 @@ class MotionApp:
         prompt = (prompt or "").strip()
         if not prompt:
             raise JobError("Write a prompt describing the new video (e.g. 'a green star on a dotted background').")
-        seed_v = None if seed in (None, "") or float(seed) < 0 else _num(seed, "seed", 0, 2**31 - 1, integer=True)
+        seed_v = None if seed in (None, "") else _num(seed, "seed", -1, 2**31 - 1, integer=True)
+        seed_v = None if seed_v is None or seed_v < 0 else seed_v  # -1 (the API's default): a random seed
         cfg = SampleConfig(num_inference_steps=_num(steps, "steps", 1, 1000, integer=True),
                            guidance_scale=_num(guidance, "guidance", 0, 50), beta=_num(beta, "β", 0, 1),
                            lora_scale=_num(lora_strength, "LoRA strength", 0, 4),

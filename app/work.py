@@ -222,21 +222,13 @@ class Worker:
         p = ctx.params
         cfg = RunConfig.from_dict(p["config"])
         ctx.phase("loading the model")
-        model = self.models.get(p["model"])
+        self.models.get(p["model"])
         if not ctx.path(LATENTS).is_file() or not ctx.path(FEATURES["ca"]).is_file():
-            ctx.phase("reading the video")
-            frames = read_video(ctx.path(p["video"]), cfg.video)
-            z0 = encode_video(model, frames).cpu()
-            torch.save(z0, ctx.path(".latents.tmp"))
-            os.replace(ctx.path(".latents.tmp"), ctx.path(LATENTS))
-            ctx.phase("computing the motion features")
-            try:
-                self.feature_pictures(model, frames, z0, p["caption"], cfg, ctx.dir)
-            except Exception as err:  # pictures are a bonus: never let them stop the training
-                log.warning("motion feature pictures failed for job %s: %s", ctx.id, err, exc_info=True)
-                ctx.log(f"warning: no motion feature pictures ({type(err).__name__}: {err})")
+            self._gpu("_prepare_call", ctx.id)  # done once: a resumed run finds both on disk
         total = cfg.train.steps
-        ctx.phase("training", step=int(ctx.job.progress.get("step") or 0), total=total)
+        log_path = ctx.path("train/train_log.jsonl")  # one line per step done: where a resumed run stands
+        done = len(log_path.read_text().splitlines()) if log_path.is_file() else 0
+        ctx.phase("training", step=done, total=total)
         if self.spaces is None:
             out = self._train_call(ctx.id, None)
         else:
@@ -248,6 +240,24 @@ class Worker:
         return {"lora": lora, "config": "train/config.json", "steps": out["steps_done"],
                 "seconds": round(out["seconds"], 1), "features": [v for v in FEATURES.values()
                                                                   if ctx.path(v).is_file()]}
+
+    def _prepare_call(self, job_id: str) -> None:
+        """The reference's latents (saved for training and inversion) and its motion feature pictures."""
+        ctx = self._ctx(job_id)
+        p = ctx.params
+        cfg = RunConfig.from_dict(p["config"])
+        model = self.models.get(p["model"])
+        ctx.phase("reading the video")
+        frames = read_video(ctx.path(p["video"]), cfg.video)
+        z0 = encode_video(model, frames).cpu()
+        torch.save(z0, ctx.path(".latents.tmp"))
+        os.replace(ctx.path(".latents.tmp"), ctx.path(LATENTS))
+        ctx.phase("computing the motion features")
+        try:
+            self.feature_pictures(model, frames, z0, p["caption"], cfg, ctx.dir)
+        except Exception as err:  # pictures are a bonus: never let them stop the training
+            log.warning("motion feature pictures failed for job %s: %s", ctx.id, err, exc_info=True)
+            ctx.log(f"warning: no motion feature pictures ({type(err).__name__}: {err})")
 
     def _train_in_chunks(self, ctx: JobContext, total: int) -> dict[str, Any]:
         """ZeroGPU: calls of at most ``gpu_seconds`` each; the first is short and measures the speed."""

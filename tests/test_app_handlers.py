@@ -146,7 +146,7 @@ def test_zero_gpu_runs_gpu_work_under_spaces_gpu_in_chunks(tiny_model_dir, tmp_p
         job = app.submit_train(str(clip), "a red square", None, 3, 5e-4, 4, 2000, 2000, 0, "motion")
         done = wait_done(app, job.id)
         assert done.state == DONE and done.results["steps"] == 3
-        assert [c[1] for c in calls] == ["_train_call"] * 3 and all(c[0] == 110 for c in calls)
+        assert [c[1] for c in calls] == ["_prepare_call"] + ["_train_call"] * 3 and all(c[0] == 110 for c in calls)
         s = app.submit_sample(job.id, "a blue circle", "", 0.3, 1, 2, 12, 1, 1, compare_base=False)
         assert wait_done(app, s.id).state == DONE
         assert calls[-1][1] == "_sample_call"
@@ -261,3 +261,24 @@ def test_examples_are_read_safely(make_app, tmp_path, monkeypatch):
     assert [(e["name"], e["caption"]) for e in app.examples()] == [("zig (zigzag)", "a red square")]
     (ex / "examples.json").write_text("{broken")
     assert [e["name"] for e in app.examples()] == ["zig"]  # a broken index: the clips, without captions
+
+
+def test_preview_shows_the_clip_as_the_model_sees_it_or_says_why_not(make_app, clip, tmp_path):
+    app = make_app()
+    path, text = app.ui_preview(str(clip), None)
+    assert path.endswith("preview.mp4") and "8 frames at 8 fps" in text and "32×32" in text
+    bad = tmp_path / "clip.mp4"
+    bad.write_text("not a video")
+    with pytest.warns(UserWarning):  # gr.Warning outside a request: a Python warning
+        path, text = app.ui_preview(str(bad), None)
+    assert path is None and "Cannot use this video" in text and "not a video" in text
+
+
+def test_the_page_layout_and_handlers_load_without_torch():
+    import subprocess
+
+    code = ("import sys, app.ui, app.handlers, app.jobs, app.figures, app.hub; "
+            "sys.exit(1 if 'torch' in sys.modules else 0)")
+    from _app_server import REPO
+
+    assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0, "torch was imported at start-up"
