@@ -27,3 +27,15 @@ def test_track_distance_is_zero_for_the_same_clip_and_grows_with_offset():
     ta, tb = detector.track(a.frames), detector.track(b.frames)
     assert evaluate.track_distance(ta, ta, 64.0) == 0.0
     assert evaluate.track_distance(ta, tb, 64.0) > 0.05
+
+
+def test_split_runs_merge(tiny_model_dir, tmp_path):
+    a, b, out = tmp_path / "a", tmp_path / "b", tmp_path / "merged"
+    evaluate.main(["--model", str(tiny_model_dir), "--quick", "--out", str(a)])
+    evaluate.main(["--model", str(tiny_model_dir), "--quick", "--no-checks", "--only-refs", "0", "--out", str(b)])
+    assert not (b / "report.md").exists()  # a part without the checks waits for the merge
+    evaluate.main(["--merge", str(a), str(b), "--out", str(out)])
+    res = json.loads((out / "results.json").read_text())
+    rows_a = json.loads((a / "results.json").read_text())["motion_transfer"]["rows"]
+    assert len(res["motion_transfer"]["rows"]) == 2 * len(rows_a)
+    assert "in parallel" in res["command"] and (out / "report.md").is_file()

@@ -25,6 +25,7 @@ import argparse
 import json
 import math
 import platform
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,11 +122,14 @@ def prompt_following(model: T2VModel, n: int, sample_steps: int, guidance: float
             "coherent": float(np.mean([r["coherent"] for r in rows])), "rows": rows}
 
 
-def motion_transfer(model: T2VModel, s: Settings, out: Path, guidance: float, sample_steps: int) -> dict:
+def motion_transfer(model: T2VModel, s: Settings, out: Path, guidance: float, sample_steps: int,
+                    refs: list[int] | None = None) -> dict:
     vd = model.video_defaults
     f, h, w = int(vd["num_frames"]), int(vd["height"]), int(vd["width"])
     rows, timings = [], []
     for r_i, ref in enumerate(REFERENCES[: s.n_refs]):
+        if refs is not None and r_i not in refs:
+            continue
         spec = world.make_spec(**ref, seed=r_i, frames=f, height=h, width=w)
         clip = world.render(spec)
         ref_track = detector.track(clip.frames)
@@ -164,12 +168,17 @@ def motion_transfer(model: T2VModel, s: Settings, out: Path, guidance: float, sa
                         if seed == 0 and prompt == prompts[0]:
                             name = f"{variant}_beta{beta:g}_seed{seed}.mp4"
                             write_mp4(vid, run / name, fps=float(vd.get("fps", 8)))
-        timings.append({"train_s": t_train, "train_steps_per_s": res.steps_done / max(t_train, 1e-9),
+        timings.append({"ref": r_i, "train_s": t_train, "train_steps_per_s": res.steps_done / max(t_train, 1e-9),
                         "invert_s": t_inv, "sample_s": t_sample})
         remove_lora(model)
-        print(json.dumps({"ref": r_i, "motion": ref["motion"], **timings[-1]}), flush=True)
-    summary = {}
-    for beta in s.betas:
+        print(json.dumps({"motion": ref["motion"], **timings[-1]}), flush=True)
+    return summarize(rows, timings, list(s.betas))
+
+
+def summarize(rows: list[dict], timings: list[dict], betas: list[float]) -> dict:
+    """Means per (variant, beta) and per reference motion, and the LoRA / base distance ratio."""
+    summary: dict = {}
+    for beta in betas:
         for variant in ("lora", "base"):
             sel = [r for r in rows if r["beta"] == beta and r["variant"] == variant]
             dist = [r["distance"] for r in sel if not math.isnan(r["distance"])]
@@ -181,16 +190,17 @@ def motion_transfer(model: T2VModel, s: Settings, out: Path, guidance: float, sa
             }
         lo, ba = summary[f"lora_beta{beta:g}"], summary[f"base_beta{beta:g}"]
         summary[f"ratio_beta{beta:g}"] = lo["mean_distance"] / ba["mean_distance"] if ba["mean_distance"] else None
-    per_motion = {}
-    for r_i, ref in enumerate(REFERENCES[: s.n_refs]):
+    per_motion: dict = {}
+    for r_i in sorted({r["ref"] for r in rows}):
+        motion = REFERENCES[r_i]["motion"]
         for variant in ("lora", "base"):
             dist = [r["distance"] for r in rows if r["ref"] == r_i and r["variant"] == variant
-                    and r["beta"] == s.betas[0] and not math.isnan(r["distance"])]
-            per_motion.setdefault(ref["motion"], {})[variant] = float(np.mean(dist)) if dist else float("nan")
+                    and r["beta"] == betas[0] and not math.isnan(r["distance"])]
+            per_motion.setdefault(motion, {})[variant] = float(np.mean(dist)) if dist else float("nan")
     return {"summary": summary, "per_motion": per_motion, "timings": timings, "rows": rows}
 
 
-def report_md(res: dict, model: T2VModel, cmd: str) -> str:
+def report_md(res: dict, cmd: str) -> str:
     pf, mt = res["prompt_following"], res["motion_transfer"]
     t = mt["timings"][0] if mt["timings"] else {}
     lines = [
@@ -236,7 +246,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--prompt-samples", type=int, default=40, help="samples for the prompt-following check")
     ap.add_argument("--quick", action="store_true", help="a smoke run: 2 steps, 1 reference, few samples")
     ap.add_argument("--card", action="store_true", help="write the results into the model card beside the weights")
+    ap.add_argument("--only-refs", default=None, help="comma-separated reference indices (to split a run)")
+    ap.add_argument("--no-checks", action="store_true", help="skip the PSNR and prompt-following checks")
+    ap.add_argument("--merge", nargs="+", default=None,
+                    help="combine the results.json of split runs (these folders) into --out, then report")
     args = ap.parse_args(argv)
+    if args.merge:
+        return merge(args)
     s = Settings(steps=args.steps, seeds=args.seeds, n_refs=args.refs, n_prompt_samples=args.prompt_samples)
     if args.quick:
         s = Settings(steps=2, sample_steps=3, seeds=1, prompts_per_ref=1, n_refs=1, n_prompt_samples=2,
@@ -251,20 +267,47 @@ def main(argv: list[str] | None = None) -> None:
     res: dict = {"model": model.source, "settings": s.__dict__ | {"betas": list(s.betas)},
                  "sample_steps": steps, "guidance": guidance,
                  "hardware": f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads"}
-    res["vae_psnr"] = vae_psnr(model, s.n_psnr_clips)
-    print(f"VAE PSNR {res['vae_psnr']:.2f} dB", flush=True)
-    res["prompt_following"] = prompt_following(model, s.n_prompt_samples, steps, guidance)
-    print({k: v for k, v in res["prompt_following"].items() if k != "rows"}, flush=True)
-    res["motion_transfer"] = motion_transfer(model, s, out, guidance, steps)
+    if not args.no_checks:
+        res["vae_psnr"] = vae_psnr(model, s.n_psnr_clips)
+        print(f"VAE PSNR {res['vae_psnr']:.2f} dB", flush=True)
+        res["prompt_following"] = prompt_following(model, s.n_prompt_samples, steps, guidance)
+        print({k: v for k, v in res["prompt_following"].items() if k != "rows"}, flush=True)
+    refs = [int(x) for x in args.only_refs.split(",")] if args.only_refs else None
+    res["motion_transfer"] = motion_transfer(model, s, out, guidance, steps, refs)
     print(json.dumps(res["motion_transfer"]["summary"], indent=1), flush=True)
     res["wall_minutes"] = (time.perf_counter() - t_all) / 60
+    res["command"] = "python -m motion_core.shapes.evaluate " + " ".join(sys.argv[1:] if argv is None else argv)
     (out / "results.json").write_text(json.dumps(res, indent=1))
-    cmd = "python -m motion_core.shapes.evaluate " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
-    md = report_md(res, model, cmd.strip())
+    if "vae_psnr" in res:
+        finish(res, out, args.card)
+
+
+def finish(res: dict, out: Path, card: bool) -> None:
+    md = report_md(res, res["command"])
     (out / "report.md").write_text(md)
     print(md)
-    if args.card:
-        write_card(Path(model.source), md)
+    if card:
+        write_card(Path(res["model"]), md)
+
+
+def merge(args: argparse.Namespace) -> None:
+    """Combine split runs (e.g. two processes, one per core) into one result; wall time = the longest part."""
+    parts = [json.loads((Path(d) / "results.json").read_text()) for d in args.merge]
+    res = dict(parts[0])
+    for p in parts:
+        for k in ("vae_psnr", "prompt_following"):
+            if k in p:
+                res[k] = p[k]
+    rows = [r for p in parts for r in p["motion_transfer"]["rows"]]
+    timings = sorted((t for p in parts for t in p["motion_transfer"]["timings"]), key=lambda t: t["ref"])
+    res["motion_transfer"] = summarize(rows, timings, list(res["settings"]["betas"]))
+    res["wall_minutes"] = max(p["wall_minutes"] for p in parts)
+    res["command"] = " && ".join(p["command"] for p in parts) + " (in parallel), then merged with --merge"
+    res["hardware"] += f"; {len(parts)} processes in parallel"
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(res, indent=1))
+    finish(res, out, args.card)
 
 
 def write_card(folder: Path, quality_md: str) -> None:
@@ -303,7 +346,9 @@ Motion features are read at `{', '.join(side['capture_blocks'])}` (8 x 8 maps), 
 Sampling defaults for this model: {side.get('sample')}.
 
 ## Training
-`python -m motion_core.shapes.recipe --out assets/shapes-t2v --clips {info['clips']}` on {info['cpu']}
+`python -m motion_core.shapes.recipe --out assets/shapes-t2v --clips {info['clips']} --vae-minutes \
+{info.get('vae_seconds', 0) / 60:.0f} --unet-minutes {info['unet_seconds'] / 60:.0f} --decoder-minutes \
+{info.get('decoder_seconds', 0) / 60:.0f}` on {info['cpu']}
 ({info['cores']} cores, {info['torch_threads']} torch threads), no GPU. VAE: {info.get('vae_steps', '?')} steps
 (batch 16 frames, L1 + MSE + 1e-6 KL), {info.get('vae_seconds', 0) / 60:.0f} min. UNet and text encoder jointly:
 {info['unet_steps']} steps (batch {info['unet_batch']} clips, DDPM noise loss, 10% empty captions for guidance),

@@ -212,6 +212,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--resume-vae", default=None, help="reuse the VAE of an earlier run's folder")
     ap.add_argument("--decoder-minutes", type=float, default=10.0,
                     help="final stage: fine-tune the VAE decoder alone (the latent space stays fixed)")
+    ap.add_argument("--continue-from", default=None,
+                    help="keep training the UNet and text encoder of a saved model (its VAE and latent scale stay); "
+                         "--unet-minutes more, then the decoder stage; steps and logs accumulate")
     ap.add_argument("--decoder-only", action="store_true",
                     help="run only the decoder stage on the model already in --out (same data and seed)")
     args = ap.parse_args(argv)
@@ -220,6 +223,8 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     if args.decoder_only:
         return _decoder_only(out, args)
+    if args.continue_from:
+        return _continue(Path(args.continue_from), out, args)
     t_all = time.time()
     log: list[dict] = []
     model = build_model(args.seed)
@@ -245,6 +250,35 @@ def main(argv: list[str] | None = None) -> None:
     if args.decoder_minutes > 0:
         info.update(finetune_decoder(model.vae, frames, args.decoder_minutes, args.seed, log))
     info["wall_seconds"] = round(time.time() - t_all, 1)
+    save_model(model, out)
+    (out / "training_info.json").write_text(json.dumps({"info": info, "log": log}, indent=1))
+    print(json.dumps(info), flush=True)
+
+
+def _continue(src: Path, out: Path, args: argparse.Namespace) -> None:
+    """More UNet + text-encoder training on a saved model (same data; a new stream of batches)."""
+    from ..models import load_model
+
+    t0 = time.time()
+    model = load_model(src, device="cpu")
+    rec = json.loads((src / "training_info.json").read_text())
+    info, log = rec["info"], rec["log"]
+    frames, captions = make_data(args.clips, args.seed)
+    latents = encode_all(model.vae, frames) * model.vae.config.scaling_factor
+    done = int(info.get("unet_steps", 0))
+    more = train_unet(model, latents, captions, args.unet_minutes, args.seed + done, log, batch=args.batch)
+    for line in log[len(log) - more["unet_steps"] // 25:]:
+        line["step"] += done  # steps count on from the earlier run
+    info["unet_steps"] = done + more["unet_steps"]
+    info["unet_seconds"] = round(info.get("unet_seconds", 0) + more["unet_seconds"], 1)
+    info["unet_loss_ema"] = more["unet_loss_ema"]
+    if args.decoder_minutes > 0:
+        dec = finetune_decoder(model.vae, frames, args.decoder_minutes, args.seed, log)
+        info["decoder_steps"] = info.get("decoder_steps", 0) + dec["decoder_steps"]
+        info["decoder_seconds"] = round(info.get("decoder_seconds", 0) + dec["decoder_seconds"], 1)
+    info["wall_seconds"] = round(info.get("wall_seconds", 0) + time.time() - t0, 1)
+    info.setdefault("continued", []).append({"from": str(src), "unet_minutes": args.unet_minutes,
+                                             "decoder_minutes": args.decoder_minutes})
     save_model(model, out)
     (out / "training_info.json").write_text(json.dumps({"info": info, "log": log}, indent=1))
     print(json.dumps(info), flush=True)
