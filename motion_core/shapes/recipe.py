@@ -277,7 +277,7 @@ def _continue(src: Path, out: Path, args: argparse.Namespace) -> None:
         info["decoder_steps"] = info.get("decoder_steps", 0) + dec["decoder_steps"]
         info["decoder_seconds"] = round(info.get("decoder_seconds", 0) + dec["decoder_seconds"], 1)
     info["wall_seconds"] = round(info.get("wall_seconds", 0) + time.time() - t0, 1)
-    info.setdefault("continued", []).append({"from": str(src), "unet_minutes": args.unet_minutes,
+    info.setdefault("continued", []).append({"from": str(src), "clips": args.clips, "unet_minutes": args.unet_minutes,
                                              "decoder_minutes": args.decoder_minutes})
     save_model(model, out)
     (out / "training_info.json").write_text(json.dumps({"info": info, "log": log}, indent=1))
