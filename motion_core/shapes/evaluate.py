@@ -39,7 +39,7 @@ from ..lora_io import remove_lora
 from ..models import T2VModel, decode_latents, encode_video, load_model
 from ..sample import invert_cached, sample
 from ..train import train_lora
-from ..video import write_mp4
+from ..video import to_uint8, write_mp4
 from . import detector, world
 
 # Reference motions (>= 6, distinct) and, for each, new prompts naming other shapes, colours and backgrounds.
@@ -71,11 +71,6 @@ class Settings:
     n_refs: int = 6
     n_prompt_samples: int = 40
     n_psnr_clips: int = 40
-
-
-def _u8(frames: torch.Tensor) -> np.ndarray:
-    """(F, 3, H, W) in [0, 1] -> (F, H, W, 3) uint8."""
-    return (frames.clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
 
 
 def vae_psnr(model: T2VModel, n_clips: int, seed: int = 10_000) -> float:
@@ -113,7 +108,7 @@ def prompt_following(model: T2VModel, n: int, sample_steps: int, guidance: float
         want = world.parse_caption(prompt)
         out = sample(model, prompt, SampleConfig(num_inference_steps=sample_steps, guidance_scale=guidance, beta=0.0,
                                                  seed=seed + i), latent_shape=shape, use_lora=False)
-        tr = detector.track(_u8(out.frames[0]))
+        tr = detector.track(to_uint8(out.frames[0]))
         rows.append({"prompt": prompt, "colour_ok": tr.colour == want["colour"],
                      "shape_ok": tr.shape == want["shape"], "coherent": bool(tr.coherent), "colour": tr.colour,
                      "shape": tr.shape})
@@ -159,7 +154,7 @@ def motion_transfer(model: T2VModel, s: Settings, out: Path, guidance: float, sa
                         o = sample(model, prompt, cfg_s, eps_inv=eps_inv, use_lora=use_lora)
                         if t_sample is None and use_lora:
                             t_sample = time.perf_counter() - t0
-                        vid = _u8(o.frames[0])
+                        vid = to_uint8(o.frames[0])
                         tr = detector.track(vid)
                         d = track_distance(tr, ref_track, float(max(h, w)))
                         rows.append({"ref": r_i, "motion": ref["motion"], "prompt": prompt, "seed": seed,
