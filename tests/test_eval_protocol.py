@@ -155,3 +155,37 @@ def test_retrieval_check_on_a_handful_of_clips(tiny_model):
     assert "32.78" in text and "| M (CA + TSA maps) |" in text
     with pytest.raises(ValueError, match="at least two"):
         R.run_check(tiny_model, clips=1)
+
+
+def _append_many(path, tag, n):
+    for i in range(n):
+        row = {"reference": tag, "variant": "motion", "prompt": "p", "seed": i, "text_metric": "detector"}
+        P.append_row(path, row)
+
+
+def test_two_processes_append_to_one_results_file(tmp_path):
+    """Runs of different --references share a folder: one header, every row whole."""
+    import multiprocessing as mp
+
+    path = tmp_path / "results.csv"
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_append_many, args=(path, tag, 60)) for tag in ("a", "b")]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    rows = P.read_rows(path)
+    assert len(rows) == 120
+    assert sorted({(r["reference"], int(r["seed"])) for r in rows}) == sorted(
+        (t, i) for t in ("a", "b") for i in range(60))
+    assert path.read_text().count("reference,") == 1  # a single header line
+
+
+def test_protocol_record_merges_runs_of_different_references(tmp_path):
+    refs = P.load_protocol("shapes6")
+    P.record_protocol(tmp_path, refs[:2])
+    P.record_protocol(tmp_path, refs[2:3])
+    P.record_protocol(tmp_path, refs[:1])  # a re-run of one already recorded: no duplicate
+    names = [d["name"] for d in json.loads((tmp_path / "protocol.json").read_text())]
+    assert names == [r.name for r in refs[:3]]

@@ -444,13 +444,44 @@ def _cell(v: Any) -> str:
 
 
 def append_row(path: Path, row: dict[str, Any]) -> None:
-    """Append one row (header first for a new file); written at once so an interruption loses at most one sample."""
-    new = not path.is_file() or path.stat().st_size == 0
+    """Append one row (header first for a new file); written at once so an interruption loses at most one sample.
+
+    Processes that run different ``--references`` into one folder may append at the same time: the lock keeps the
+    header single and the rows whole.
+    """
     with path.open("a", newline="") as f:
+        _lock(f)
         w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
-        if new:
+        if f.seek(0, 2) == 0:  # decided under the lock, so two processes cannot both write the header
             w.writeheader()
         w.writerow({k: _cell(row.get(k)) for k in CSV_FIELDS})
+        f.flush()
+
+
+def _lock(f: Any) -> None:
+    """Exclusive advisory lock on an open file until it is closed (no-op where fcntl is missing, e.g. Windows)."""
+    try:
+        import fcntl
+    except ImportError:
+        return
+    fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+
+
+def record_protocol(out: Path, refs: Sequence[Reference]) -> None:
+    """Write ``protocol.json``: the references of this run merged by name with those already recorded there."""
+    path = out / "protocol.json"
+    with (out / ".protocol.lock").open("a") as lock:
+        _lock(lock)
+        merged: dict[str, Any] = {}
+        if path.is_file():
+            try:
+                merged = {d["name"]: d for d in json.loads(path.read_text())}
+            except (ValueError, KeyError, TypeError):
+                merged = {}  # an unreadable record is rewritten from this run
+        merged.update({r.name: r.definition() | {"prompts": r.prompts} for r in refs})
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(list(merged.values()), indent=2))
+        tmp.replace(path)
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
@@ -890,7 +921,7 @@ def run_protocol(model: Any, refs: Sequence[Reference], st: EvalSettings, out: s
     tracker = get_tracker("auto")
     record = {"model": model.fingerprint(), "tracker": tracker[0], **{k: getattr(st, k) for k in st.FIXED}}
     check_folder(out, record)
-    (out / "protocol.json").write_text(json.dumps([r.definition() | {"prompts": r.prompts} for r in refs], indent=2))
+    record_protocol(out, refs)
     bars = _Bars(quiet)
     text = TextScorer(st.clip_model)
     done = {row_key(r["reference"], r["variant"], r["prompt"], r["seed"]) for r in read_rows(out / "results.csv")}

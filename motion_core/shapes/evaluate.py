@@ -305,6 +305,38 @@ def merge(args: argparse.Namespace) -> None:
     finish(res, out, args.card)
 
 
+def _training_md(info: dict) -> str:
+    """The card's training section: the first recipe run, each continuation, the totals."""
+    cont = info.get("continued", [])
+    first_unet = info["unet_seconds"] / 60 - sum(c["unet_minutes"] for c in cont)
+    first_dec = info.get("decoder_seconds", 0) / 60 - sum(c["decoder_minutes"] for c in cont)
+    cmds = [f"python -m motion_core.shapes.recipe --out assets/shapes-t2v --clips {info['clips']} --vae-minutes "
+            f"{info.get('vae_seconds', 0) / 60:.0f} --unet-minutes {first_unet:.0f} --decoder-minutes "
+            f"{max(first_dec, 0):.0f}"]
+    cmds += [f"python -m motion_core.shapes.recipe --continue-from assets/shapes-t2v --out assets/shapes-t2v "
+             f"--clips {c['clips']} --unet-minutes {c['unet_minutes']:g} --decoder-minutes {c['decoder_minutes']:g}"
+             for c in cont]
+    runs = "\n".join(cmds)
+    dec = (f" Decoder alone afterwards (encoder and latent space fixed): {info['decoder_steps']} steps, "
+           f"{info['decoder_seconds'] / 60:.0f} min." if info.get("decoder_steps") else "")
+    lr = f" Learning rate of the last UNet stage: {info['unet_lr']}." if info.get("unet_lr") else ""
+    if cont and info.get("unet_lr"):  # the cosine schedule came with the first continuation
+        lr += " The first run, made before the schedule existed, kept 4e-4 after a 100-step warm-up."
+    return f"""Commands, in order ({len(cmds)} run{'s' if len(cmds) > 1 else ''}; each continuation keeps training \
+the saved weights on the same data):
+
+```bash
+{runs}
+```
+
+On {info['cpu']} ({info['cores']} cores, {info['torch_threads']} torch threads), no GPU. VAE: \
+{info.get('vae_steps', '?')} steps (batch 16 frames, L1 + MSE + 1e-6 KL), {info.get('vae_seconds', 0) / 60:.0f} min. \
+UNet and text encoder jointly: {info['unet_steps']} steps in all (batch {info['unet_batch']} clips, DDPM noise loss, \
+10% empty captions for guidance), {info['unet_seconds'] / 60:.0f} min.{lr}{dec} Total wall time \
+{info['wall_seconds'] / 60:.0f} min. The stages stop on a wall-clock budget, so step counts depend on the machine; \
+they are recorded in `training_info.json` with the losses."""
+
+
 def write_card(folder: Path, quality_md: str) -> None:
     """Model card = the recipe's facts (training_info.json) + the measured quality section."""
     info = json.loads((folder / "training_info.json").read_text())["info"]
@@ -341,14 +373,7 @@ Motion features are read at `{', '.join(side['capture_blocks'])}` (8 x 8 maps), 
 Sampling defaults for this model: {side.get('sample')}.
 
 ## Training
-`python -m motion_core.shapes.recipe --out assets/shapes-t2v --clips {info['clips']} --vae-minutes \
-{info.get('vae_seconds', 0) / 60:.0f} --unet-minutes {info['unet_seconds'] / 60:.0f} --decoder-minutes \
-{info.get('decoder_seconds', 0) / 60:.0f}` on {info['cpu']}
-({info['cores']} cores, {info['torch_threads']} torch threads), no GPU. VAE: {info.get('vae_steps', '?')} steps
-(batch 16 frames, L1 + MSE + 1e-6 KL), {info.get('vae_seconds', 0) / 60:.0f} min. UNet and text encoder jointly:
-{info['unet_steps']} steps (batch {info['unet_batch']} clips, DDPM noise loss, 10% empty captions for guidance),
-{info['unet_seconds'] / 60:.0f} min. Total wall time {info['wall_seconds'] / 60:.0f} min. The stages stop on a
-wall-clock budget, so step counts depend on the machine; they are recorded in `training_info.json` with the losses.
+{_training_md(info)}
 
 {quality_md}
 ## Limits

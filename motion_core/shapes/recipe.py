@@ -157,8 +157,12 @@ def encode_all(vae: AutoencoderKL, frames: np.ndarray) -> torch.Tensor:
 
 
 def train_unet(model: T2VModel, latents: torch.Tensor, captions: list[str], minutes: float, seed: int,
-               log: list, batch: int = 8, lr: float = 4e-4, p_uncond: float = 0.1) -> dict:
-    """Joint UNet + text encoder training with the DDPM noise loss; captions dropped 10% of the time for CFG."""
+               log: list, batch: int = 8, lr: float = 4e-4, p_uncond: float = 0.1, lr_floor: float = 0.1) -> dict:
+    """Joint UNet + text encoder training with the DDPM noise loss; captions dropped 10% of the time for CFG.
+
+    The learning rate warms up over 100 steps, then follows a cosine over the wall-clock budget down to
+    ``lr_floor * lr`` (the budget is in minutes, not steps, so the schedule is too).
+    """
     g = torch.Generator().manual_seed(seed + 1)
     unet, te, tok = model.unet, model.text_encoder, model.tokenizer
     params = list(unet.parameters()) + list(te.parameters())
@@ -185,8 +189,10 @@ def train_unet(model: T2VModel, latents: torch.Tensor, captions: list[str], minu
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
+        frac = min(1.0, (time.time() - t0) / (minutes * 60))
+        decay = lr_floor + (1 - lr_floor) * 0.5 * (1 + math.cos(math.pi * frac))
         for group in opt.param_groups:
-            group["lr"] = lr * min(1.0, (step + 1) / warmup)
+            group["lr"] = lr * min(1.0, (step + 1) / warmup) * decay
         opt.step()
         step += 1
         lv = float(loss.detach())
@@ -197,7 +203,8 @@ def train_unet(model: T2VModel, latents: torch.Tensor, captions: list[str], minu
             print(json.dumps(log[-1]), flush=True)
     for m in (unet, te):
         m.eval().requires_grad_(False)
-    return {"unet_steps": step, "unet_batch": batch, "unet_seconds": round(time.time() - t0, 1), "unet_loss_ema": ema}
+    return {"unet_steps": step, "unet_batch": batch, "unet_seconds": round(time.time() - t0, 1), "unet_loss_ema": ema,
+            "unet_lr": f"{lr:g}, 100-step warm-up, cosine over the budget to {lr_floor:g} x"}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -208,6 +215,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--vae-minutes", type=float, default=12.0, help="wall-clock budget of the VAE stage")
     ap.add_argument("--unet-minutes", type=float, default=45.0, help="wall-clock budget of the UNet stage")
     ap.add_argument("--batch", type=int, default=8, help="UNet batch size (clips)")
+    ap.add_argument("--lr", type=float, default=4e-4, help="UNet + text encoder peak learning rate")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores)")
     ap.add_argument("--resume-vae", default=None, help="reuse the VAE of an earlier run's folder")
     ap.add_argument("--decoder-minutes", type=float, default=10.0,
@@ -244,7 +252,8 @@ def main(argv: list[str] | None = None) -> None:
     scale = float(1.0 / raw.std())
     model.vae.register_to_config(scaling_factor=scale)  # unit-variance latents, as SD's 0.18215 does for its VAE
     info["vae_scaling_factor"] = scale
-    info.update(train_unet(model, raw * scale, captions, args.unet_minutes, args.seed, log, batch=args.batch))
+    info.update(train_unet(model, raw * scale, captions, args.unet_minutes, args.seed, log, batch=args.batch,
+                           lr=args.lr))
     info["params"] = {k: sum(p.numel() for p in getattr(model, k).parameters())
                       for k in ("unet", "vae", "text_encoder")}
     if args.decoder_minutes > 0:
@@ -266,12 +275,14 @@ def _continue(src: Path, out: Path, args: argparse.Namespace) -> None:
     frames, captions = make_data(args.clips, args.seed)
     latents = encode_all(model.vae, frames) * model.vae.config.scaling_factor
     done = int(info.get("unet_steps", 0))
-    more = train_unet(model, latents, captions, args.unet_minutes, args.seed + done, log, batch=args.batch)
+    more = train_unet(model, latents, captions, args.unet_minutes, args.seed + done, log, batch=args.batch,
+                      lr=args.lr)
     for line in log[len(log) - more["unet_steps"] // 25:]:
         line["step"] += done  # steps count on from the earlier run
     info["unet_steps"] = done + more["unet_steps"]
     info["unet_seconds"] = round(info.get("unet_seconds", 0) + more["unet_seconds"], 1)
     info["unet_loss_ema"] = more["unet_loss_ema"]
+    info["unet_lr"] = more["unet_lr"]
     if args.decoder_minutes > 0:
         dec = finetune_decoder(model.vae, frames, args.decoder_minutes, args.seed, log)
         info["decoder_steps"] = info.get("decoder_steps", 0) + dec["decoder_steps"]
