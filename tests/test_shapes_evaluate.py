@@ -39,3 +39,24 @@ def test_split_runs_merge(tiny_model_dir, tmp_path):
     rows_a = json.loads((a / "results.json").read_text())["motion_transfer"]["rows"]
     assert len(res["motion_transfer"]["rows"]) == 2 * len(rows_a)
     assert "in parallel" in res["command"] and (out / "report.md").is_file()
+
+
+def test_card_marks_each_target_from_its_number():
+    def res(psnr, colour, ratio):
+        lo = {"mean_distance": ratio * 0.5, "untracked": 0, "n": 4, "colour_acc": colour}
+        ba = {"mean_distance": 0.5, "untracked": 0, "n": 4, "colour_acc": colour}
+        return {"vae_psnr": psnr, "prompt_following": {"n": 10, "colour_acc": colour, "shape_acc": 0.7,
+                                                        "coherent": 0.95},
+                "motion_transfer": {"summary": {"ratio_beta0.3": ratio, "lora_beta0.3": lo, "base_beta0.3": ba},
+                                    "per_motion": {}, "timings": []},
+                "settings": {"steps": 400}, "hardware": "cpu", "wall_minutes": 1.0}
+
+    good = evaluate.quality_checks(res(30.5, 0.9, 0.4))
+    assert all(ok for *_, ok in good) and len(good) == 6
+    bad = {name: ok for name, _, _, ok in evaluate.quality_checks(res(29.9, 0.85, 0.6))}
+    assert not bad["VAE reconstruction PSNR, held-out frames"]
+    assert not bad["motion transfer, beta = 0.3: LoRA / base trajectory distance"]
+    assert bad["prompted shape is right"]  # 70% meets ">= 70%"
+    md = evaluate.report_md(res(29.9, 0.85, 0.6), "cmd")
+    # met: shape, coherence, LoRA colour (85% >= 80%); not met: PSNR, base colour (85% < 90%), the ratio
+    assert "Targets met: 3 of 6." in md and "Not met: VAE reconstruction PSNR" in md

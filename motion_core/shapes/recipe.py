@@ -303,8 +303,13 @@ def _decoder_only(out: Path, args: argparse.Namespace) -> None:
     model = load_model(out, device="cpu")
     frames, _ = make_data(args.clips, args.seed)
     rec = json.loads((out / "training_info.json").read_text())
-    rec["info"].update(finetune_decoder(model.vae, frames, args.decoder_minutes, args.seed, rec["log"]))
-    rec["info"]["wall_seconds"] = round(rec["info"]["wall_seconds"] + time.time() - t0, 1)
+    info = rec["info"]
+    dec = finetune_decoder(model.vae, frames, args.decoder_minutes, args.seed, rec["log"])
+    info["decoder_steps"] = info.get("decoder_steps", 0) + dec["decoder_steps"]  # steps count on, as UNet ones do
+    info["decoder_seconds"] = round(info.get("decoder_seconds", 0) + dec["decoder_seconds"], 1)
+    info["wall_seconds"] = round(info["wall_seconds"] + time.time() - t0, 1)
+    info.setdefault("continued", []).append({"from": str(out), "clips": args.clips, "decoder_only": True,
+                                             "unet_minutes": 0, "decoder_minutes": args.decoder_minutes})
     model.vae.save_pretrained(out / "vae")
     (out / "training_info.json").write_text(json.dumps(rec, indent=1))
     print(json.dumps(rec["info"]), flush=True)
