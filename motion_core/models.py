@@ -281,20 +281,40 @@ def build_word_tokenizer(words: list[str], max_length: int = 77) -> CLIPTokenize
     for ch in sorted(set("".join(words)) | set("abcdefghijklmnopqrstuvwxyz0123456789")):
         vocab.setdefault(ch, len(vocab))
         vocab.setdefault(ch + "</w>", len(vocab))
-    merges: list[tuple[str, str]] = []
-    seen: set[tuple[str, str]] = set()
+    # BPE applies the lowest-ranked merge present, so one word's merges can split another ("right" merges r+i,
+    # which then breaks "triangle" into t|ri|...). Each word is therefore run through the merges made so far and
+    # the first two of whatever pieces remain are joined by a new, last-ranked merge until it is one token. A merge
+    # appended last never fires inside a word that was already whole: some lower-ranked pair was always there.
+    ranks: dict[tuple[str, str], int] = {}
     for w in words:
-        symbols = list(w[:-1]) + [w[-1] + "</w>"]
-        cur = symbols[0]
-        for s in symbols[1:]:
-            if (cur, s) not in seen:
-                seen.add((cur, s))
-                merges.append((cur, s))
-            cur += s
-            vocab.setdefault(cur, len(vocab))
-    tok = CLIPTokenizer(vocab=vocab, merges=merges)
+        pieces = _bpe(list(w[:-1]) + [w[-1] + "</w>"], ranks)
+        while len(pieces) > 1:
+            ranks[(pieces[0], pieces[1])] = len(ranks)
+            vocab.setdefault(pieces[0] + pieces[1], len(vocab))
+            pieces = _bpe(pieces, ranks)
+    tok = CLIPTokenizer(vocab=vocab, merges=sorted(ranks, key=ranks.get))
     tok.model_max_length = max_length
     return tok
+
+
+def _bpe(symbols: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
+    """Byte-pair merging as CLIP's tokenizer does it: the lowest-ranked adjacent pair, every occurrence, repeat."""
+    symbols = list(symbols)
+    while len(symbols) > 1:
+        pairs = {(a, b) for a, b in zip(symbols, symbols[1:]) if (a, b) in ranks}
+        if not pairs:
+            break
+        best = min(pairs, key=ranks.__getitem__)
+        merged, i = [], 0
+        while i < len(symbols):
+            if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == best:
+                merged.append(symbols[i] + symbols[i + 1])
+                i += 2
+            else:
+                merged.append(symbols[i])
+                i += 1
+        symbols = merged
+    return symbols
 
 
 TINY_WORDS = ["a", "an", "red", "green", "blue", "yellow", "circle", "square", "triangle", "star", "on",

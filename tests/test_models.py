@@ -74,3 +74,22 @@ def test_encode_decode_shapes():
     assert x.shape == (1, 5, 3, 32, 32) and 0 <= float(x.min()) and float(x.max()) <= 1
     with pytest.raises(ValueError, match=r"\(F, 3, H, W\)"):
         encode_video(m, torch.rand(5, 32, 32, 3))
+
+
+@pytest.mark.parametrize("vocab", ["world", "tiny"])
+def test_word_tokenizer_spells_every_word_as_one_token(vocab, tmp_path):
+    """Merges of one word must not split another (e.g. "right"'s r+i inside "triangle"); also after a save/load."""
+    from transformers import CLIPTokenizer
+
+    from motion_core.models import TINY_WORDS, build_word_tokenizer
+    from motion_core.shapes import world
+
+    words = list(world.VOCABULARY) if vocab == "world" else TINY_WORDS
+    tok = build_word_tokenizer(words)
+    tok.save_pretrained(tmp_path)
+    for t in (tok, CLIPTokenizer.from_pretrained(tmp_path)):
+        split = {w: t.tokenize(w) for w in words if len(t.tokenize(w)) != 1}
+        assert not split, split
+        ids = t(" ".join(words)).input_ids
+        assert len(ids) == len(words) + 2 and t.unk_token_id not in ids[1:-1]  # bos + one id per word + eos
+    assert tok.tokenize("zzz") == ["z", "z", "z</w>"]  # an unknown word falls back to characters
