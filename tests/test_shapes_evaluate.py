@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
+
 from motion_core.shapes import detector, evaluate, world
 
 
@@ -60,3 +62,14 @@ def test_card_marks_each_target_from_its_number():
     md = evaluate.report_md(res(29.9, 0.85, 0.6), "cmd")
     # met: shape, coherence, LoRA colour (85% >= 80%); not met: PSNR, base colour (85% < 90%), the ratio
     assert "Targets met: 3 of 6." in md and "Not met: VAE reconstruction PSNR" in md
+
+
+def test_diagnose_snr_of_the_clip_mean_grows_as_noise_falls(tiny_model):
+    from motion_core.shapes import diagnose
+
+    rows = diagnose.mean_snr(tiny_model, n=4, timesteps=(999, 500, 100))
+    snr = np.array([r["snr"] for r in rows])  # (timesteps, channels)
+    assert np.isfinite(snr).all() and (snr > 0).all()
+    assert (np.diff(snr, axis=0) > 0).all()  # less noise, more of the clip's mean readable
+    ab = [r["alpha_bar"] for r in rows]
+    assert ab == sorted(ab) and abs(ab[0] - float(tiny_model.scheduler.alphas_cumprod[999])) < 1e-9
