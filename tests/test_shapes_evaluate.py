@@ -73,3 +73,18 @@ def test_diagnose_snr_of_the_clip_mean_grows_as_noise_falls(tiny_model):
     assert (np.diff(snr, axis=0) > 0).all()  # less noise, more of the clip's mean readable
     ab = [r["alpha_bar"] for r in rows]
     assert ab == sorted(ab) and abs(ab[0] - float(tiny_model.scheduler.alphas_cumprod[999])) < 1e-9
+
+
+def test_a_time_taken_on_a_shared_cpu_is_not_judged():
+    res = {"vae_psnr": 31.0, "prompt_following": {"n": 4, "colour_acc": 1.0, "shape_acc": 1.0, "coherent": 1.0},
+           "motion_transfer": {"summary": {}, "per_motion": {},
+                               "timings": [{"train_s": 400.0, "invert_s": 5.0, "sample_s": 10.0,
+                                            "train_steps_per_s": 1.0}]},
+           "settings": {"steps": 400}, "hardware": "cpu", "wall_minutes": 1.0}
+    alone = evaluate.quality_checks(res)[-1]
+    assert alone[3] is False  # 6.9 min > 5 min
+    res["hardware"] = "cpu; 2 processes in parallel"
+    shared = evaluate.quality_checks(res)[-1]
+    assert shared[3] is None and "another evaluation process" in shared[2]
+    md = evaluate.report_md(res, "cmd")
+    assert "Targets met: 4 of 4." in md and "Not judged: default flow" in md

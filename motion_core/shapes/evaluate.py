@@ -195,12 +195,15 @@ def summarize(rows: list[dict], timings: list[dict], betas: list[float]) -> dict
     return {"summary": summary, "per_motion": per_motion, "timings": timings, "rows": rows}
 
 
-def _mark(ok: bool) -> str:
-    return "yes" if ok else "**no**"
+def _mark(ok: bool | None) -> str:
+    return "not judged (timed on a shared CPU)" if ok is None else "yes" if ok else "**no**"
 
 
-def quality_checks(res: dict) -> list[tuple[str, str, str, bool]]:
-    """(check, target, measured, met) for every target of the card; ``met`` is computed, never typed in."""
+def quality_checks(res: dict) -> list[tuple[str, str, str, bool | None]]:
+    """(check, target, measured, met) for every target of the card; ``met`` is computed, never typed in.
+
+    ``met`` is None for a time measured while another process shared the CPU: neither a pass nor a fail.
+    """
     pf, mt = res["prompt_following"], res["motion_transfer"]
     checks = [
         ("VAE reconstruction PSNR, held-out frames", ">= 30 dB", f"{res['vae_psnr']:.2f} dB", res["vae_psnr"] >= 30),
@@ -222,18 +225,23 @@ def quality_checks(res: dict) -> list[tuple[str, str, str, bool]]:
     t = mt["timings"][0] if mt["timings"] else {}
     if t:
         total = t["train_s"] + t["invert_s"] + (t["sample_s"] or 0)
+        shared = "in parallel" in res["hardware"]  # split runs time the flow on a CPU another process uses
         checks.append((f"default flow on this CPU ({res['settings']['steps']} steps + inversion + one sample)",
-                       "<= 5 min", f"{total / 60:.1f} min ({t['train_steps_per_s']:.2f} training steps/s)",
-                       total <= 300))
+                       "<= 5 min", f"{total / 60:.1f} min ({t['train_steps_per_s']:.2f} training steps/s)"
+                       + (", with another evaluation process on the same cores" if shared else ""),
+                       None if shared else total <= 300))
     return checks
 
 
 def report_md(res: dict, cmd: str) -> str:
     mt = res["motion_transfer"]
     checks = quality_checks(res)
-    unmet = [c[0] for c in checks if not c[3]]
-    status = (f"**Targets met: {len(checks) - len(unmet)} of {len(checks)}.**"
-              + (" Not met: " + "; ".join(unmet) + "." if unmet else ""))
+    judged = [c for c in checks if c[3] is not None]
+    unmet = [c[0] for c in judged if not c[3]]
+    status = (f"**Targets met: {len(judged) - len(unmet)} of {len(judged)}.**"
+              + (" Not met: " + "; ".join(unmet) + "." if unmet else "")
+              + (" Not judged: " + "; ".join(c[0] for c in checks if c[3] is None) + "."
+                 if len(judged) < len(checks) else ""))
     lines = [
         "## Quality (measured by `motion_core/shapes/evaluate.py`)",
         "",
