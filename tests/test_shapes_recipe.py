@@ -64,3 +64,14 @@ def test_recipe_fresh_continue_and_decoder_only(tmp_path):
     card = (out / "README.md").read_text()
     assert f"{info['unet_steps']} steps in all" in card and "--decoder-only" in card
     assert notes in card and "old card" not in card  # the hand-written notes survive a rewrite, nothing else
+
+
+def test_offset_noise_moves_each_clip_channel_mean_and_nothing_else():
+    shape = (64, 4, 6, 8, 8)
+    plain = recipe.training_noise(shape, torch.Generator().manual_seed(0))
+    assert torch.equal(plain, torch.randn(shape, generator=torch.Generator().manual_seed(0)))  # offset 0: unchanged
+    off = recipe.training_noise(shape, torch.Generator().manual_seed(0), offset=0.5)
+    assert torch.allclose(off - off.mean(dim=(2, 3, 4), keepdim=True),
+                          plain - plain.mean(dim=(2, 3, 4), keepdim=True), atol=1e-5)  # same noise, shifted mean
+    spread = (off - plain).mean(dim=(2, 3, 4)).std().item()
+    assert 0.4 < spread < 0.6  # one N(0, 0.5^2) value per (clip, channel)

@@ -340,14 +340,19 @@ def _training_md(info: dict) -> str:
     cont = info.get("continued", [])
     first_unet = info["unet_seconds"] / 60 - sum(c["unet_minutes"] for c in cont)
     first_dec = info.get("decoder_seconds", 0) / 60 - sum(c["decoder_minutes"] for c in cont)
+    def extra(rec: dict) -> str:  # options recorded only when set away from the recipe's defaults
+        return (f" --lr {rec['lr']:g}" if rec.get("lr", 4e-4) != 4e-4 else "") + (
+            f" --noise-offset {rec['noise_offset']:g}" if rec.get("noise_offset") else "")
+
+    first = {"noise_offset": info.get("noise_offset")}  # a continuation does not overwrite the first run's
     cmds = [f"python -m motion_core.shapes.recipe --out assets/shapes-t2v --clips {info['clips']} --vae-minutes "
             f"{info.get('vae_seconds', 0) / 60:.0f} --unet-minutes {first_unet:.0f} --decoder-minutes "
-            f"{max(first_dec, 0):.0f}"]
+            f"{max(first_dec, 0):.0f}{extra(first)}"]
     cmds += [f"python -m motion_core.shapes.recipe --out assets/shapes-t2v --decoder-only --clips {c['clips']} "
              f"--decoder-minutes {c['decoder_minutes']:g}" if c.get("decoder_only") else
              f"python -m motion_core.shapes.recipe --continue-from assets/shapes-t2v --out assets/shapes-t2v "
              f"--clips {c['clips']} --unet-minutes {c['unet_minutes']:g} --decoder-minutes {c['decoder_minutes']:g}"
-             for c in cont]
+             f"{extra(c)}" for c in cont]
     runs = "\n".join(cmds)
     dec = (f" Decoder alone afterwards (encoder and latent space fixed): {info['decoder_steps']} steps, "
            f"{info['decoder_seconds'] / 60:.0f} min." if info.get("decoder_steps") else "")

@@ -157,11 +157,13 @@ def encode_all(vae: AutoencoderKL, frames: np.ndarray) -> torch.Tensor:
 
 
 def train_unet(model: T2VModel, latents: torch.Tensor, captions: list[str], minutes: float, seed: int,
-               log: list, batch: int = 8, lr: float = 4e-4, p_uncond: float = 0.1, lr_floor: float = 0.1) -> dict:
+               log: list, batch: int = 8, lr: float = 4e-4, p_uncond: float = 0.1, lr_floor: float = 0.1,
+               noise_offset: float = 0.0) -> dict:
     """Joint UNet + text encoder training with the DDPM noise loss; captions dropped 10% of the time for CFG.
 
     The learning rate warms up over 100 steps, then follows a cosine over the wall-clock budget down to
-    ``lr_floor * lr`` (the budget is in minutes, not steps, so the schedule is too).
+    ``lr_floor * lr`` (the budget is in minutes, not steps, so the schedule is too). ``noise_offset``: see
+    ``training_noise``.
     """
     g = torch.Generator().manual_seed(seed + 1)
     unet, te, tok = model.unet, model.text_encoder, model.tokenizer
@@ -181,7 +183,7 @@ def train_unet(model: T2VModel, latents: torch.Tensor, captions: list[str], minu
         drop = torch.rand(batch, generator=g) < p_uncond
         ids[drop] = empty
         t = torch.randint(0, 1000, (batch,), generator=g)
-        eps = torch.randn(z0.shape, generator=g)
+        eps = training_noise(z0.shape, g, noise_offset)
         zt = add_noise(model.scheduler, z0, eps, t)
         text = te(ids)[0]
         pred = unet(zt, t, encoder_hidden_states=text).sample
@@ -204,7 +206,22 @@ def train_unet(model: T2VModel, latents: torch.Tensor, captions: list[str], minu
     for m in (unet, te):
         m.eval().requires_grad_(False)
     return {"unet_steps": step, "unet_batch": batch, "unet_seconds": round(time.time() - t0, 1), "unet_loss_ema": ema,
-            "unet_lr": f"{lr:g}, 100-step warm-up, cosine over the budget to {lr_floor:g} x"}
+            "unet_lr": f"{lr:g}, 100-step warm-up, cosine over the budget to {lr_floor:g} x",
+            "noise_offset": noise_offset}
+
+
+def training_noise(shape: torch.Size | tuple[int, ...], g: torch.Generator, offset: float = 0.0) -> torch.Tensor:
+    """Gaussian noise plus ``offset`` x one Gaussian value per (clip, channel), shared by all frames and pixels.
+
+    Zeroscope's schedule leaves 7 % of the clean latent in z_999, and over a whole clip its per-channel mean stands
+    above the noise (``python -m motion_core.shapes.diagnose``), so the model learns to take the global colour from
+    the noise instead of the caption. The offset hides that mean at high noise levels ("offset noise") without
+    changing the schedule, so sampling, inversion and the beta blend stay exactly as on Zeroscope.
+    """
+    eps = torch.randn(shape, generator=g)
+    if offset:
+        eps = eps + offset * torch.randn((shape[0], shape[1]) + (1,) * (len(shape) - 2), generator=g)
+    return eps
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -216,6 +233,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--unet-minutes", type=float, default=45.0, help="wall-clock budget of the UNet stage")
     ap.add_argument("--batch", type=int, default=8, help="UNet batch size (clips)")
     ap.add_argument("--lr", type=float, default=4e-4, help="UNet + text encoder peak learning rate")
+    ap.add_argument("--noise-offset", type=float, default=0.0,
+                    help="offset noise for the UNet stage (0.1 hides the clip mean that z_999 still holds)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores)")
     ap.add_argument("--resume-vae", default=None, help="reuse the VAE of an earlier run's folder")
     ap.add_argument("--decoder-minutes", type=float, default=10.0,
@@ -253,7 +272,7 @@ def main(argv: list[str] | None = None) -> None:
     model.vae.register_to_config(scaling_factor=scale)  # unit-variance latents, as SD's 0.18215 does for its VAE
     info["vae_scaling_factor"] = scale
     info.update(train_unet(model, raw * scale, captions, args.unet_minutes, args.seed, log, batch=args.batch,
-                           lr=args.lr))
+                           lr=args.lr, noise_offset=args.noise_offset))
     info["params"] = {k: sum(p.numel() for p in getattr(model, k).parameters())
                       for k in ("unet", "vae", "text_encoder")}
     if args.decoder_minutes > 0:
@@ -276,7 +295,7 @@ def _continue(src: Path, out: Path, args: argparse.Namespace) -> None:
     latents = encode_all(model.vae, frames) * model.vae.config.scaling_factor
     done = int(info.get("unet_steps", 0))
     more = train_unet(model, latents, captions, args.unet_minutes, args.seed + done, log, batch=args.batch,
-                      lr=args.lr)
+                      lr=args.lr, noise_offset=args.noise_offset)
     for line in log[len(log) - more["unet_steps"] // 25:]:
         line["step"] += done  # steps count on from the earlier run
     info["unet_steps"] = done + more["unet_steps"]
@@ -289,7 +308,8 @@ def _continue(src: Path, out: Path, args: argparse.Namespace) -> None:
         info["decoder_seconds"] = round(info.get("decoder_seconds", 0) + dec["decoder_seconds"], 1)
     info["wall_seconds"] = round(info.get("wall_seconds", 0) + time.time() - t0, 1)
     info.setdefault("continued", []).append({"from": str(src), "clips": args.clips, "unet_minutes": args.unet_minutes,
-                                             "decoder_minutes": args.decoder_minutes})
+                                             "decoder_minutes": args.decoder_minutes, "lr": args.lr,
+                                             "noise_offset": args.noise_offset})
     save_model(model, out)
     (out / "training_info.json").write_text(json.dumps({"info": info, "log": log}, indent=1))
     print(json.dumps(info), flush=True)
