@@ -874,11 +874,10 @@ def _score_oracle(ref: Reference, pref: PreparedReference, folder: Path, todo: l
 def run_reference(model: Any, ref: Reference, st: EvalSettings, out: Path, done: set[tuple[str, str, str, int]],
                   tracker: tuple[str, Callable[..., Any]], text: TextScorer, bars: _Bars) -> dict[str, str]:
     """Oracle and base rows and every variant of one reference; returns what happened per variant (for the log)."""
-    import torch
 
     from motion_core.models import encode_video
     from motion_core.sample import invert_cached
-    from motion_core.video import write_mp4
+    from motion_core.video import frames_from_array, write_mp4
 
     folder = out / ref.name
     check_reference_folder(folder, ref)
@@ -891,7 +890,7 @@ def run_reference(model: Any, ref: Reference, st: EvalSettings, out: Path, done:
     if not (folder / "reference.mp4").is_file():
         write_mp4(pref.frames, folder / "reference.mp4", fps=fps)
     ctx = {"tracker": tracker, "text": text, "ref_tracks": point_tracks(tracker[1], pref.frames, st.grid)}
-    z0 = encode_video(model, torch.from_numpy(pref.frames).permute(0, 3, 1, 2).float() / 255.0)
+    z0 = encode_video(model, frames_from_array(pref.frames))
     eps_inv = None
     status: dict[str, str] = {}
     for v, items in todo.items():

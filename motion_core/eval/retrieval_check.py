@@ -145,6 +145,7 @@ def extract_features(model: Any, clips: Sequence[Any], t: int = 500, seed: int =
     from motion_core.attention import MotionFeatureExtractor
     from motion_core.ddim import add_noise
     from motion_core.models import encode_prompt, encode_video
+    from motion_core.video import frames_from_array
 
     if not 0 <= t < model.num_train_timesteps:
         raise ValueError(f"t must be in [0, {model.num_train_timesteps}), got {t}")
@@ -154,8 +155,7 @@ def extract_features(model: Any, clips: Sequence[Any], t: int = 500, seed: int =
         with torch.no_grad():
             for start in range(0, len(clips), batch):
                 chunk = clips[start:start + batch]
-                z0 = torch.cat([encode_video(model, torch.from_numpy(c.frames).permute(0, 3, 1, 2).float() / 255)
-                                for c in chunk])
+                z0 = torch.cat([encode_video(model, frames_from_array(c.frames)) for c in chunk])
                 eps = torch.cat([_noise(z0.shape[1:], seed, start + i)[None] for i in range(len(chunk))])
                 tt = torch.full((len(chunk),), t, dtype=torch.long)
                 zt = add_noise(model.scheduler, z0, eps.to(z0.device), tt.to(z0.device))

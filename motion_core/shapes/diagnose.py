@@ -22,6 +22,7 @@ import torch
 from ..config import SampleConfig
 from ..models import T2VModel, encode_video, load_model
 from ..sample import sample
+from ..video import frames_from_array
 from . import world
 
 CASES = [("circle", "red", "plain", "grey"), ("star", "blue", "plain", "white"),
@@ -35,7 +36,7 @@ def _size(model: T2VModel) -> dict:
 
 def clip_latents(model: T2VModel, spec: world.ClipSpec) -> tuple[np.ndarray, torch.Tensor]:
     frames = world.render(spec).frames
-    z0 = encode_video(model, torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255.0)
+    z0 = encode_video(model, frames_from_array(frames))
     return frames, z0
 
 
