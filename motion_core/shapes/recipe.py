@@ -303,9 +303,7 @@ def _continue(src: Path, out: Path, args: argparse.Namespace) -> None:
     info["unet_loss_ema"] = more["unet_loss_ema"]
     info["unet_lr"] = more["unet_lr"]
     if args.decoder_minutes > 0:
-        dec = finetune_decoder(model.vae, frames, args.decoder_minutes, args.seed, log)
-        info["decoder_steps"] = info.get("decoder_steps", 0) + dec["decoder_steps"]
-        info["decoder_seconds"] = round(info.get("decoder_seconds", 0) + dec["decoder_seconds"], 1)
+        _add_decoder(info, finetune_decoder(model.vae, frames, args.decoder_minutes, args.seed, log))
     info["wall_seconds"] = round(info.get("wall_seconds", 0) + time.time() - t0, 1)
     info.setdefault("continued", []).append({"from": str(src), "clips": args.clips, "unet_minutes": args.unet_minutes,
                                              "decoder_minutes": args.decoder_minutes, "lr": args.lr,
@@ -313,6 +311,12 @@ def _continue(src: Path, out: Path, args: argparse.Namespace) -> None:
     save_model(model, out)
     (out / "training_info.json").write_text(json.dumps({"info": info, "log": log}, indent=1))
     print(json.dumps(info), flush=True)
+
+
+def _add_decoder(info: dict, dec: dict) -> None:
+    """Decoder steps and seconds count on across runs, as UNet steps do."""
+    info["decoder_steps"] = info.get("decoder_steps", 0) + dec["decoder_steps"]
+    info["decoder_seconds"] = round(info.get("decoder_seconds", 0) + dec["decoder_seconds"], 1)
 
 
 def _decoder_only(out: Path, args: argparse.Namespace) -> None:
@@ -324,9 +328,7 @@ def _decoder_only(out: Path, args: argparse.Namespace) -> None:
     frames, _ = make_data(args.clips, args.seed)
     rec = json.loads((out / "training_info.json").read_text())
     info = rec["info"]
-    dec = finetune_decoder(model.vae, frames, args.decoder_minutes, args.seed, rec["log"])
-    info["decoder_steps"] = info.get("decoder_steps", 0) + dec["decoder_steps"]  # steps count on, as UNet ones do
-    info["decoder_seconds"] = round(info.get("decoder_seconds", 0) + dec["decoder_seconds"], 1)
+    _add_decoder(info, finetune_decoder(model.vae, frames, args.decoder_minutes, args.seed, rec["log"]))
     info["wall_seconds"] = round(info["wall_seconds"] + time.time() - t0, 1)
     info.setdefault("continued", []).append({"from": str(out), "clips": args.clips, "decoder_only": True,
                                              "unet_minutes": 0, "decoder_minutes": args.decoder_minutes})
