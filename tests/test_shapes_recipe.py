@@ -58,6 +58,7 @@ def test_recipe_fresh_continue_and_decoder_only(tmp_path):
     md = evaluate._training_md(info)
     assert md.count("python -m motion_core.shapes.recipe") == 4
     assert md.count("--decoder-only") == 2 and "--continue-from" in md
+    assert md.count("cosine over the budget") == 2 and "constant" not in md  # each UNet run keeps its own schedule
     notes = f"{evaluate.NOTES_START}\nmeasured by hand: 1.0 s\n{evaluate.NOTES_END}"
     (out / "README.md").write_text(f"old card\n{notes}\nold end\n")
     evaluate.write_card(out, "## Quality\n(not measured in this test)\n")

@@ -344,7 +344,7 @@ def _training_md(info: dict) -> str:
         return (f" --lr {rec['lr']:g}" if rec.get("lr", 4e-4) != 4e-4 else "") + (
             f" --noise-offset {rec['noise_offset']:g}" if rec.get("noise_offset") else "")
 
-    first = {"noise_offset": info.get("noise_offset")}  # a continuation does not overwrite the first run's
+    first = {k: info[k] for k in ("lr", "noise_offset") if k in info}  # the first run's; continuations keep theirs
     cmds = [f"python -m motion_core.shapes.recipe --out assets/shapes-t2v --clips {info['clips']} --vae-minutes "
             f"{info.get('vae_seconds', 0) / 60:.0f} --unet-minutes {first_unet:.0f} --decoder-minutes "
             f"{max(first_dec, 0):.0f}{extra(first)}"]
@@ -356,9 +356,11 @@ def _training_md(info: dict) -> str:
     runs = "\n".join(cmds)
     dec = (f" Decoder alone afterwards (encoder and latent space fixed): {info['decoder_steps']} steps, "
            f"{info['decoder_seconds'] / 60:.0f} min." if info.get("decoder_steps") else "")
-    lr = f" Learning rate of the last UNet stage: {info['unet_lr']}." if info.get("unet_lr") else ""
-    if cont and info.get("unet_lr"):  # the cosine schedule came with the first continuation
-        lr += " The first run, made before the schedule existed, kept 4e-4 after a 100-step warm-up."
+    # runs made before the schedule was recorded kept 4e-4 after a 100-step warm-up
+    schedules = [info.get("unet_lr", "4e-4 after a 100-step warm-up, constant")]
+    schedules += [c.get("unet_lr", "4e-4 after a 100-step warm-up, constant") for c in cont
+                  if not c.get("decoder_only")]
+    lr = " Learning rate of each UNet run, in order: " + "; ".join(schedules) + "."
     return f"""Commands, in order ({len(cmds)} run{'s' if len(cmds) > 1 else ''}; each continuation keeps training \
 the saved weights on the same data):
 

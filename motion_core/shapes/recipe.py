@@ -206,7 +206,7 @@ def train_unet(model: T2VModel, latents: torch.Tensor, captions: list[str], minu
     for m in (unet, te):
         m.eval().requires_grad_(False)
     return {"unet_steps": step, "unet_batch": batch, "unet_seconds": round(time.time() - t0, 1), "unet_loss_ema": ema,
-            "unet_lr": f"{lr:g}, 100-step warm-up, cosine over the budget to {lr_floor:g} x",
+            "unet_lr": f"{lr:g}, 100-step warm-up, cosine over the budget to {lr_floor:g} x", "lr": lr,
             "noise_offset": noise_offset}
 
 
@@ -301,13 +301,12 @@ def _continue(src: Path, out: Path, args: argparse.Namespace) -> None:
     info["unet_steps"] = done + more["unet_steps"]
     info["unet_seconds"] = round(info.get("unet_seconds", 0) + more["unet_seconds"], 1)
     info["unet_loss_ema"] = more["unet_loss_ema"]
-    info["unet_lr"] = more["unet_lr"]
     if args.decoder_minutes > 0:
         _add_decoder(info, finetune_decoder(model.vae, frames, args.decoder_minutes, args.seed, log))
     info["wall_seconds"] = round(info.get("wall_seconds", 0) + time.time() - t0, 1)
     info.setdefault("continued", []).append({"from": str(src), "clips": args.clips, "unet_minutes": args.unet_minutes,
                                              "decoder_minutes": args.decoder_minutes, "lr": args.lr,
-                                             "noise_offset": args.noise_offset})
+                                             "noise_offset": args.noise_offset, "unet_lr": more["unet_lr"]})
     save_model(model, out)
     (out / "training_info.json").write_text(json.dumps({"info": info, "log": log}, indent=1))
     print(json.dumps(info), flush=True)
