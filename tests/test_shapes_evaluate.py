@@ -41,6 +41,7 @@ def test_split_runs_merge(tiny_model_dir, tmp_path):
     rows_a = json.loads((a / "results.json").read_text())["motion_transfer"]["rows"]
     assert len(res["motion_transfer"]["rows"]) == 2 * len(rows_a)
     assert "in parallel" in res["command"] and (out / "report.md").is_file()
+    assert res["processes"] == 2 and "not judged" in (out / "report.md").read_text()  # a shared-CPU time
 
 
 def test_card_marks_each_target_from_its_number():
@@ -83,7 +84,7 @@ def test_a_time_taken_on_a_shared_cpu_is_not_judged():
            "settings": {"steps": 400}, "hardware": "cpu", "wall_minutes": 1.0}
     alone = evaluate.quality_checks(res)[-1]
     assert alone[3] is False  # 6.9 min > 5 min
-    res["hardware"] = "cpu; 2 processes in parallel"
+    res["processes"] = 2  # set by --merge
     shared = evaluate.quality_checks(res)[-1]
     assert shared[3] is None and "another evaluation process" in shared[2]
     md = evaluate.report_md(res, "cmd")
