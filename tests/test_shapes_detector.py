@@ -130,3 +130,17 @@ def test_classify_shape_on_ideal_masks() -> None:
             alpha = W.rasterize(shape, 31.3, 30.8, radius, 17.0, 64, 64)
             assert D.classify_shape(alpha) == shape, (shape, radius)
     assert D.classify_shape(np.zeros((10, 10), np.float32)) == "unknown"
+
+
+def test_background_colour_on_ground_truth_clips() -> None:
+    """Every background kind and colour, one or two objects, clean and blurred + noisy: the caption's colour wins."""
+    rng = np.random.default_rng(11)
+    ok, n = {False: 0, True: 0}, 120
+    for i in range(n):
+        clip = W.render(W.sample_spec(np.random.default_rng([11, i]), frames=4))
+        for degrade in (False, True):
+            frames = np.stack([_degrade(f, rng) for f in clip.frames]) if degrade else clip.frames
+            ok[degrade] += D.background_colour(frames) == clip.spec.bg_colour
+    assert ok[False] == n  # clean renders: always right
+    assert ok[True] >= 0.97 * n
+    assert D.background_colour(np.full((8, 8, 3), W.BG_COLOURS["brown"], np.uint8)) == "brown"  # one frame works too

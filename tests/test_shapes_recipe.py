@@ -76,3 +76,40 @@ def test_offset_noise_moves_each_clip_channel_mean_and_nothing_else():
                           plain - plain.mean(dim=(2, 3, 4), keepdim=True), atol=1e-5)  # same noise, shifted mean
     spread = (off - plain).mean(dim=(2, 3, 4)).std().item()
     assert 0.4 < spread < 0.6  # one N(0, 0.5^2) value per (clip, channel)
+
+
+def test_image_steps_alternate_with_video_steps_and_use_single_frames_of_distinct_clips():
+    """--image-every 2: every second step is a batch of one-frame clips; the caption batch matches it."""
+    model = recipe.build_model(0)
+    latents = torch.randn(6, 4, 5, 8, 8)
+    captions = [f"a red circle on a {c} background" for c in ("blue", "green", "white", "black", "yellow", "gray")]
+    seen = []
+    forward = model.unet.forward
+
+    def spy(sample, t, encoder_hidden_states=None, **kw):
+        seen.append((tuple(sample.shape), tuple(encoder_hidden_states.shape[:1]), tuple(t.shape)))
+        if len(seen) >= 4:
+            raise StopIteration  # four steps are enough; the budget loop is wall-clock
+        return forward(sample, t, encoder_hidden_states=encoder_hidden_states, **kw)
+
+    model.unet.forward = spy
+    try:
+        recipe.train_unet(model, latents, captions, minutes=1.0, seed=0, log=[], batch=2, image_every=2,
+                          image_batch=3, noise_offset=0.1)
+    except StopIteration:
+        pass
+    assert seen[0] == ((2, 4, 5, 8, 8), (2,), (2,))  # video step: whole clips
+    assert seen[1] == ((3, 4, 1, 8, 8), (3,), (3,))  # image step: one frame each, one caption each
+    assert seen[2][0] == (2, 4, 5, 8, 8) and seen[3][0] == (3, 4, 1, 8, 8)
+
+
+def test_card_commands_repeat_each_runs_own_options():
+    """A continuation with offset noise and image steps is listed with exactly its options; the first run without."""
+    info = {"clips": 3000, "vae_seconds": 900, "unet_seconds": 60 * 110, "decoder_seconds": 0, "unet_steps": 100,
+            "unet_batch": 8, "wall_seconds": 7000, "cpu": "x86_64", "cores": 2, "torch_threads": 2, "lr": 4e-4,
+            "continued": [{"from": "a", "clips": 4000, "unet_minutes": 98, "decoder_minutes": 0, "lr": 4e-4,
+                           "noise_offset": 0.1, "image_every": 2, "image_batch": 48, "unet_lr": "cosine"}]}
+    first, cont = evaluate._training_md(info).split("```bash\n")[1].split("\n```")[0].splitlines()
+    assert "--noise-offset" not in first and "--image-every" not in first and "--unet-minutes 12" in first
+    assert cont.endswith("--clips 4000 --unet-minutes 98 --decoder-minutes 0 --noise-offset 0.1 --image-every 2 "
+                         "--image-batch 48")

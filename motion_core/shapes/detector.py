@@ -19,6 +19,7 @@ API
 * ``detect_objects(frame, bg_hint=None, min_area=None, classify=True) -> list[Detection]`` (largest first).
 * ``classify_shape(alpha) -> str`` shape label of a soft or binary mask.
 * ``dominant_colour(frames, mask=None, bg_hint=None) -> str`` named colour covering most object pixels ("none").
+* ``background_colour(frames) -> str`` the ``BG_COLOURS`` name whose two tones cover most pixels.
 * ``track(frames, colour=None, bg_hint=None) -> Track`` main object's centroid (F, 2) and scale (F,) per frame;
   ``Track.coherent`` is True when exactly one object of the tracked colour is found in every frame.
 """
@@ -318,6 +319,21 @@ def dominant_colour(frames: np.ndarray, mask: np.ndarray | None = None, bg_hint:
             lab = labels[sure]
         counts += np.bincount(lab, minlength=len(COLOUR_NAMES))
     return COLOUR_NAMES[int(counts.argmax())] if counts.sum() > 0 else "none"
+
+
+_BG_NAMES: tuple[str, ...] = tuple(BG_COLOURS)
+_BG_TONES = np.asarray([t for c in _BG_NAMES for t in background_tones(c)], dtype=np.float32)  # (2 K, 3)
+
+
+def background_colour(frames: np.ndarray) -> str:
+    """The background colour name of a clip: each pixel votes for the nearest of every colour's two tones.
+
+    The object covers a small part of the frame, and both tones of a textured background vote for the same name,
+    so the majority is the background even on stripes or dots. ``frames`` (F, H, W, 3) or (H, W, 3) uint8.
+    """
+    pix = np.asarray(frames, dtype=np.float32).reshape(-1, 3)
+    votes = np.bincount(_sq_dist(pix, _BG_TONES).argmin(1) // 2, minlength=len(_BG_NAMES))
+    return _BG_NAMES[int(votes.argmax())]
 
 
 def track(frames: np.ndarray, colour: str | None = None, bg_hint: BgHint = None, classify: bool = True) -> Track:

@@ -109,11 +109,13 @@ def prompt_following(model: T2VModel, n: int, sample_steps: int, guidance: float
         out = sample(model, prompt, SampleConfig(num_inference_steps=sample_steps, guidance_scale=guidance, beta=0.0,
                                                  seed=seed + i), latent_shape=shape, use_lora=False)
         tr = detector.track(to_uint8(out.frames[0]))
+        bg = detector.background_colour(to_uint8(out.frames[0]))
         rows.append({"prompt": prompt, "colour_ok": tr.colour == want["colour"],
                      "shape_ok": tr.shape == want["shape"], "coherent": bool(tr.coherent), "colour": tr.colour,
-                     "shape": tr.shape})
+                     "shape": tr.shape, "bg_colour": bg, "bg_colour_ok": bg == want["bg_colour"]})
     return {"n": n, "colour_acc": float(np.mean([r["colour_ok"] for r in rows])),
             "shape_acc": float(np.mean([r["shape_ok"] for r in rows])),
+            "bg_colour_acc": float(np.mean([r["bg_colour_ok"] for r in rows])),
             "coherent": float(np.mean([r["coherent"] for r in rows])), "rows": rows}
 
 
@@ -254,6 +256,10 @@ def report_md(res: dict, cmd: str) -> str:
         "|---|---|---|---|",
     ]
     lines += [f"| {name} | {target} | {measured} | {_mark(ok)} |" for name, target, measured, ok in checks]
+    pf = res["prompt_following"]
+    if "bg_colour_acc" in pf:  # no target in the issue; it measures what offset noise is for (terminal SNR)
+        lines += ["", f"Not a target: the prompted background colour covers most pixels in "
+                  f"{100 * pf['bg_colour_acc']:.0f}% of the base model's {pf['n']} samples (6 colours: chance 17%)."]
     lines += ["", "Per reference motion (beta = first value), mean trajectory distance:", "",
               "| motion | LoRA | base |", "|---|---|---|"]
     for m, v in mt["per_motion"].items():
@@ -343,9 +349,12 @@ def _training_md(info: dict) -> str:
     first_dec = info.get("decoder_seconds", 0) / 60 - sum(c["decoder_minutes"] for c in cont)
     def extra(rec: dict) -> str:  # options recorded only when set away from the recipe's defaults
         return (f" --lr {rec['lr']:g}" if rec.get("lr", 4e-4) != 4e-4 else "") + (
-            f" --noise-offset {rec['noise_offset']:g}" if rec.get("noise_offset") else "")
+            f" --noise-offset {rec['noise_offset']:g}" if rec.get("noise_offset") else "") + (
+            f" --image-every {rec['image_every']} --image-batch {rec['image_batch']}"
+            if rec.get("image_every") else "")
 
-    first = {k: info[k] for k in ("lr", "noise_offset") if k in info}  # the first run's; continuations keep theirs
+    # the first run's options; continuations keep theirs
+    first = {k: info[k] for k in ("lr", "noise_offset", "image_every", "image_batch") if k in info}
     cmds = [f"python -m motion_core.shapes.recipe --out assets/shapes-t2v --clips {info['clips']} --vae-minutes "
             f"{info.get('vae_seconds', 0) / 60:.0f} --unet-minutes {first_unet:.0f} --decoder-minutes "
             f"{max(first_dec, 0):.0f}{extra(first)}"]
@@ -372,7 +381,8 @@ the saved weights on the same data):
 On {info['cpu']} ({info['cores']} cores, {info['torch_threads']} torch threads), no GPU. VAE: \
 {info.get('vae_steps', '?')} steps (batch 16 frames, L1 + MSE + 1e-6 KL), {info.get('vae_seconds', 0) / 60:.0f} min. \
 UNet and text encoder jointly: {info['unet_steps']} steps in all (batch {info['unet_batch']} clips, DDPM noise loss, \
-10% empty captions for guidance), {info['unet_seconds'] / 60:.0f} min.{lr}{dec} Total wall time \
+10% empty captions for guidance; a run with `--image-every k` makes every k-th step a batch of single frames), \
+{info['unet_seconds'] / 60:.0f} min.{lr}{dec} Total wall time \
 {info['wall_seconds'] / 60:.0f} min. The stages stop on a wall-clock budget, so step counts depend on the machine; \
 they are recorded in `training_info.json` with the losses."""
 

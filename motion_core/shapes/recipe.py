@@ -10,6 +10,11 @@ sidecar ``motion_matcher.json`` names the block the motion feature extractor rea
 maps at 64 x 64 pixels) and the video size. Training stops on a wall-clock budget per stage, so the recipe fits
 a 2-core CPU; ``training_info.json`` records the data, sizes, steps, losses, hardware and wall time.
 
+Two training options target what the diagnosis found (``python -m motion_core.shapes.diagnose``):
+``--noise-offset 0.1`` hides the clip mean that Zeroscope's z_999 still shows (so the background colour comes from
+the caption, not the noise), and ``--image-every 2`` makes every second step a batch of single frames of many
+clips, which teaches the caption-to-look mapping several times faster per CPU second than whole clips.
+
 Captions are the world's plain captions (objects, colours, background; no motion words), so for a prompt that
 names no motion the base model draws from the world's whole motion distribution: varied motion, which is what
 a motion LoRA then pins down.
@@ -158,12 +163,18 @@ def encode_all(vae: AutoencoderKL, frames: np.ndarray) -> torch.Tensor:
 
 def train_unet(model: T2VModel, latents: torch.Tensor, captions: list[str], minutes: float, seed: int,
                log: list, batch: int = 8, lr: float = 4e-4, p_uncond: float = 0.1, lr_floor: float = 0.1,
-               noise_offset: float = 0.0) -> dict:
+               noise_offset: float = 0.0, image_every: int = 0, image_batch: int = 64) -> dict:
     """Joint UNet + text encoder training with the DDPM noise loss; captions dropped 10% of the time for CFG.
 
     The learning rate warms up over 100 steps, then follows a cosine over the wall-clock budget down to
     ``lr_floor * lr`` (the budget is in minutes, not steps, so the schedule is too). ``noise_offset``: see
     ``training_noise``.
+
+    ``image_every = k > 0``: every k-th step trains on ``image_batch`` single frames of distinct clips instead of
+    ``batch`` whole clips (joint image-video training). A clip's 12 frames show one appearance, so a video step
+    teaches the caption-to-look mapping ``batch`` examples at a time; an image step, at a similar cost, teaches it
+    ``image_batch``. On those steps each frame is a one-frame clip, so temporal attention attends only to itself,
+    as in the joint image-video training of video diffusion models; motion is learnt on the video steps.
     """
     g = torch.Generator().manual_seed(seed + 1)
     unet, te, tok = model.unet, model.text_encoder, model.tokenizer
@@ -177,12 +188,18 @@ def train_unet(model: T2VModel, latents: torch.Tensor, captions: list[str], minu
     t0, step, ema = time.time(), 0, None
     warmup = 100
     while time.time() - t0 < minutes * 60:
-        idx = torch.randint(0, len(latents), (batch,), generator=g)
-        z0 = latents[idx]
+        image_step = image_every > 0 and step % image_every == image_every - 1
+        n = image_batch if image_step else batch
+        idx = torch.randint(0, len(latents), (n,), generator=g)
+        if image_step:  # one random frame of each clip: (n, C, 1, h, w)
+            f = torch.randint(0, latents.shape[2], (n,), generator=g)
+            z0 = latents[idx, :, f].unsqueeze(2)
+        else:
+            z0 = latents[idx]
         ids = ids_all[idx].clone()
-        drop = torch.rand(batch, generator=g) < p_uncond
+        drop = torch.rand(n, generator=g) < p_uncond
         ids[drop] = empty
-        t = torch.randint(0, 1000, (batch,), generator=g)
+        t = torch.randint(0, 1000, (n,), generator=g)
         eps = training_noise(z0.shape, g, noise_offset)
         zt = add_noise(model.scheduler, z0, eps, t)
         text = te(ids)[0]
@@ -207,7 +224,7 @@ def train_unet(model: T2VModel, latents: torch.Tensor, captions: list[str], minu
         m.eval().requires_grad_(False)
     return {"unet_steps": step, "unet_batch": batch, "unet_seconds": round(time.time() - t0, 1), "unet_loss_ema": ema,
             "unet_lr": f"{lr:g}, 100-step warm-up, cosine over the budget to {lr_floor:g} x", "lr": lr,
-            "noise_offset": noise_offset}
+            "noise_offset": noise_offset, "image_every": image_every, "image_batch": image_batch}
 
 
 def training_noise(shape: torch.Size | tuple[int, ...], g: torch.Generator, offset: float = 0.0) -> torch.Tensor:
@@ -235,6 +252,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--lr", type=float, default=4e-4, help="UNet + text encoder peak learning rate")
     ap.add_argument("--noise-offset", type=float, default=0.0,
                     help="offset noise for the UNet stage (0.1 hides the clip mean that z_999 still holds)")
+    ap.add_argument("--image-every", type=int, default=0,
+                    help="every k-th UNet step trains on single frames of --image-batch clips (0 = video only)")
+    ap.add_argument("--image-batch", type=int, default=64, help="frames per image step")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores)")
     ap.add_argument("--resume-vae", default=None, help="reuse the VAE of an earlier run's folder")
     ap.add_argument("--decoder-minutes", type=float, default=10.0,
@@ -272,7 +292,8 @@ def main(argv: list[str] | None = None) -> None:
     model.vae.register_to_config(scaling_factor=scale)  # unit-variance latents, as SD's 0.18215 does for its VAE
     info["vae_scaling_factor"] = scale
     info.update(train_unet(model, raw * scale, captions, args.unet_minutes, args.seed, log, batch=args.batch,
-                           lr=args.lr, noise_offset=args.noise_offset))
+                           lr=args.lr, noise_offset=args.noise_offset, image_every=args.image_every,
+                           image_batch=args.image_batch))
     info["params"] = {k: sum(p.numel() for p in getattr(model, k).parameters())
                       for k in ("unet", "vae", "text_encoder")}
     if args.decoder_minutes > 0:
@@ -295,7 +316,8 @@ def _continue(src: Path, out: Path, args: argparse.Namespace) -> None:
     latents = encode_all(model.vae, frames) * model.vae.config.scaling_factor
     done = int(info.get("unet_steps", 0))
     more = train_unet(model, latents, captions, args.unet_minutes, args.seed + done, log, batch=args.batch,
-                      lr=args.lr, noise_offset=args.noise_offset)
+                      lr=args.lr, noise_offset=args.noise_offset, image_every=args.image_every,
+                      image_batch=args.image_batch)
     for line in log[len(log) - more["unet_steps"] // 25:]:
         line["step"] += done  # steps count on from the earlier run
     info["unet_steps"] = done + more["unet_steps"]
@@ -306,7 +328,8 @@ def _continue(src: Path, out: Path, args: argparse.Namespace) -> None:
     info["wall_seconds"] = round(info.get("wall_seconds", 0) + time.time() - t0, 1)
     info.setdefault("continued", []).append({"from": str(src), "clips": args.clips, "unet_minutes": args.unet_minutes,
                                              "decoder_minutes": args.decoder_minutes, "lr": args.lr,
-                                             "noise_offset": args.noise_offset, "unet_lr": more["unet_lr"]})
+                                             "noise_offset": args.noise_offset, "image_every": args.image_every,
+                                             "image_batch": args.image_batch, "unet_lr": more["unet_lr"]})
     save_model(model, out)
     (out / "training_info.json").write_text(json.dumps({"info": info, "log": log}, indent=1))
     print(json.dumps(info), flush=True)
