@@ -45,12 +45,19 @@ def test_examples_read_at_the_model_size_and_invert_back(model):
     listing = json.loads((EXAMPLES / "examples.json").read_text())
     assert len(listing) >= 4 and len({e["motion"] for e in listing}) == len(listing)
     vd = model.video_defaults
-    frames = read_video(EXAMPLES / listing[0]["file"], VideoConfig(**vd))
-    assert frames.shape == (vd["num_frames"], 3, vd["height"], vd["width"])
-    z0 = encode_video(model, frames)
-    # DDIM inversion then sampling with the same prompt, beta = 1 and guidance 1 returns the reference.
-    eps_inv = invert(model, z0, 25, prompt=listing[0]["caption"])
-    rec = sample(model, listing[0]["caption"], SampleConfig(num_inference_steps=25, beta=1.0, guidance_scale=1.0,
-                                                           seed=0), eps_inv=eps_inv, decode=False).latents
-    rel = float((rec - z0).norm() / z0.norm())
-    assert rel < 0.15, rel
+
+    def inversion_error(example: dict, steps: int) -> float:
+        """DDIM inversion then sampling with the same prompt, beta = 1 and guidance 1: relative error to z0."""
+        frames = read_video(EXAMPLES / example["file"], VideoConfig(**vd))
+        assert frames.shape == (vd["num_frames"], 3, vd["height"], vd["width"])
+        z0 = encode_video(model, frames)
+        eps_inv = invert(model, z0, steps, prompt=example["caption"])
+        rec = sample(model, example["caption"], SampleConfig(num_inference_steps=steps, beta=1.0, guidance_scale=1.0,
+                                                             seed=0), eps_inv=eps_inv, decode=False).latents
+        return float((rec - z0).norm() / z0.norm())
+
+    errors = [inversion_error(e, 25) for e in listing]
+    assert sum(errors) / len(errors) < 0.15, errors  # shipped weights: 0.05 to 0.30 per example, mean 0.12
+    worst = max(range(len(errors)), key=errors.__getitem__)
+    # DDIM inversion is first order: twice the steps must roughly halve the worst example's error
+    assert inversion_error(listing[worst], 50) < 0.6 * errors[worst], errors
