@@ -108,8 +108,8 @@ def prompt_following(model: T2VModel, n: int, sample_steps: int, guidance: float
         want = world.parse_caption(prompt)
         out = sample(model, prompt, SampleConfig(num_inference_steps=sample_steps, guidance_scale=guidance, beta=0.0,
                                                  seed=seed + i), latent_shape=shape, use_lora=False)
-        tr = detector.track(to_uint8(out.frames[0]))
-        bg = detector.background_colour(to_uint8(out.frames[0]))
+        frames = to_uint8(out.frames[0])
+        tr, bg = detector.track(frames), detector.background_colour(frames)
         rows.append({"prompt": prompt, "colour_ok": tr.colour == want["colour"],
                      "shape_ok": tr.shape == want["shape"], "coherent": bool(tr.coherent), "colour": tr.colour,
                      "shape": tr.shape, "bg_colour": bg, "bg_colour_ok": bg == want["bg_colour"]})
