@@ -40,7 +40,7 @@ from ..models import T2VModel, decode_latents, encode_video, load_model
 from ..sample import invert_cached, sample
 from ..train import train_lora
 from ..video import to_uint8, write_mp4
-from . import detector, world
+from . import detector, recipe, world
 
 # Reference motions (>= 6, distinct) and, for each, new prompts naming other shapes, colours and backgrounds.
 REFERENCES: list[dict] = [
@@ -354,7 +354,7 @@ def _training_md(info: dict) -> str:
             if rec.get("image_every") else "")
 
     # the first run's options; continuations keep theirs
-    first = {k: info[k] for k in ("lr", "noise_offset", "image_every", "image_batch") if k in info}
+    first = {k: info[k] for k in recipe.RUN_OPTIONS if k in info}
     cmds = [f"python -m motion_core.shapes.recipe --out assets/shapes-t2v --clips {info['clips']} --vae-minutes "
             f"{info.get('vae_seconds', 0) / 60:.0f} --unet-minutes {first_unet:.0f} --decoder-minutes "
             f"{max(first_dec, 0):.0f}{extra(first)}"]

@@ -41,6 +41,8 @@ from ..models import T2VModel, UNet3DWithPeft, build_word_tokenizer, save_model
 from . import world
 
 FRAMES, HEIGHT, WIDTH, FPS = 12, 64, 64, 8.0
+# The options of a UNet run that ``train_unet`` returns and every run's record keeps (the card repeats them).
+RUN_OPTIONS = ("lr", "noise_offset", "image_every", "image_batch", "unet_lr")
 
 
 def build_model(seed: int = 0) -> T2VModel:
@@ -327,9 +329,8 @@ def _continue(src: Path, out: Path, args: argparse.Namespace) -> None:
         _add_decoder(info, finetune_decoder(model.vae, frames, args.decoder_minutes, args.seed, log))
     info["wall_seconds"] = round(info.get("wall_seconds", 0) + time.time() - t0, 1)
     info.setdefault("continued", []).append({"from": str(src), "clips": args.clips, "unet_minutes": args.unet_minutes,
-                                             "decoder_minutes": args.decoder_minutes, "lr": args.lr,
-                                             "noise_offset": args.noise_offset, "image_every": args.image_every,
-                                             "image_batch": args.image_batch, "unet_lr": more["unet_lr"]})
+                                             "decoder_minutes": args.decoder_minutes,
+                                             **{k: more[k] for k in RUN_OPTIONS}})
     save_model(model, out)
     (out / "training_info.json").write_text(json.dumps({"info": info, "log": log}, indent=1))
     print(json.dumps(info), flush=True)
