@@ -113,3 +113,5 @@ def test_card_commands_repeat_each_runs_own_options():
     assert "--noise-offset" not in first and "--image-every" not in first and "--unet-minutes 12" in first
     assert cont.endswith("--clips 4000 --unet-minutes 98 --decoder-minutes 0 --noise-offset 0.1 --image-every 2 "
                          "--image-batch 48")
+    assert evaluate._clips_md(info).startswith("4000 clips (the first run used the first 3000")
+    assert evaluate._clips_md({"clips": 3000}) == "3000 clips"

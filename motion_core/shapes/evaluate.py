@@ -372,7 +372,7 @@ def _training_md(info: dict) -> str:
                   if not c.get("decoder_only")]
     lr = " Learning rate of each UNet run, in order: " + "; ".join(schedules) + "."
     return f"""Commands, in order ({len(cmds)} run{'s' if len(cmds) > 1 else ''}; each continuation keeps training \
-the saved weights on the same data):
+the saved weights on data of the same seed; clip i depends only on the seed and i, so a larger `--clips` adds clips):
 
 ```bash
 {runs}
@@ -385,6 +385,13 @@ UNet and text encoder jointly: {info['unet_steps']} steps in all (batch {info['u
 {info['unet_seconds'] / 60:.0f} min.{lr}{dec} Total wall time \
 {info['wall_seconds'] / 60:.0f} min. The stages stop on a wall-clock budget, so step counts depend on the machine; \
 they are recorded in `training_info.json` with the losses."""
+
+
+def _clips_md(info: dict) -> str:
+    """How many clips the model saw: the first run's, and the largest set a continuation drew."""
+    most = max([info["clips"]] + [c["clips"] for c in info.get("continued", [])])
+    return f"{info['clips']} clips" if most == info["clips"] else (
+        f"{most} clips (the first run used the first {info['clips']}; later runs the first `--clips` of that seed)")
 
 
 NOTES_START, NOTES_END = "<!-- notes: kept by --card -->", "<!-- /notes -->"
@@ -417,7 +424,7 @@ motion of every clip is known). Same classes and folder layout as Zeroscope (`Au
 `CLIPTokenizer`, `UNet3DConditionModel`, `DDIMScheduler`); load it with `motion_core.models.load_model()`.
 
 ## Data
-{info['clips']} clips of `motion_core.shapes.world` (seed {info['seed']}), {info['frames']} frames of
+{_clips_md(info)} of `motion_core.shapes.world` (seed {info['seed']}), {info['frames']} frames of
 {info['height']} x {info['width']} at {info['fps']:g} fps: one or two objects (5 shapes, 8 colours, 3 sizes) over 6
 kinds of backgrounds, with 22 motions (lines in 8 directions, orbits, zigzags, bounces, zooms, rotations, camera
 pans) and two-object clips. Captions name objects, colours and background only (no motion words), so a prompt
