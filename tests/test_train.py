@@ -117,3 +117,39 @@ def test_bad_arguments(frames, tmp_path):
     cfg.train.learning_rate = 50.0
     with pytest.raises(ValueError, match="learning_rate"):
         train_lora(build_tiny_model(), frames, "a cat", tmp_path, cfg)
+
+
+def test_only_lora_dropout_trains_so_the_first_loss_is_the_base_models(frames, tmp_path):
+    # UNet3D's temporal convolutions carry a fixed dropout of 0.1; in train mode it also fires inside the frozen
+    # extractor and swamps the motion loss. Step 1 (LoRA B = 0) must see exactly the eval-mode loss of the base.
+    from motion_core.attention import MotionFeatureExtractor
+    from motion_core.lora_io import add_lora
+    from motion_core.models import encode_prompt, encode_video
+    from motion_core.objectives import ObjectiveContext, motion_loss
+    from motion_core.train import lora_train_mode
+
+    model = build_tiny_model()
+    assert any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.unet.modules())  # the trap exists
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # diffusers zero-inits each temporal conv's last layer, which hides its dropout: undo it
+        for name, p in model.unet.named_parameters():
+            if "temp_convs" in name and name.endswith("conv4.3.weight"):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    cfg = _cfg(steps=1)
+    z0, text = encode_video(model, frames), encode_prompt(model, "a red circle").float()
+    gen = torch.Generator().manual_seed(cfg.train.seed)
+    lo, hi = cfg.loss.t_range(model.num_train_timesteps)
+    t = torch.randint(lo, hi, (1,), generator=gen)
+    eps = torch.randn(z0.shape, generator=gen)
+    ext = MotionFeatureExtractor(model, None)
+    with torch.no_grad():
+        want = float(motion_loss(ObjectiveContext(model, cfg.loss, ext), z0, text, t, eps).loss)
+    ext.remove()
+    res = train_lora(model, frames, "a red circle", tmp_path, cfg)
+    assert res.losses[0]["loss"] == pytest.approx(want, rel=1e-4, abs=1e-12)
+
+    fresh = build_tiny_model()
+    add_lora(fresh, cfg.lora)
+    lora_train_mode(fresh.unet)
+    training = [n for n, m in fresh.unet.named_modules() if m.training]
+    assert training and all("lora_dropout" in n for n in training)
