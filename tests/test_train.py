@@ -153,3 +153,19 @@ def test_only_lora_dropout_trains_so_the_first_loss_is_the_base_models(frames, t
     lora_train_mode(fresh.unet)
     training = [n for n, m in fresh.unet.named_modules() if m.training]
     assert training and all("lora_dropout" in n for n in training)
+
+
+def test_adam_steps_do_not_depend_on_the_motion_losss_scale(frames, tmp_path):
+    # The motion loss's gradients are ~1e-10 per element (the embedded model and this tiny one). With torch's
+    # eps = 1e-8 Adam's step would shrink with the loss's arbitrary scale (lambda, MSE reduction); with the
+    # default eps, lambdas of 2000 and 200000 take nearly the same steps.
+    bs = []
+    for lam in (2000.0, 200000.0):
+        cfg = _cfg(steps=3)
+        cfg.loss.lambda_ca = cfg.loss.lambda_tsa = lam
+        model = build_tiny_model()
+        train_lora(model, frames, "a red circle", tmp_path / str(lam), cfg)
+        state = lora_state_dict(model)
+        bs.append(torch.cat([v.flatten() for k, v in sorted(state.items()) if "lora_B" in k]))  # B starts at 0
+    assert bs[0].abs().max() > 0  # the LoRA did move
+    assert float((bs[0] - bs[1]).norm() / bs[1].norm()) < 0.1  # measured: 0.05 (eps 1e-12), 0.91 (eps 1e-8)
