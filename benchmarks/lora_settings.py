@@ -38,7 +38,7 @@ from motion_core.sample import invert_cached, sample  # noqa: E402
 from motion_core.shapes import detector, world  # noqa: E402
 from motion_core.shapes.evaluate import NEW_PROMPTS, REFERENCES, track_distance  # noqa: E402
 from motion_core.train import train_lora  # noqa: E402
-from motion_core.video import to_uint8  # noqa: E402
+from motion_core.video import frames_from_array, to_uint8  # noqa: E402
 
 
 def main() -> None:
@@ -63,7 +63,7 @@ def main() -> None:
     ref = REFERENCES[args.ref]
     clip = world.render(world.make_spec(**ref, seed=args.ref, frames=f, height=h, width=w))
     ref_track = detector.track(clip.frames)
-    frames = torch.from_numpy(clip.frames).float().permute(0, 3, 1, 2) / 255
+    frames = frames_from_array(clip.frames)
     z0, text = encode_video(model, frames), encode_prompt(model, clip.caption).float()
     eps_inv = invert_cached(model, z0, steps, out / "cache")
     prompts = NEW_PROMPTS[args.ref:] + NEW_PROMPTS[: args.ref]
@@ -74,8 +74,7 @@ def main() -> None:
     others = []
     for _ in range(6):
         c = world.render(world.sample_spec(rng, frames=f, n_objects=1))
-        others.append((encode_video(model, torch.from_numpy(c.frames).float().permute(0, 3, 1, 2) / 255),
-                       encode_prompt(model, c.caption).float()))
+        others.append((encode_video(model, frames_from_array(c.frames)), encode_prompt(model, c.caption).float()))
     g = torch.Generator().manual_seed(123)
     fixed = [(torch.randint(500, 1000, (1,), generator=g), torch.randn(z0.shape, generator=g)) for _ in range(12)]
     g = torch.Generator().manual_seed(321)
