@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 from motion_core.attention import MotionFeatureExtractor, lora_disabled  # noqa: E402
 from motion_core.config import RunConfig, SampleConfig  # noqa: E402
 from motion_core.lora_io import remove_lora  # noqa: E402
-from motion_core.models import encode_prompt, encode_video, load_model  # noqa: E402
+from motion_core.models import DEFAULT_MODEL_DIR, encode_prompt, encode_video, load_model  # noqa: E402
 from motion_core.objectives import ObjectiveContext, ddpm_loss, motion_loss  # noqa: E402
 from motion_core.sample import invert_cached, sample  # noqa: E402
 from motion_core.shapes import detector, world  # noqa: E402
@@ -43,7 +43,7 @@ from motion_core.video import frames_from_array, to_uint8  # noqa: E402
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="assets/shapes-t2v")
+    ap.add_argument("--model", default=str(DEFAULT_MODEL_DIR))
     ap.add_argument("--ref", type=int, default=1, help=f"reference index 0..{len(REFERENCES) - 1} (evaluate.py)")
     ap.add_argument("--variants", required=True, help="JSON: {name: {setting: value}}")
     ap.add_argument("--out", required=True)
