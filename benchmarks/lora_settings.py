@@ -11,7 +11,11 @@ prints one JSON line with
 - ``dist``: the card's trajectory distance to the reference for 3 new prompts x 2 seeds at beta = 0.3 (the
   evaluation's prompts and sampler settings), ``untracked`` samples and ``colour`` (prompted colour wins).
 A variant is a dict of ``lr``, ``adam_eps``, ``rank``, ``objective``, ``steps``, ``weight_decay``,
-``capture_blocks``. ``montage.png`` stacks the reference, the base model's and each variant's seed-0 samples.
+``capture_blocks`` (training) and ``cutoffs`` (sampling: a list of LoRA cut-offs, each sampled from the one trained
+LoRA and reported as ``dist_c<cutoff>``; default the sampler's 500). ``--ref-prompt`` adds ``dist_own``: samples
+with the reference's own caption, which tells a LoRA that cannot move the trajectory at all from one that moves it
+only for the prompt it was trained on. ``montage.png`` stacks the reference, the base model's and each variant's
+seed-0 samples.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ def main() -> None:
     ap.add_argument("--variants", required=True, help="JSON: {name: {setting: value}}")
     ap.add_argument("--out", required=True)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--ref-prompt", action="store_true", help="also sample with the reference's own caption")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -90,21 +95,28 @@ def main() -> None:
         ext.remove()
         return {"motion_loss_fixed": float(ml), "ddpm_other": float(dd)}
 
-    def samples(use_lora: bool) -> tuple[dict, list[np.ndarray]]:
+    def samples(use_lora: bool, cutoff: int = 500) -> tuple[dict, list[np.ndarray]]:
+        def run(p: str, seed: int) -> tuple[np.ndarray, float, bool]:
+            cfg = SampleConfig(num_inference_steps=steps, guidance_scale=guidance, beta=0.3, seed=seed,
+                               lora_cutoff=cutoff)
+            v = to_uint8(sample(model, p, cfg, eps_inv=eps_inv, use_lora=use_lora).frames[0])
+            tr = detector.track(v)
+            return v, track_distance(tr, ref_track, float(max(h, w))), tr.colour == world.parse_caption(p)["colour"]
+
         rows, vids = [], []
         for p in prompts:
-            want = world.parse_caption(p)
             for seed in range(2):
-                o = sample(model, p, SampleConfig(num_inference_steps=steps, guidance_scale=guidance, beta=0.3,
-                                                  seed=seed), eps_inv=eps_inv, use_lora=use_lora)
-                v = to_uint8(o.frames[0])
-                tr = detector.track(v)
-                rows.append((track_distance(tr, ref_track, float(max(h, w))), tr.colour == want["colour"]))
+                v, dist, colour_ok = run(p, seed)
+                rows.append((dist, colour_ok))
                 if seed == 0:
                     vids.append(v)
         d = [x for x, _ in rows if not np.isnan(x)]
-        return {"dist": float(np.mean(d)) if d else None, "untracked": len(rows) - len(d),
-                "colour": float(np.mean([c for _, c in rows]))}, vids
+        out = {"dist": float(np.mean(d)) if d else None, "untracked": len(rows) - len(d),
+               "colour": float(np.mean([c for _, c in rows]))}
+        if args.ref_prompt:
+            own = [run(clip.caption, seed)[1] for seed in range(2)]
+            out["dist_own"] = float(np.nanmean(own)) if not all(np.isnan(own)) else None
+        return out, vids
 
     # 3. The base model, then each variant.
     res = {"ref": ref["motion"], "base": losses(False)}
@@ -125,8 +137,13 @@ def main() -> None:
         t0 = time.time()
         train_lora(model, frames, clip.caption, out / name, cfg, resume=False)
         res[name] = {**var, **losses(True), "train_s": time.time() - t0}
-        s, vids = samples(True)
-        res[name].update(s)
+        cutoffs = var.get("cutoffs", [500])
+        for c in cutoffs:
+            s, vids_c = samples(True, c)
+            if c == cutoffs[0]:
+                res[name].update(s)
+                vids = vids_c
+            res[name].update({f"{k}_c{c}": val for k, val in s.items()})
         print(json.dumps({name: res[name]}), flush=True)
         strips += [np.concatenate(list(v[::2]), 1) for v in vids[:2]]
         remove_lora(model)

@@ -43,6 +43,18 @@ def test_split_runs_merge(tiny_model_dir, tmp_path):
     assert "in parallel" in res["command"] and (out / "report.md").is_file()
     assert res["processes"] == 2 and "not judged" in (out / "report.md").read_text()  # a shared-CPU time
 
+    # A --flow-only run (timed alone) merged in: its time is the one judged.
+    flow, out2 = tmp_path / "flow", tmp_path / "merged2"
+    evaluate.main(["--model", str(tiny_model_dir), "--quick", "--flow-only", "--out", str(flow)])
+    fl = json.loads((flow / "results.json").read_text())["flow"]
+    parts = ("load_s", "train_s", "invert_s", "sample_s")
+    assert all(fl[k] > 0 for k in parts) and fl["total_s"] >= sum(fl[k] for k in parts)
+    evaluate.main(["--merge", str(a), str(b), str(flow), "--out", str(out2)])
+    res2 = json.loads((out2 / "results.json").read_text())
+    assert res2["flow"] == fl and len(res2["motion_transfer"]["rows"]) == 2 * len(rows_a)
+    check = evaluate.quality_checks(res2)[-1]
+    assert check[3] is True and "alone" in check[2]  # seconds on the tiny model
+
 
 def test_card_marks_each_target_from_its_number():
     def res(psnr, colour, ratio):
@@ -89,3 +101,5 @@ def test_a_time_taken_on_a_shared_cpu_is_not_judged():
     assert shared[3] is None and "another evaluation process" in shared[2]
     md = evaluate.report_md(res, "cmd")
     assert "Targets met: 4 of 4." in md and "Not judged: default flow" in md
+    res["flow"] = {"total_s": 301.0, "train_steps_per_s": 1.5, "threads": 2}  # a --flow-only run, merged
+    assert evaluate.quality_checks(res)[-1][3] is False  # judged again: 5.02 min > 5 min
