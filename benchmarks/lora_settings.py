@@ -11,11 +11,11 @@ prints one JSON line with
 - ``dist``: the card's trajectory distance to the reference for 3 new prompts x 2 seeds at beta = 0.3 (the
   evaluation's prompts and sampler settings), ``untracked`` samples and ``colour`` (prompted colour wins).
 A variant is a dict of ``lr``, ``adam_eps``, ``rank``, ``objective``, ``steps``, ``weight_decay``,
-``capture_blocks`` (training) and ``cutoffs`` (sampling: a list of LoRA cut-offs, each sampled from the one trained
-LoRA and reported as ``dist_c<cutoff>``; default the sampler's 500). ``--ref-prompt`` adds ``dist_own``: samples
-with the reference's own caption, which tells a LoRA that cannot move the trajectory at all from one that moves it
-only for the prompt it was trained on. ``montage.png`` stacks the reference, the base model's and each variant's
-seed-0 samples.
+``capture_blocks``, ``lambda_ca``, ``lambda_tsa`` (training) and ``cutoffs`` (sampling: a list of LoRA cut-offs,
+each sampled from the one trained LoRA and reported as ``dist_c<cutoff>``; default the sampler's 500).
+``--ref-prompt`` adds ``dist_own``: samples with the reference's own caption, which tells a LoRA that cannot move
+the trajectory at all from one that moves it only for the prompt it was trained on. ``montage.png`` stacks the
+reference, the base model's and each variant's seed-0 samples.
 """
 
 from __future__ import annotations
@@ -132,6 +132,8 @@ def main() -> None:
         cfg.train.steps = var.get("steps", cfg.train.steps)
         cfg.lora.rank = var.get("rank", cfg.lora.rank)
         cfg.loss.objective = var.get("objective", cfg.loss.objective)
+        cfg.loss.lambda_ca = var.get("lambda_ca", cfg.loss.lambda_ca)
+        cfg.loss.lambda_tsa = var.get("lambda_tsa", cfg.loss.lambda_tsa)
         if "capture_blocks" in var:
             cfg.loss.capture_blocks = tuple(var["capture_blocks"])
         t0 = time.time()

@@ -103,3 +103,16 @@ def test_a_time_taken_on_a_shared_cpu_is_not_judged():
     assert "Targets met: 4 of 4." in md and "Not judged: default flow" in md
     res["flow"] = {"total_s": 301.0, "train_steps_per_s": 1.5, "threads": 2}  # a --flow-only run, merged
     assert evaluate.quality_checks(res)[-1][3] is False  # judged again: 5.02 min > 5 min
+
+
+def test_diagnose_feature_sensitivity_compares_motion_and_look(tiny_model):
+    from motion_core.shapes import diagnose
+
+    rows = diagnose.feature_sensitivity(tiny_model, timesteps=(990,), draws=1)
+    assert [r["motion"] for r in rows] == [r["motion"] for r in evaluate.REFERENCES]
+    for r in rows:
+        # another motion or look changes the maps (a random UNet still reads its input) ...
+        assert all(r[k] > 0 and np.isfinite(r[k]) for k in ("ca_motion", "ca_look", "tsa_motion", "tsa_look"))
+        # ... and the look clips keep the reference's trajectory, or the comparison would mix the two (shapes of
+        # other outlines move the detector's centroid and scale a little at 32 x 32: measured 0.02 to 0.05)
+        assert r["look_track_drift"] < 0.06 and r["look_track_drift"] < 0.5 * r["motion_track_drift"]

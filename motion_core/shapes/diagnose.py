@@ -1,6 +1,7 @@
-"""Diagnosis of the embedded model's weak prompt following: how much of a clip's look survives in z_T.
+"""Diagnosis of the embedded model: how much of a clip's look survives in z_T; what its motion features see.
 
     python -m motion_core.shapes.diagnose --model assets/shapes-t2v --montage runs/diagnose.png
+    python -m motion_core.shapes.diagnose --model assets/shapes-t2v --features     # motion vs look in M
 
 Zeroscope's noise schedule (scaled_linear, 0.00085 to 0.012) ends at alpha_bar = 0.0047, not 0: at t = 999 the
 noisy latent still holds sqrt(0.0047) = 7 % of the clean one. Averaged over a whole clip (12 frames x 16 x 16 per
@@ -10,6 +11,12 @@ random global colour. The script prints that signal-to-noise ratio per latent ch
 ``--montage``, samples four prompts twice from the same noise: as drawn, and with the per-channel mean of z_T set
 to what a clip of the prompt would leave there. If the second row follows the prompt's background and the first
 does not, the model takes its global colour from the noise.
+
+``--features`` asks whether the motion feature extractor M of this model reads motion or look. For each reference
+of the evaluation it noises the reference and two kinds of altered clips with the same (t, eps) and compares M's
+maps (the training loss's terms, lambda-weighted MSE, the reference's caption on both sides): clips with the same
+look and another reference's motion, and clips with the same motion and placement but the look of the evaluation's
+new prompts. Motion feature matching can only transfer motion if the first distance clearly exceeds the second.
 """
 
 from __future__ import annotations
@@ -83,13 +90,73 @@ def montage(model: T2VModel, path: str, steps: int, guidance: float) -> None:
           "the prompt, then frames first / middle / last of the sample")
 
 
+def feature_sensitivity(model: T2VModel, timesteps: tuple[int, ...] = (550, 700, 850, 990),
+                        draws: int = 2, blocks: tuple[str, ...] | None = None) -> list[dict]:
+    """Per reference: mean lambda-weighted MSE of M's maps against the reference for motion and for look changes."""
+    import torch.nn.functional as F
+
+    from ..attention import MotionFeatureExtractor
+    from ..config import LossConfig
+    from ..ddim import add_noise
+    from ..models import encode_prompt
+    from . import detector
+    from .evaluate import NEW_PROMPTS, REFERENCES, track_distance
+
+    lam = LossConfig()
+    ext = MotionFeatureExtractor(model, blocks)  # None: the model's own capture blocks
+    size = _size(model)
+    rows = []
+    try:
+        for r_i, ref in enumerate(REFERENCES):
+            spec = world.make_spec(**ref, seed=r_i, **size)
+            frames, z_ref = clip_latents(model, spec)
+            text = encode_prompt(model, world.caption(spec)).float()
+            motions = [dict(ref, motion=o["motion"]) for o in REFERENCES if o["motion"] != ref["motion"]]
+            looks = []
+            for p in NEW_PROMPTS[:3]:
+                c = world.parse_caption(p)
+                looks.append(dict(ref, shape=c["shape"], colour=c["colour"], background=c["background"],
+                                  bg_colour=c["bg_colour"]))
+            ref_track = detector.track(frames)
+            drift: dict[str, list[float]] = {"motion": [], "look": []}
+            dist: dict[str, list[float]] = {"ca_motion": [], "tsa_motion": [], "ca_look": [], "tsa_look": []}
+            for kind, variants in (("motion", motions), ("look", looks)):
+                for v in variants:
+                    v_frames, z_v = clip_latents(model, world.make_spec(**v, seed=r_i, **size))
+                    # look clips keep the motion and placement: their tracks must stay far closer than others'
+                    drift[kind].append(track_distance(detector.track(v_frames), ref_track, float(size["width"])))
+                    for t in timesteps:
+                        for d in range(draws):
+                            eps = torch.randn(z_ref.shape, generator=torch.Generator().manual_seed(1000 * d + t))
+                            tt = torch.tensor([t])
+                            with torch.no_grad():
+                                a = ext(add_noise(model.scheduler, z_ref, eps, tt), tt, text)
+                                b = ext(add_noise(model.scheduler, z_v, eps, tt), tt, text)
+                            dist[f"ca_{kind}"].append(lam.lambda_ca * float(F.mse_loss(a.ca, b.ca)))
+                            dist[f"tsa_{kind}"].append(lam.lambda_tsa * float(F.mse_loss(a.tsa, b.tsa)))
+            rows.append({"motion": ref["motion"], **{k: float(np.mean(v)) for k, v in dist.items()},
+                         **{f"{k}_track_drift": float(np.nanmean(v)) for k, v in drift.items()}})
+    finally:
+        ext.remove()
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="model folder (default: the embedded model)")
     ap.add_argument("--clips", type=int, default=64, help="clips for the SNR estimate")
     ap.add_argument("--montage", default=None, help="also write the injection comparison to this PNG")
+    ap.add_argument("--features", action="store_true", help="only compare motion and look changes in M's maps")
+    ap.add_argument("--capture", nargs="+", default=None, help="with --features: blocks to read (default: the model's)")
     args = ap.parse_args(argv)
     model = load_model(args.model, device="cpu")
+    if args.features:
+        print("| reference | CA: motion change | CA: look change | TSA: motion change | TSA: look change | "
+              "track distance: motion clips | look clips |\n|---|---|---|---|---|---|---|")
+        for r in feature_sensitivity(model, blocks=tuple(args.capture) if args.capture else None):
+            print(f"| {r['motion']} | {r['ca_motion']:.2e} | {r['ca_look']:.2e} | {r['tsa_motion']:.2e} | "
+                  f"{r['tsa_look']:.2e} | {r['motion_track_drift']:.3f} | {r['look_track_drift']:.3f} |", flush=True)
+        return
     sch = model.scheduler.config
     print(f"schedule {sch.beta_schedule} {sch.beta_start} to {sch.beta_end}, prediction {sch.prediction_type}")
     print("| t | alpha_bar | SNR of the clip mean in z_t, per latent channel |\n|---|---|---|")
