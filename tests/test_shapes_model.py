@@ -32,6 +32,17 @@ def test_default_model_is_the_embedded_one_and_knows_its_capture_block(model):
     assert (DEFAULT_MODEL_DIR / "README.md").is_file(), "the model card sits beside the weights"
 
 
+def test_card_hand_notes_sit_in_the_block_that_regeneration_keeps():
+    from motion_core.shapes.evaluate import NOTES_END, NOTES_START
+
+    card = (DEFAULT_MODEL_DIR / "README.md").read_text()
+    assert card.count(NOTES_START) == 1 and card.count(NOTES_END) == 1
+    # `evaluate --card` rewrites everything outside the notes block: whatever follows the block must be the
+    # generated "Limits" section alone, or hand-written text there is lost at the next evaluation
+    after = card.split(NOTES_END, 1)[1].strip()
+    assert after.startswith("## Limits") and after.count("\n\n") == 0
+
+
 def test_sampling_gives_a_video_of_the_right_shape(model):
     vd = model.video_defaults
     f, h, w = vd["num_frames"], vd["height"], vd["width"]
