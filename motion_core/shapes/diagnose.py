@@ -147,7 +147,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--clips", type=int, default=64, help="clips for the SNR estimate")
     ap.add_argument("--montage", default=None, help="also write the injection comparison to this PNG")
     ap.add_argument("--features", action="store_true", help="only compare motion and look changes in M's maps")
-    ap.add_argument("--capture", nargs="+", default=None, help="with --features: blocks to read (default: the model's)")
+    ap.add_argument("--capture", nargs="+", default=None,
+                    help="with --features: blocks to read (default: the model's)")
     args = ap.parse_args(argv)
     model = load_model(args.model, device="cpu")
     if args.features:
