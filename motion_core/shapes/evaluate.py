@@ -45,7 +45,7 @@ from ..lora_io import remove_lora
 from ..models import T2VModel, decode_latents, encode_video, load_model
 from ..sample import invert_cached, sample
 from ..train import train_lora
-from ..video import to_uint8, write_mp4
+from ..video import frames_from_array, to_uint8, write_mp4
 from . import detector, recipe, world
 
 # Reference motions (>= 6, distinct) and, for each, new prompts naming other shapes, colours and backgrounds.
@@ -136,7 +136,7 @@ def motion_transfer(model: T2VModel, s: Settings, out: Path, guidance: float, sa
         spec = world.make_spec(**ref, seed=r_i, frames=f, height=h, width=w)
         clip = world.render(spec)
         ref_track = detector.track(clip.frames)
-        frames = torch.from_numpy(clip.frames).float().permute(0, 3, 1, 2) / 255
+        frames = frames_from_array(clip.frames)
         run = out / f"ref{r_i}_{ref['motion']}"
         write_mp4(clip.frames, run / "reference.mp4", fps=float(vd.get("fps", 8)))
         cfg = RunConfig()
@@ -180,6 +180,7 @@ def motion_transfer(model: T2VModel, s: Settings, out: Path, guidance: float, sa
 
 def flow_timing(model_dir: str | None, s: Settings) -> dict:
     """Wall time of the default flow a user runs: load the model, train on a reference, invert it, one sample."""
+    load_before = list(os.getloadavg())  # near 0 on an idle machine; another job shows here
     t_all = time.perf_counter()
     model = load_model(model_dir, device="cpu")
     t_load = time.perf_counter() - t_all
@@ -187,7 +188,7 @@ def flow_timing(model_dir: str | None, s: Settings) -> dict:
     f, h, w = int(vd["num_frames"]), int(vd["height"]), int(vd["width"])
     steps = s.sample_steps or int(sd.get("num_inference_steps", 25))
     clip = world.render(world.make_spec(**REFERENCES[0], seed=0, frames=f, height=h, width=w))
-    frames = torch.from_numpy(clip.frames).float().permute(0, 3, 1, 2) / 255
+    frames = frames_from_array(clip.frames)
     cfg = RunConfig()
     cfg.train.steps = s.steps
     with tempfile.TemporaryDirectory() as tmp:
@@ -203,7 +204,7 @@ def flow_timing(model_dir: str | None, s: Settings) -> dict:
     t_sample = time.perf_counter() - t0
     return {"load_s": t_load, "train_s": t_train, "train_steps_per_s": res.steps_done / max(t_train, 1e-9),
             "invert_s": t_inv, "sample_s": t_sample, "total_s": time.perf_counter() - t_all,
-            "threads": torch.get_num_threads(), "load_average_before": list(os.getloadavg())}
+            "threads": torch.get_num_threads(), "load_average_before": load_before}
 
 
 def summarize(rows: list[dict], timings: list[dict], betas: list[float]) -> dict:
