@@ -118,6 +118,14 @@ def feature_sensitivity(model: T2VModel, timesteps: tuple[int, ...] = (550, 700,
                 looks.append(dict(ref, shape=c["shape"], colour=c["colour"], background=c["background"],
                                   bg_colour=c["bg_colour"]))
             ref_track = detector.track(frames)
+            # the reference's maps, once per (t, draw): every altered clip is compared with the same noise
+            noise, ref_maps = {}, {}
+            with torch.no_grad():
+                for t in timesteps:
+                    tt = torch.tensor([t])
+                    for d in range(draws):
+                        noise[t, d] = torch.randn(z_ref.shape, generator=torch.Generator().manual_seed(1000 * d + t))
+                        ref_maps[t, d] = ext(add_noise(model.scheduler, z_ref, noise[t, d], tt), tt, text)
             drift: dict[str, list[float]] = {"motion": [], "look": []}
             dist: dict[str, list[float]] = {"ca_motion": [], "tsa_motion": [], "ca_look": [], "tsa_look": []}
             for kind, variants in (("motion", motions), ("look", looks)):
@@ -125,15 +133,12 @@ def feature_sensitivity(model: T2VModel, timesteps: tuple[int, ...] = (550, 700,
                     v_frames, z_v = clip_latents(model, world.make_spec(**v, seed=r_i, **size))
                     # look clips keep the motion and placement: their tracks must stay far closer than others'
                     drift[kind].append(track_distance(detector.track(v_frames), ref_track, float(size["width"])))
-                    for t in timesteps:
-                        for d in range(draws):
-                            eps = torch.randn(z_ref.shape, generator=torch.Generator().manual_seed(1000 * d + t))
-                            tt = torch.tensor([t])
-                            with torch.no_grad():
-                                a = ext(add_noise(model.scheduler, z_ref, eps, tt), tt, text)
-                                b = ext(add_noise(model.scheduler, z_v, eps, tt), tt, text)
-                            dist[f"ca_{kind}"].append(lam.lambda_ca * float(F.mse_loss(a.ca, b.ca)))
-                            dist[f"tsa_{kind}"].append(lam.lambda_tsa * float(F.mse_loss(a.tsa, b.tsa)))
+                    for (t, d), a in ref_maps.items():
+                        tt = torch.tensor([t])
+                        with torch.no_grad():
+                            b = ext(add_noise(model.scheduler, z_v, noise[t, d], tt), tt, text)
+                        dist[f"ca_{kind}"].append(lam.lambda_ca * float(F.mse_loss(a.ca, b.ca)))
+                        dist[f"tsa_{kind}"].append(lam.lambda_tsa * float(F.mse_loss(a.tsa, b.tsa)))
             rows.append({"motion": ref["motion"], **{k: float(np.mean(v)) for k, v in dist.items()},
                          **{f"{k}_track_drift": float(np.nanmean(v)) for k, v in drift.items()}})
     finally:
