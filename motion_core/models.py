@@ -208,6 +208,39 @@ def _maybe_xformers(unet: UNet3DConditionModel, dev: torch.device) -> None:
         pass
 
 
+# What Zeroscope's model_index.json names: with it, diffusers' own loaders (``DiffusionPipeline.from_pretrained``,
+# ``TextToVideoSDPipeline.from_pretrained``) read our folders as they read the hub's.
+PIPELINE_INDEX: dict[str, Any] = {
+    "_class_name": "TextToVideoSDPipeline",
+    "scheduler": ["diffusers", "DDIMScheduler"],
+    "text_encoder": ["transformers", "CLIPTextModel"],
+    "tokenizer": ["transformers", "CLIPTokenizer"],
+    "unet": ["diffusers", "UNet3DConditionModel"],
+    "vae": ["diffusers", "AutoencoderKL"],
+}
+
+
+def write_pipeline_index(folder: str | os.PathLike) -> Path:
+    """Write ``model_index.json`` and name the UNet's class as the stock one, so diffusers' tools load the folder.
+
+    ``save_pretrained`` records the saving class (our ``UNet3DWithPeft``) in ``unet/config.json``; a stock
+    diffusers reader has no such class, and the weights are a plain ``UNet3DConditionModel``'s.
+    """
+    import diffusers
+
+    folder = Path(folder)
+    cfg_path = folder / "unet" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    if cfg.get("_class_name") != "UNet3DConditionModel":
+        cfg["_class_name"] = "UNet3DConditionModel"
+        cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    index = {"_class_name": PIPELINE_INDEX["_class_name"], "_diffusers_version": diffusers.__version__,
+             **PIPELINE_INDEX}
+    path = folder / "model_index.json"
+    path.write_text(json.dumps(index, indent=2) + "\n")
+    return path
+
+
 def save_model(model: T2VModel, folder: str | os.PathLike, extra_sidecar: dict[str, Any] | None = None) -> Path:
     """Write the model in Zeroscope's folder layout plus the sidecar, so ``load_model(folder)`` reads it back."""
     folder = Path(folder)
@@ -217,6 +250,7 @@ def save_model(model: T2VModel, folder: str | os.PathLike, extra_sidecar: dict[s
     model.text_encoder.save_pretrained(folder / "text_encoder")
     model.tokenizer.save_pretrained(folder / "tokenizer")
     model.scheduler.save_pretrained(folder / "scheduler")
+    write_pipeline_index(folder)
     side = {"capture_blocks": list(model.capture_blocks), "video": model.video_defaults,
             "sample": model.sample_defaults}
     side.update(extra_sidecar or {})

@@ -137,3 +137,31 @@ def test_diffusers_pipeline_reads_our_file_and_matches_our_sampler(tmp_path):
     plain = pipe_base("a red circle", num_frames=4, height=16, width=16, num_inference_steps=4, guidance_scale=5.0,
                       latents=noise.clone(), output_type="latent").frames
     assert (plain - ours).abs().max() > 1e-3
+
+
+def test_diffusers_loads_our_model_folder_and_lora_from_disk(tmp_path):
+    """A saved model folder is a diffusers pipeline folder: ``from_pretrained`` reads it, then our LoRA file."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from diffusers import DiffusionPipeline, TextToVideoSDPipeline, UNet3DConditionModel
+    from motion_core.models import UNet3DWithPeft, save_model
+
+    folder = save_model(build_tiny_model(seed=0), tmp_path / "model")
+    assert json.loads((folder / "unet" / "config.json").read_text())["_class_name"] == "UNet3DConditionModel"
+    pipe = DiffusionPipeline.from_pretrained(str(folder))
+    assert type(pipe) is TextToVideoSDPipeline and type(pipe.unet) is UNet3DConditionModel
+
+    model = _trained_like(seed=3)
+    save_lora(tmp_path / "lora" / "motion.safetensors", model, LoraConfig(rank=4))
+    noise = torch.randn(1, 4, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    ours = sample(model, "a blue star", SampleConfig(num_inference_steps=3, guidance_scale=4.0, lora_cutoff=0,
+                                                     beta=0.0), latent_shape=(4, 8, 8), init_noise=noise,
+                  decode=False).latents
+    # the stock UNet class has no PEFT mixin (diffusers #6640): hand the pipeline ours, as the README says
+    pipe = TextToVideoSDPipeline.from_pretrained(str(folder),
+                                                 unet=UNet3DWithPeft.from_pretrained(str(folder), subfolder="unet"))
+    pipe.set_progress_bar_config(disable=True)
+    pipe.load_lora_weights(str(tmp_path / "lora"), weight_name="motion.safetensors")
+    theirs = pipe("a blue star", num_frames=4, height=16, width=16, num_inference_steps=3, guidance_scale=4.0,
+                  latents=noise.clone(), output_type="latent").frames
+    torch.testing.assert_close(theirs, ours, rtol=1e-4, atol=1e-4)

@@ -116,3 +116,16 @@ def test_diagnose_feature_sensitivity_compares_motion_and_look(tiny_model):
         # ... and the look clips keep the reference's trajectory, or the comparison would mix the two (shapes of
         # other outlines move the detector's centroid and scale a little at 32 x 32: measured 0.02 to 0.05)
         assert r["look_track_drift"] < 0.06 and r["look_track_drift"] < 0.5 * r["motion_track_drift"]
+
+
+def test_diagnose_ceiling_scores_the_prompt_following_prompts(tiny_model):
+    from motion_core.shapes import diagnose
+
+    res = diagnose.ceiling(tiny_model, n=3)
+    pf = evaluate.prompt_following(tiny_model, n=3, sample_steps=2, guidance=3.0)
+    for name in ("rendered", "vae"):
+        assert [r["prompt"] for r in res[name]["rows"]] == [r["prompt"] for r in pf["rows"]]
+    # the world's own renders of the captions: the detector must find every one right
+    r = res["rendered"]
+    assert (r["colour_acc"], r["shape_acc"], r["coherent"], r["bg_colour_acc"]) == (1.0, 1.0, 1.0, 1.0)
+    assert 0.0 <= res["vae"]["shape_acc"] <= 1.0

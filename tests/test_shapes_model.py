@@ -32,6 +32,20 @@ def test_default_model_is_the_embedded_one_and_knows_its_capture_block(model):
     assert (DEFAULT_MODEL_DIR / "README.md").is_file(), "the model card sits beside the weights"
 
 
+def test_embedded_model_is_a_diffusers_pipeline_folder():
+    """Users' diffusers tools read the embedded model as they read Zeroscope from the hub."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from diffusers import DiffusionPipeline, TextToVideoSDPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(str(DEFAULT_MODEL_DIR))
+    assert type(pipe) is TextToVideoSDPipeline
+    unet_cfg = json.loads((DEFAULT_MODEL_DIR / "unet" / "config.json").read_text())
+    assert unet_cfg["_class_name"] == "UNet3DConditionModel"
+
+
 def test_card_hand_notes_sit_in_the_block_that_regeneration_keeps():
     from motion_core.shapes.evaluate import NOTES_END, NOTES_START
 

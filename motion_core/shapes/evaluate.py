@@ -102,27 +102,39 @@ def track_distance(a: detector.Track, b: detector.Track, size: float) -> float:
     return trajectory_distance(a.centroids[ok], b.centroids[ok], size, scales_a=sa / sa[0], scales_b=sb / sb[0])
 
 
-def prompt_following(model: T2VModel, n: int, sample_steps: int, guidance: float, seed: int = 20_000) -> dict:
-    """Base model, beta = 0: does the sampled object have the prompted colour and shape; is it one coherent object?"""
+def prompt_specs(model: T2VModel, n: int, seed: int = 20_000) -> list[world.ClipSpec]:
+    """The single-object clips whose captions are the prompt-following prompts (same seed: same prompts)."""
     rng = np.random.default_rng(seed)
-    vd = model.video_defaults
-    shape = (int(vd["num_frames"]), int(vd["height"]) // model.vae_scale, int(vd["width"]) // model.vae_scale)
-    rows = []
-    for i in range(n):
-        spec = world.sample_spec(rng, frames=shape[0], n_objects=1)
-        prompt = world.caption(spec)
-        want = world.parse_caption(prompt)
-        out = sample(model, prompt, SampleConfig(num_inference_steps=sample_steps, guidance_scale=guidance, beta=0.0,
-                                                 seed=seed + i), latent_shape=shape, use_lora=False)
-        frames = to_uint8(out.frames[0])
-        tr, bg = detector.track(frames), detector.background_colour(frames)
-        rows.append({"prompt": prompt, "colour_ok": tr.colour == want["colour"],
-                     "shape_ok": tr.shape == want["shape"], "coherent": bool(tr.coherent), "colour": tr.colour,
-                     "shape": tr.shape, "bg_colour": bg, "bg_colour_ok": bg == want["bg_colour"]})
-    return {"n": n, "colour_acc": float(np.mean([r["colour_ok"] for r in rows])),
+    return [world.sample_spec(rng, frames=int(model.video_defaults["num_frames"]), n_objects=1) for _ in range(n)]
+
+
+def judge_clip(frames: np.ndarray, prompt: str) -> dict:
+    """One clip (uint8 ``(F, H, W, 3)``) against its prompt: object colour, shape, one coherent object, background."""
+    want = world.parse_caption(prompt)
+    tr, bg = detector.track(frames), detector.background_colour(frames)
+    return {"prompt": prompt, "colour_ok": tr.colour == want["colour"], "shape_ok": tr.shape == want["shape"],
+            "coherent": bool(tr.coherent), "colour": tr.colour, "shape": tr.shape, "bg_colour": bg,
+            "bg_colour_ok": bg == want["bg_colour"]}
+
+
+def following_scores(rows: list[dict]) -> dict:
+    return {"n": len(rows), "colour_acc": float(np.mean([r["colour_ok"] for r in rows])),
             "shape_acc": float(np.mean([r["shape_ok"] for r in rows])),
             "bg_colour_acc": float(np.mean([r["bg_colour_ok"] for r in rows])),
             "coherent": float(np.mean([r["coherent"] for r in rows])), "rows": rows}
+
+
+def prompt_following(model: T2VModel, n: int, sample_steps: int, guidance: float, seed: int = 20_000) -> dict:
+    """Base model, beta = 0: does the sampled object have the prompted colour and shape; is it one coherent object?"""
+    vd = model.video_defaults
+    shape = (int(vd["num_frames"]), int(vd["height"]) // model.vae_scale, int(vd["width"]) // model.vae_scale)
+    rows = []
+    for i, spec in enumerate(prompt_specs(model, n, seed)):
+        prompt = world.caption(spec)
+        out = sample(model, prompt, SampleConfig(num_inference_steps=sample_steps, guidance_scale=guidance, beta=0.0,
+                                                 seed=seed + i), latent_shape=shape, use_lora=False)
+        rows.append(judge_clip(to_uint8(out.frames[0]), prompt))
+    return following_scores(rows)
 
 
 def motion_transfer(model: T2VModel, s: Settings, out: Path, guidance: float, sample_steps: int,
