@@ -105,13 +105,23 @@ def test_image_steps_alternate_with_video_steps_and_use_single_frames_of_distinc
 
 def test_card_commands_repeat_each_runs_own_options():
     """A continuation with offset noise and image steps is listed with exactly its options; the first run without."""
-    info = {"clips": 3000, "vae_seconds": 900, "unet_seconds": 60 * 110, "decoder_seconds": 0, "unet_steps": 100,
+    info = {"clips": 3000, "vae_seconds": 900, "unet_seconds": 60 * 190, "decoder_seconds": 0, "unet_steps": 100,
             "unet_batch": 8, "wall_seconds": 7000, "cpu": "x86_64", "cores": 2, "torch_threads": 2, "lr": 4e-4,
+            "unet_lr": "cosine",
             "continued": [{"from": "a", "clips": 4000, "unet_minutes": 98, "decoder_minutes": 0, "lr": 4e-4,
-                           "noise_offset": 0.1, "image_every": 2, "image_batch": 48, "unet_lr": "cosine"}]}
-    first, cont = evaluate._training_md(info).split("```bash\n")[1].split("\n```")[0].splitlines()
+                           "noise_offset": 0.1, "image_every": 2, "image_batch": 48, "unet_lr": "cosine"},
+                          {"from": "a", "clips": 4000, "unet_minutes": 80, "decoder_minutes": 0, "lr": 4e-4,
+                           "torch_threads": 1, "unet_lr": "cosine"}]}
+    md = evaluate._training_md(info)
+    first, cont, cont1 = md.split("```bash\n")[1].split("\n```")[0].splitlines()
     assert "--noise-offset" not in first and "--image-every" not in first and "--unet-minutes 12" in first
+    assert first.endswith("--threads 2")  # the first run's threads
     assert cont.endswith("--clips 4000 --unet-minutes 98 --decoder-minutes 0 --noise-offset 0.1 --image-every 2 "
-                         "--image-batch 48")
+                         "--image-batch 48")  # a run recorded before threads were: no flag
+    assert cont1.endswith("--unet-minutes 80 --decoder-minutes 0 --threads 1")
+    # no run here had the old constant rate: no caveat about it
+    assert "constant" not in md
+    info["unet_lr"] = "4e-4 after a 100-step warm-up, constant"
+    assert "does not repeat it exactly" in evaluate._training_md(info)
     assert evaluate._clips_md(info).startswith("4000 clips (the first run used the first 3000")
     assert evaluate._clips_md({"clips": 3000}) == "3000 clips"

@@ -114,14 +114,18 @@ def judge_clip(frames: np.ndarray, prompt: str) -> dict:
     tr, bg = detector.track(frames), detector.background_colour(frames)
     return {"prompt": prompt, "colour_ok": tr.colour == want["colour"], "shape_ok": tr.shape == want["shape"],
             "coherent": bool(tr.coherent), "colour": tr.colour, "shape": tr.shape, "bg_colour": bg,
-            "bg_colour_ok": bg == want["bg_colour"]}
+            "bg_colour_ok": bg == want["bg_colour"],
+            # why a clip is not coherent: frames where the tracked colour has no object, or more than one
+            "frames_missing": int((~tr.found).sum()), "frames_multi": int((tr.counts > 1).sum())}
 
 
 def following_scores(rows: list[dict]) -> dict:
     return {"n": len(rows), "colour_acc": float(np.mean([r["colour_ok"] for r in rows])),
             "shape_acc": float(np.mean([r["shape_ok"] for r in rows])),
             "bg_colour_acc": float(np.mean([r["bg_colour_ok"] for r in rows])),
-            "coherent": float(np.mean([r["coherent"] for r in rows])), "rows": rows}
+            "coherent": float(np.mean([r["coherent"] for r in rows])),
+            "with_missing_frame": float(np.mean([r.get("frames_missing", 0) > 0 for r in rows])),
+            "with_split_frame": float(np.mean([r.get("frames_multi", 0) > 0 for r in rows])), "rows": rows}
 
 
 def prompt_following(model: T2VModel, n: int, sample_steps: int, guidance: float, seed: int = 20_000) -> dict:
@@ -422,10 +426,11 @@ def _training_md(info: dict) -> str:
         return (f" --lr {rec['lr']:g}" if rec.get("lr", 4e-4) != 4e-4 else "") + (
             f" --noise-offset {rec['noise_offset']:g}" if rec.get("noise_offset") else "") + (
             f" --image-every {rec['image_every']} --image-batch {rec['image_batch']}"
-            if rec.get("image_every") else "")
+            if rec.get("image_every") else "") + (
+            f" --threads {rec['torch_threads']}" if rec.get("torch_threads") else "")  # step counts depend on it
 
     # the first run's options; continuations keep theirs
-    first = {k: info[k] for k in recipe.RUN_OPTIONS if k in info}
+    first = {k: info[k] for k in (*recipe.RUN_OPTIONS, "torch_threads") if k in info}
     cmds = [f"python -m motion_core.shapes.recipe --out assets/shapes-t2v --clips {info['clips']} --vae-minutes "
             f"{info.get('vae_seconds', 0) / 60:.0f} --unet-minutes {first_unet:.0f} --decoder-minutes "
             f"{max(first_dec, 0):.0f}{extra(first)}"]
@@ -442,6 +447,9 @@ def _training_md(info: dict) -> str:
     schedules += [c.get("unet_lr", "4e-4 after a 100-step warm-up, constant") for c in cont
                   if not c.get("decoder_only")]
     lr = " Learning rate of each UNet run, in order: " + "; ".join(schedules) + "."
+    if any(s.endswith("constant") for s in schedules):
+        lr += (" (A constant rate is what the recipe did before its cosine schedule; today's recipe always decays, so "
+               "a command of such a run does not repeat it exactly.)")
     return f"""Commands, in order ({len(cmds)} run{'s' if len(cmds) > 1 else ''}; each continuation keeps training \
 the saved weights on data of the same seed; clip i depends only on the seed and i, so a larger `--clips` adds clips):
 
@@ -449,7 +457,7 @@ the saved weights on data of the same seed; clip i depends only on the seed and 
 {runs}
 ```
 
-On {info['cpu']} ({info['cores']} cores, {info['torch_threads']} torch threads), no GPU. VAE: \
+On {info['cpu']} ({info['cores']} cores; torch threads as each command's `--threads` says), no GPU. VAE: \
 {info.get('vae_steps', '?')} steps (batch 16 frames, L1 + MSE + 1e-6 KL), {info.get('vae_seconds', 0) / 60:.0f} min. \
 UNet and text encoder jointly: {info['unet_steps']} steps in all (batch {info['unet_batch']} clips, DDPM noise loss, \
 10% empty captions for guidance; a run with `--image-every k` makes every k-th step a batch of single frames), \

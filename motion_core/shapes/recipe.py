@@ -330,6 +330,7 @@ def _continue(src: Path, out: Path, args: argparse.Namespace) -> None:
     info["wall_seconds"] = round(info.get("wall_seconds", 0) + time.time() - t0, 1)
     info.setdefault("continued", []).append({"from": str(src), "clips": args.clips, "unet_minutes": args.unet_minutes,
                                              "decoder_minutes": args.decoder_minutes,
+                                             "torch_threads": torch.get_num_threads(),
                                              **{k: more[k] for k in RUN_OPTIONS}})
     save_model(model, out)
     (out / "training_info.json").write_text(json.dumps({"info": info, "log": log}, indent=1))
