@@ -16,10 +16,13 @@ def test_quick_evaluation_writes_results(tiny_model_dir, tmp_path):
     assert math.isfinite(res["vae_psnr"])
     pf = res["prompt_following"]
     assert pf["n"] == 2 and 0 <= pf["colour_acc"] <= 1
+    for r in pf["rows"]:  # an incoherent sample has a frame with no object or with several; a coherent one neither
+        assert r["coherent"] == (r["frames_missing"] == 0 and r["frames_multi"] == 0)
     mt = res["motion_transfer"]["summary"]
     assert {"lora_beta0.3", "base_beta0.3", "lora_beta0", "base_beta0", "ratio_beta0.3"} <= set(mt)
     md = (tmp_path / "report.md").read_text()
     assert "VAE reconstruction PSNR" in md and "LoRA / base trajectory distance" in md
+    assert "Why samples are not one coherent object" in md
     assert (tmp_path / "ref0_zigzag_right" / "lora.safetensors").is_file()
 
 

@@ -19,9 +19,8 @@ look and another reference's motion, and clips with the same motion and placemen
 new prompts. Motion feature matching can only transfer motion if the first distance clearly exceeds the second.
 
 ``--ceiling`` scores the prompt-following check's own 40 prompts on clips that need no UNet: the world's renders of
-those captions, and the same renders after a VAE round trip. What the round trip loses (a star's points in a
-few-pixel latent) no UNet can draw back, so its scores bound what the base model can reach with this VAE and
-detector.
+those captions, and the same renders after a VAE round trip. What the round trip loses no UNet can draw back, so
+its scores bound what the base model can reach with this VAE and detector.
 """
 
 from __future__ import annotations

@@ -317,6 +317,10 @@ def report_md(res: dict, cmd: str) -> str:
     if "bg_colour_acc" in pf:  # no target in the issue; it measures what offset noise is for (terminal SNR)
         lines += ["", f"Not a target: the prompted background colour covers most pixels in "
                   f"{100 * pf['bg_colour_acc']:.0f}% of the base model's {pf['n']} samples (6 colours: chance 17%)."]
+    if "with_missing_frame" in pf:  # why samples are not one coherent object
+        lines += ["", f"Why samples are not one coherent object: a frame where the tracked colour has no object in "
+                  f"{100 * pf['with_missing_frame']:.0f}% of them, a frame where it has two or more in "
+                  f"{100 * pf['with_split_frame']:.0f}% (a sample can have both)."]
     lines += ["", "Per reference motion (beta = first value), mean trajectory distance:", "",
               "| motion | LoRA | base |", "|---|---|---|"]
     for m, v in mt["per_motion"].items():
