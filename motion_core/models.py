@@ -210,8 +210,7 @@ def _maybe_xformers(unet: UNet3DConditionModel, dev: torch.device) -> None:
 
 # What Zeroscope's model_index.json names: with it, diffusers' own loaders (``DiffusionPipeline.from_pretrained``,
 # ``TextToVideoSDPipeline.from_pretrained``) read our folders as they read the hub's.
-PIPELINE_INDEX: dict[str, Any] = {
-    "_class_name": "TextToVideoSDPipeline",
+PIPELINE_COMPONENTS: dict[str, list[str]] = {
     "scheduler": ["diffusers", "DDIMScheduler"],
     "text_encoder": ["transformers", "CLIPTextModel"],
     "tokenizer": ["transformers", "CLIPTokenizer"],
@@ -234,8 +233,8 @@ def write_pipeline_index(folder: str | os.PathLike) -> Path:
     if cfg.get("_class_name") != "UNet3DConditionModel":
         cfg["_class_name"] = "UNet3DConditionModel"
         cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-    index = {"_class_name": PIPELINE_INDEX["_class_name"], "_diffusers_version": diffusers.__version__,
-             **PIPELINE_INDEX}
+    index = {"_class_name": "TextToVideoSDPipeline", "_diffusers_version": diffusers.__version__,
+             **PIPELINE_COMPONENTS}
     path = folder / "model_index.json"
     path.write_text(json.dumps(index, indent=2) + "\n")
     return path
