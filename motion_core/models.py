@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import diffusers
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet3DConditionModel
 from diffusers.loaders import PeftAdapterMixin
@@ -225,8 +226,6 @@ def write_pipeline_index(folder: str | os.PathLike) -> Path:
     ``save_pretrained`` records the saving class (our ``UNet3DWithPeft``) in ``unet/config.json``; a stock
     diffusers reader has no such class, and the weights are a plain ``UNet3DConditionModel``'s.
     """
-    import diffusers
-
     folder = Path(folder)
     cfg_path = folder / "unet" / "config.json"
     cfg = json.loads(cfg_path.read_text())

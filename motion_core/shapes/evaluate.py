@@ -124,8 +124,8 @@ def following_scores(rows: list[dict]) -> dict:
             "shape_acc": float(np.mean([r["shape_ok"] for r in rows])),
             "bg_colour_acc": float(np.mean([r["bg_colour_ok"] for r in rows])),
             "coherent": float(np.mean([r["coherent"] for r in rows])),
-            "with_missing_frame": float(np.mean([r.get("frames_missing", 0) > 0 for r in rows])),
-            "with_split_frame": float(np.mean([r.get("frames_multi", 0) > 0 for r in rows])), "rows": rows}
+            "with_missing_frame": float(np.mean([r["frames_missing"] > 0 for r in rows])),
+            "with_split_frame": float(np.mean([r["frames_multi"] > 0 for r in rows])), "rows": rows}
 
 
 def prompt_following(model: T2VModel, n: int, sample_steps: int, guidance: float, seed: int = 20_000) -> dict:
