@@ -111,17 +111,49 @@ def test_card_commands_repeat_each_runs_own_options():
             "continued": [{"from": "a", "clips": 4000, "unet_minutes": 98, "decoder_minutes": 0, "lr": 4e-4,
                            "noise_offset": 0.1, "image_every": 2, "image_batch": 48, "unet_lr": "cosine"},
                           {"from": "a", "clips": 4000, "unet_minutes": 80, "decoder_minutes": 0, "lr": 4e-4,
-                           "torch_threads": 1, "unet_lr": "cosine"}]}
+                           "torch_threads": 1, "unet_lr": "cosine", "ema_decay": 0.999}]}
     md = evaluate._training_md(info)
     first, cont, cont1 = md.split("```bash\n")[1].split("\n```")[0].splitlines()
     assert "--noise-offset" not in first and "--image-every" not in first and "--unet-minutes 12" in first
     assert first.endswith("--threads 2")  # the first run's threads
     assert cont.endswith("--clips 4000 --unet-minutes 98 --decoder-minutes 0 --noise-offset 0.1 --image-every 2 "
                          "--image-batch 48")  # a run recorded before threads were: no flag
-    assert cont1.endswith("--unet-minutes 80 --decoder-minutes 0 --threads 1")
+    assert cont1.endswith("--unet-minutes 80 --decoder-minutes 0 --ema-decay 0.999 --threads 1")
+    assert "--ema-decay" not in cont  # recorded before the option existed
+    assert "saves the exponential moving average" in md
+    assert "moving average" not in evaluate._training_md({**info, "continued": info["continued"][:1]})
     # no run here had the old constant rate: no caveat about it
     assert "constant" not in md
     info["unet_lr"] = "4e-4 after a 100-step warm-up, constant"
     assert "does not repeat it exactly" in evaluate._training_md(info)
     assert evaluate._clips_md(info).startswith("4000 clips (the first run used the first 3000")
     assert evaluate._clips_md({"clips": 3000}) == "3000 clips"
+
+
+def test_ema_weights_are_the_moving_average_of_each_steps_weights(monkeypatch):
+    """--ema-decay: the model ends with the average of the weights after each step, computed here by hand."""
+    model = recipe.build_model(0)
+    params = list(model.unet.parameters()) + list(model.text_encoder.parameters())
+    history = [[p.detach().clone() for p in params]]
+
+    class Recording(torch.optim.AdamW):
+        def step(self, closure=None):
+            out = super().step(closure)
+            history.append([p.detach().clone() for p in params])
+            return out
+
+    monkeypatch.setattr(torch.optim, "AdamW", Recording)
+    latents = torch.randn(4, 4, 3, 8, 8)
+    captions = [f"a red circle on a {c} background" for c in ("blue", "green", "white", "black")]
+    raw: list = []
+    info = recipe.train_unet(model, latents, captions, minutes=0.01, seed=0, log=[], batch=2, ema_decay=0.5,
+                             raw_out=raw)
+    steps = info["unet_steps"]
+    assert steps >= 2 and len(history) == steps + 1 and info["ema_decay"] == 0.5
+    avg = [h.clone() for h in history[0]]
+    for s in range(steps):
+        d = min(0.5, (1 + s) / (10 + s))
+        avg = [d * a + (1 - d) * h for a, h in zip(avg, history[s + 1])]
+    assert all(torch.allclose(p, a, atol=1e-6) for p, a in zip(params, avg))  # the model holds the average
+    assert all(torch.equal(r, h) for r, h in zip(raw, history[-1]))  # raw_out holds the last step's weights
+    assert any(not torch.equal(p, r) for p, r in zip(params, raw))

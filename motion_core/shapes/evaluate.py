@@ -431,6 +431,7 @@ def _training_md(info: dict) -> str:
             f" --noise-offset {rec['noise_offset']:g}" if rec.get("noise_offset") else "") + (
             f" --image-every {rec['image_every']} --image-batch {rec['image_batch']}"
             if rec.get("image_every") else "") + (
+            f" --ema-decay {rec['ema_decay']:g}" if rec.get("ema_decay") else "") + (
             f" --threads {rec['torch_threads']}" if rec.get("torch_threads") else "")  # step counts depend on it
 
     # the first run's options; continuations keep theirs
@@ -450,6 +451,8 @@ def _training_md(info: dict) -> str:
     schedules = [info.get("unet_lr", "4e-4 after a 100-step warm-up, constant")]
     schedules += [c.get("unet_lr", "4e-4 after a 100-step warm-up, constant") for c in cont
                   if not c.get("decoder_only")]
+    ema = ("; a run with `--ema-decay d` saves the exponential moving average of its weights, not the last ones"
+           if any(r.get("ema_decay") for r in (info, *cont)) else "")
     lr = " Learning rate of each UNet run, in order: " + "; ".join(schedules) + "."
     if any(s.endswith("constant") for s in schedules):
         lr += (" (A constant rate is what the recipe did before its cosine schedule; today's recipe always decays, so "
@@ -464,7 +467,7 @@ the saved weights on data of the same seed; clip i depends only on the seed and 
 On {info['cpu']} ({info['cores']} cores; torch threads as each command's `--threads` says), no GPU. VAE: \
 {info.get('vae_steps', '?')} steps (batch 16 frames, L1 + MSE + 1e-6 KL), {info.get('vae_seconds', 0) / 60:.0f} min. \
 UNet and text encoder jointly: {info['unet_steps']} steps in all (batch {info['unet_batch']} clips, DDPM noise loss, \
-10% empty captions for guidance; a run with `--image-every k` makes every k-th step a batch of single frames), \
+10% empty captions for guidance; a run with `--image-every k` makes every k-th step a batch of single frames{ema}), \
 {info['unet_seconds'] / 60:.0f} min.{lr}{dec} Total wall time \
 {info['wall_seconds'] / 60:.0f} min. The stages stop on a wall-clock budget, so step counts depend on the machine; \
 they are recorded in `training_info.json` with the losses."""

@@ -14,6 +14,8 @@ Two training options target what the diagnosis found (``python -m motion_core.sh
 ``--noise-offset 0.1`` hides the clip mean that Zeroscope's z_999 still shows (so the background colour comes from
 the caption, not the noise), and ``--image-every 2`` makes every second step a batch of single frames of many
 clips, which teaches the caption-to-look mapping several times faster per CPU second than whole clips.
+``--ema-decay 0.999`` saves a moving average of the weights instead of the last ones (``--save-raw DIR`` keeps the
+last ones too, to compare).
 
 Captions are the world's plain captions (objects, colours, background; no motion words), so for a prompt that
 names no motion the base model draws from the world's whole motion distribution: varied motion, which is what
@@ -42,7 +44,7 @@ from . import world
 
 FRAMES, HEIGHT, WIDTH, FPS = 12, 64, 64, 8.0
 # The options of a UNet run that ``train_unet`` returns and every run's record keeps (the card repeats them).
-RUN_OPTIONS = ("lr", "noise_offset", "image_every", "image_batch", "unet_lr")
+RUN_OPTIONS = ("lr", "noise_offset", "image_every", "image_batch", "unet_lr", "ema_decay")
 
 
 def build_model(seed: int = 0) -> T2VModel:
@@ -165,7 +167,8 @@ def encode_all(vae: AutoencoderKL, frames: np.ndarray) -> torch.Tensor:
 
 def train_unet(model: T2VModel, latents: torch.Tensor, captions: list[str], minutes: float, seed: int,
                log: list, batch: int = 8, lr: float = 4e-4, p_uncond: float = 0.1, lr_floor: float = 0.1,
-               noise_offset: float = 0.0, image_every: int = 0, image_batch: int = 64) -> dict:
+               noise_offset: float = 0.0, image_every: int = 0, image_batch: int = 64, ema_decay: float = 0.0,
+               raw_out: list | None = None) -> dict:
     """Joint UNet + text encoder training with the DDPM noise loss; captions dropped 10% of the time for CFG.
 
     The learning rate warms up over 100 steps, then follows a cosine over the wall-clock budget down to
@@ -177,6 +180,11 @@ def train_unet(model: T2VModel, latents: torch.Tensor, captions: list[str], minu
     teaches the caption-to-look mapping ``batch`` examples at a time; an image step, at a similar cost, teaches it
     ``image_batch``. On those steps each frame is a one-frame clip, so temporal attention attends only to itself,
     as in the joint image-video training of video diffusion models; motion is learnt on the video steps.
+
+    ``ema_decay = d > 0``: the weights the model ends with are an exponential moving average of the trained ones
+    (decay ``min(d, (1 + step) / (10 + step))``, so the average does not lag far behind early on). With batches of
+    8 clips the raw weights jitter from step to step; sampling from their average is the standard cure in
+    diffusion training. ``raw_out``, a list, receives the raw (not averaged) parameters, to compare the two.
     """
     g = torch.Generator().manual_seed(seed + 1)
     unet, te, tok = model.unet, model.text_encoder, model.tokenizer
@@ -189,6 +197,7 @@ def train_unet(model: T2VModel, latents: torch.Tensor, captions: list[str], minu
     empty = ids_all[-1]
     t0, step, ema = time.time(), 0, None
     warmup = 100
+    avg = [p.detach().clone() for p in params] if ema_decay > 0 else None
     while time.time() - t0 < minutes * 60:
         image_step = image_every > 0 and step % image_every == image_every - 1
         n = image_batch if image_step else batch
@@ -215,6 +224,10 @@ def train_unet(model: T2VModel, latents: torch.Tensor, captions: list[str], minu
         for group in opt.param_groups:
             group["lr"] = lr * min(1.0, (step + 1) / warmup) * decay
         opt.step()
+        if avg is not None:
+            with torch.no_grad():
+                d = min(ema_decay, (1 + step) / (10 + step))
+                torch._foreach_lerp_(avg, [p.detach() for p in params], 1 - d)
         step += 1
         lv = float(loss.detach())
         ema = lv if ema is None else 0.98 * ema + 0.02 * lv
@@ -224,9 +237,16 @@ def train_unet(model: T2VModel, latents: torch.Tensor, captions: list[str], minu
             print(json.dumps(log[-1]), flush=True)
     for m in (unet, te):
         m.eval().requires_grad_(False)
+    if avg is not None:
+        with torch.no_grad():
+            if raw_out is not None:
+                raw_out.extend(p.detach().clone() for p in params)
+            for p, a in zip(params, avg):
+                p.copy_(a)
     return {"unet_steps": step, "unet_batch": batch, "unet_seconds": round(time.time() - t0, 1), "unet_loss_ema": ema,
             "unet_lr": f"{lr:g}, 100-step warm-up, cosine over the budget to {lr_floor:g} x", "lr": lr,
-            "noise_offset": noise_offset, "image_every": image_every, "image_batch": image_batch}
+            "noise_offset": noise_offset, "image_every": image_every, "image_batch": image_batch,
+            "ema_decay": ema_decay}
 
 
 def training_noise(shape: torch.Size | tuple[int, ...], g: torch.Generator, offset: float = 0.0) -> torch.Tensor:
@@ -257,6 +277,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--image-every", type=int, default=0,
                     help="every k-th UNet step trains on single frames of --image-batch clips (0 = video only)")
     ap.add_argument("--image-batch", type=int, default=64, help="frames per image step")
+    ap.add_argument("--ema-decay", type=float, default=0.0,
+                    help="keep an exponential moving average of the UNet and text-encoder weights and save it "
+                         "(e.g. 0.999; 0 = save the trained weights as they are)")
+    ap.add_argument("--save-raw", default=None,
+                    help="with --ema-decay: also save the model with the raw (not averaged) weights in this folder")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores)")
     ap.add_argument("--resume-vae", default=None, help="reuse the VAE of an earlier run's folder")
     ap.add_argument("--decoder-minutes", type=float, default=10.0,
@@ -293,9 +318,10 @@ def main(argv: list[str] | None = None) -> None:
     scale = float(1.0 / raw.std())
     model.vae.register_to_config(scaling_factor=scale)  # unit-variance latents, as SD's 0.18215 does for its VAE
     info["vae_scaling_factor"] = scale
+    raw_params: list = []
     info.update(train_unet(model, raw * scale, captions, args.unet_minutes, args.seed, log, batch=args.batch,
                            lr=args.lr, noise_offset=args.noise_offset, image_every=args.image_every,
-                           image_batch=args.image_batch))
+                           image_batch=args.image_batch, ema_decay=args.ema_decay, raw_out=raw_params))
     info["params"] = {k: sum(p.numel() for p in getattr(model, k).parameters())
                       for k in ("unet", "vae", "text_encoder")}
     if args.decoder_minutes > 0:
@@ -303,6 +329,7 @@ def main(argv: list[str] | None = None) -> None:
     info["wall_seconds"] = round(time.time() - t_all, 1)
     save_model(model, out)
     (out / "training_info.json").write_text(json.dumps({"info": info, "log": log}, indent=1))
+    _save_raw(model, raw_params, args.save_raw, info, log)
     print(json.dumps(info), flush=True)
 
 
@@ -317,9 +344,10 @@ def _continue(src: Path, out: Path, args: argparse.Namespace) -> None:
     frames, captions = make_data(args.clips, args.seed)
     latents = encode_all(model.vae, frames) * model.vae.config.scaling_factor
     done = int(info.get("unet_steps", 0))
+    raw_params: list = []
     more = train_unet(model, latents, captions, args.unet_minutes, args.seed + done, log, batch=args.batch,
                       lr=args.lr, noise_offset=args.noise_offset, image_every=args.image_every,
-                      image_batch=args.image_batch)
+                      image_batch=args.image_batch, ema_decay=args.ema_decay, raw_out=raw_params)
     for line in log[len(log) - more["unet_steps"] // 25:]:
         line["step"] += done  # steps count on from the earlier run
     info["unet_steps"] = done + more["unet_steps"]
@@ -334,7 +362,24 @@ def _continue(src: Path, out: Path, args: argparse.Namespace) -> None:
                                              **{k: more[k] for k in RUN_OPTIONS}})
     save_model(model, out)
     (out / "training_info.json").write_text(json.dumps({"info": info, "log": log}, indent=1))
+    _save_raw(model, raw_params, args.save_raw, info, log)
     print(json.dumps(info), flush=True)
+
+
+def _save_raw(model: T2VModel, raw_params: list, folder: str | None, info: dict, log: list) -> None:
+    """``--save-raw``: the same model with the trained (not averaged) UNet and text-encoder weights."""
+    if not folder or not raw_params:
+        return
+    params = list(model.unet.parameters()) + list(model.text_encoder.parameters())
+    kept = [p.detach().clone() for p in params]
+    with torch.no_grad():
+        for p, r in zip(params, raw_params):
+            p.copy_(r)
+        save_model(model, folder)
+        for p, k in zip(params, kept):  # the caller's model keeps its averaged weights
+            p.copy_(k)
+    rec = {"info": {**info, "weights": "raw (not averaged); the averaged ones are the run's --out"}, "log": log}
+    (Path(folder) / "training_info.json").write_text(json.dumps(rec, indent=1))
 
 
 def _add_decoder(info: dict, dec: dict) -> None:
