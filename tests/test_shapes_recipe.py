@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+import pytest
 import torch
 
 from motion_core.models import load_model
@@ -157,3 +159,31 @@ def test_ema_weights_are_the_moving_average_of_each_steps_weights(monkeypatch):
     assert all(torch.allclose(p, a, atol=1e-6) for p, a in zip(params, avg))  # the model holds the average
     assert all(torch.equal(r, h) for r, h in zip(raw, history[-1]))  # raw_out holds the last step's weights
     assert any(not torch.equal(p, r) for p, r in zip(params, raw))
+
+
+def test_card_names_a_gpu_run_its_device_size_and_batch():
+    info = {"clips": 6000, "vae_seconds": 120, "unet_seconds": 600, "decoder_seconds": 0, "unet_steps": 9000,
+            "unet_batch": 32, "wall_seconds": 900, "cpu": "x86_64", "cores": 16, "torch_threads": 16, "lr": 4e-4,
+            "unet_lr": "cosine", "unet_channels": [64, 128, 128], "unet_layers": 2, "device": "NVIDIA H100",
+            "continued": [{"from": "a", "clips": 6000, "unet_minutes": 80, "decoder_minutes": 0, "lr": 4e-4,
+                           "unet_lr": "cosine", "device": "cpu", "torch_threads": 2}]}
+    md = evaluate._training_md(info)
+    first, cont = md.split("```bash\n")[1].split("\n```")[0].splitlines()
+    assert "--unet-channels 64,128,128 --unet-layers 2 --batch 32" in first and "--device cuda" in first
+    assert "--device" not in cont and "--batch" not in cont and "--unet-channels" not in cont
+    assert "for the runs with `--device cuda`, NVIDIA H100" in md and "no GPU" not in md
+    shipped = {**info, "unet_channels": [32, 64, 64], "unet_layers": 1, "unet_batch": 8, "device": "cpu"}
+    md = evaluate._training_md(shipped)
+    assert "--unet-channels" not in md and "--unet-layers" not in md and "--device" not in md and "no GPU" in md
+
+
+def test_model_size_options_and_parallel_rendering():
+    """A wider, deeper UNet keeps 8 x 8 maps at down_blocks.1; the data do not depend on the number of workers."""
+    model = recipe.build_model(0, (48, 96, 96), 2)
+    assert model.unet.config.block_out_channels == (48, 96, 96) and model.unet.config.layers_per_block == 2
+    assert len(model.unet.down_blocks[1].resnets) == 2
+    with pytest.raises(ValueError, match="multiples of 16"):
+        recipe.build_model(0, (30, 64, 64))
+    f1, c1 = recipe.make_data(6, seed=3)
+    f2, c2 = recipe.make_data(6, seed=3, workers=3)
+    assert np.array_equal(f1, f2) and c1 == c2

@@ -427,18 +427,23 @@ def _training_md(info: dict) -> str:
     first_unet = info["unet_seconds"] / 60 - sum(c["unet_minutes"] for c in cont)
     first_dec = info.get("decoder_seconds", 0) / 60 - sum(c["decoder_minutes"] for c in cont)
     def extra(rec: dict) -> str:  # options recorded only when set away from the recipe's defaults
-        return (f" --lr {rec['lr']:g}" if rec.get("lr", 4e-4) != 4e-4 else "") + (
+        return (f" --batch {rec['unet_batch']}" if rec.get("unet_batch", 8) != 8 else "") + (
+            f" --lr {rec['lr']:g}" if rec.get("lr", 4e-4) != 4e-4 else "") + (
             f" --noise-offset {rec['noise_offset']:g}" if rec.get("noise_offset") else "") + (
             f" --image-every {rec['image_every']} --image-batch {rec['image_batch']}"
             if rec.get("image_every") else "") + (
             f" --ema-decay {rec['ema_decay']:g}" if rec.get("ema_decay") else "") + (
+            " --device cuda" if rec.get("device", "cpu") != "cpu" else "") + (
             f" --threads {rec['torch_threads']}" if rec.get("torch_threads") else "")  # step counts depend on it
 
     # the first run's options; continuations keep theirs
-    first = {k: info[k] for k in (*recipe.RUN_OPTIONS, "torch_threads") if k in info}
+    first = {k: info[k] for k in (*recipe.RUN_OPTIONS, "torch_threads", "device") if k in info}
+    size = "".join(f" --unet-{k} {','.join(map(str, v)) if isinstance(v, list) else v}"
+                   for k, v, default in (("channels", info.get("unet_channels"), [32, 64, 64]),
+                                         ("layers", info.get("unet_layers"), 1)) if v not in (None, default))
     cmds = [f"python -m motion_core.shapes.recipe --out assets/shapes-t2v --clips {info['clips']} --vae-minutes "
             f"{info.get('vae_seconds', 0) / 60:.0f} --unet-minutes {first_unet:.0f} --decoder-minutes "
-            f"{max(first_dec, 0):.0f}{extra(first)}"]
+            f"{max(first_dec, 0):.0f}{size}{extra(first)}"]
     cmds += [f"python -m motion_core.shapes.recipe --out assets/shapes-t2v --decoder-only --clips {c['clips']} "
              f"--decoder-minutes {c['decoder_minutes']:g}" if c.get("decoder_only") else
              f"python -m motion_core.shapes.recipe --continue-from assets/shapes-t2v --out assets/shapes-t2v "
@@ -453,6 +458,9 @@ def _training_md(info: dict) -> str:
                   if not c.get("decoder_only")]
     ema = ("; a run with `--ema-decay d` saves the exponential moving average of its weights, not the last ones"
            if any(r.get("ema_decay") for r in (info, *cont)) else "")
+    gpus = sorted({r["device"] for r in (info, *cont) if r.get("device", "cpu") != "cpu"})
+    where = (f"On {info['cpu']} ({info['cores']} cores; torch threads as each command's `--threads` says)"
+             + (f" and, for the runs with `--device cuda`, {' / '.join(gpus)}" if gpus else ", no GPU"))
     lr = " Learning rate of each UNet run, in order: " + "; ".join(schedules) + "."
     if any(s.endswith("constant") for s in schedules):
         lr += (" (A constant rate is what the recipe did before its cosine schedule; today's recipe always decays, so "
@@ -464,7 +472,7 @@ the saved weights on data of the same seed; clip i depends only on the seed and 
 {runs}
 ```
 
-On {info['cpu']} ({info['cores']} cores; torch threads as each command's `--threads` says), no GPU. VAE: \
+{where}. VAE: \
 {info.get('vae_steps', '?')} steps (batch 16 frames, L1 + MSE + 1e-6 KL), {info.get('vae_seconds', 0) / 60:.0f} min. \
 UNet and text encoder jointly: {info['unet_steps']} steps in all (batch {info['unet_batch']} clips, DDPM noise loss, \
 10% empty captions for guidance; a run with `--image-every k` makes every k-th step a batch of single frames{ema}), \

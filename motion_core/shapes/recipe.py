@@ -2,6 +2,10 @@
 
     python -m motion_core.shapes.recipe --out assets/shapes-t2v            # the shipped model (CPU, ~1 hour)
     python -m motion_core.shapes.recipe --out /tmp/m --clips 64 --vae-minutes 0.2 --unet-minutes 0.3   # smoke
+    # on a GPU, a larger UNet on more data (written for the device machine; not yet run on a GPU):
+    python -m motion_core.shapes.recipe --out runs/shapes-gpu --device cuda --workers 16 --clips 20000 \
+        --unet-channels 64,128,128 --unet-layers 2 --batch 32 --vae-minutes 4 --unet-minutes 15 \
+        --noise-offset 0.1 --image-every 2 --ema-decay 0.999
 
 Everything is seeded. The model uses exactly Zeroscope's classes and folder layout (``AutoencoderKL``,
 ``CLIPTextModel`` + ``CLIPTokenizer`` built from the world's small vocabulary, ``UNet3DConditionModel`` and
@@ -25,6 +29,7 @@ a motion LoRA then pins down.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import math
 import os
@@ -39,16 +44,23 @@ from diffusers import AutoencoderKL, DDIMScheduler
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from ..ddim import add_noise
-from ..models import T2VModel, UNet3DWithPeft, build_word_tokenizer, save_model
+from ..models import T2VModel, UNet3DWithPeft, build_word_tokenizer, resolve_device, save_model
 from . import world
 
 FRAMES, HEIGHT, WIDTH, FPS = 12, 64, 64, 8.0
 # The options of a UNet run that ``train_unet`` returns and every run's record keeps (the card repeats them).
-RUN_OPTIONS = ("lr", "noise_offset", "image_every", "image_batch", "unet_lr", "ema_decay")
+RUN_OPTIONS = ("lr", "noise_offset", "image_every", "image_batch", "unet_lr", "ema_decay", "unet_batch")
 
 
-def build_model(seed: int = 0) -> T2VModel:
-    """Untrained model at the shipped size (UNet ~2.4 M parameters)."""
+def build_model(seed: int = 0, unet_channels: tuple[int, ...] = (32, 64, 64), unet_layers: int = 1) -> T2VModel:
+    """Untrained model; the defaults are the shipped size (UNet ~2.4 M parameters).
+
+    A wider or deeper UNet (``--unet-channels 64,128,128 --unet-layers 2``) is for a GPU: it keeps three blocks, so
+    ``down_blocks.1`` still gives the motion extractor 8 x 8 maps at 64 x 64 pixels.
+    """
+    if len(unet_channels) != 3 or any(c % 16 for c in unet_channels) or unet_layers < 1:
+        raise ValueError(f"unet_channels must be three multiples of 16 (group norm of 16 groups) and unet_layers "
+                         f">= 1; got {unet_channels}, {unet_layers}")
     torch.manual_seed(seed)
     tokenizer = build_word_tokenizer(list(world.VOCABULARY))
     text_encoder = CLIPTextModel(CLIPTextConfig(
@@ -61,10 +73,10 @@ def build_model(seed: int = 0) -> T2VModel:
         block_out_channels=(32, 64, 64), sample_size=HEIGHT,
     )
     unet = UNet3DWithPeft(
-        in_channels=4, out_channels=4, layers_per_block=1, norm_num_groups=16, cross_attention_dim=64,
+        in_channels=4, out_channels=4, layers_per_block=unet_layers, norm_num_groups=16, cross_attention_dim=64,
         down_block_types=("CrossAttnDownBlock3D", "CrossAttnDownBlock3D", "DownBlock3D"),
         up_block_types=("UpBlock3D", "CrossAttnUpBlock3D", "CrossAttnUpBlock3D"),
-        block_out_channels=(32, 64, 64), attention_head_dim=4,  # diffusers' quirk: 4 heads
+        block_out_channels=tuple(unet_channels), attention_head_dim=4,  # diffusers' quirk: 4 heads
     )
     scheduler = DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
                               beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False,
@@ -76,9 +88,19 @@ def build_model(seed: int = 0) -> T2VModel:
                     torch.float32, sample)
 
 
-def make_data(n: int, seed: int) -> tuple[np.ndarray, list[str]]:
-    clips = world.generate_dataset(n, seed=seed, frames=FRAMES, height=HEIGHT, width=WIDTH)
+def _render(first: int, n: int, seed: int) -> tuple[np.ndarray, list[str]]:
+    clips = list(world.iter_dataset(n, seed=seed, frames=FRAMES, height=HEIGHT, width=WIDTH, first=first))
     return np.stack([c.frames for c in clips]), [c.caption for c in clips]
+
+
+def make_data(n: int, seed: int, workers: int = 1) -> tuple[np.ndarray, list[str]]:
+    """Clips 0 to n-1 of the seed as (n, F, H, W, 3) uint8 and their captions; the same for any ``workers``."""
+    if workers <= 1 or n < 2 * workers:
+        return _render(0, n, seed)
+    bounds = np.linspace(0, n, workers + 1).astype(int)
+    with concurrent.futures.ProcessPoolExecutor(workers) as pool:
+        parts = list(pool.map(_render, bounds[:-1], np.diff(bounds), [seed] * workers))
+    return np.concatenate([f for f, _ in parts]), [c for _, caps in parts for c in caps]
 
 
 def _to_tensor(frames_u8: np.ndarray) -> torch.Tensor:
@@ -95,16 +117,17 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def train_vae(vae: AutoencoderKL, frames: np.ndarray, minutes: float, seed: int, log: list) -> dict:
     """Reconstruction (L1 + MSE) with a tiny KL weight; a small latent scale keeps detail (PSNR target 30 dB)."""
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)  # on the CPU: the same batches and noise on any device
+    dev = vae.device
     flat = frames.reshape(-1, HEIGHT, WIDTH, 3)
     opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
     vae.train().requires_grad_(True)
     t0, step = time.time(), 0
     while time.time() - t0 < minutes * 60:
         idx = torch.randint(0, len(flat), (16,), generator=g).numpy()
-        x = _to_tensor(flat[idx])
+        x = _to_tensor(flat[idx]).to(dev)
         post = vae.encode(x).latent_dist
-        z = post.sample(generator=g)
+        z = post.mean + post.std * torch.randn(post.mean.shape, generator=g).to(dev)
         rec = vae.decode(z).sample
         kl = post.kl().mean() / (z[0].numel())
         loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + 1e-6 * kl
@@ -130,6 +153,7 @@ def finetune_decoder(vae: AutoencoderKL, frames: np.ndarray, minutes: float, see
     The UNet was trained on this encoder's latents, so the encoder must not move; the decoder can keep learning.
     """
     g = torch.Generator().manual_seed(seed + 2)
+    dev = vae.device
     flat = frames.reshape(-1, HEIGHT, WIDTH, 3)
     dec = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
     opt = torch.optim.AdamW(dec, lr=3e-4, weight_decay=0.0)
@@ -138,7 +162,7 @@ def finetune_decoder(vae: AutoencoderKL, frames: np.ndarray, minutes: float, see
         p.requires_grad_(True)
     t0, step = time.time(), 0
     while time.time() - t0 < minutes * 60:
-        x = _to_tensor(flat[torch.randint(0, len(flat), (16,), generator=g).numpy()])
+        x = _to_tensor(flat[torch.randint(0, len(flat), (16,), generator=g).numpy()]).to(dev)
         with torch.no_grad():
             z = vae.encode(x).latent_dist.mean
         rec = vae.decode(z).sample
@@ -157,10 +181,10 @@ def finetune_decoder(vae: AutoencoderKL, frames: np.ndarray, minutes: float, see
 
 @torch.no_grad()
 def encode_all(vae: AutoencoderKL, frames: np.ndarray) -> torch.Tensor:
-    """Mean latents (N, 4, F, h, w), unscaled."""
+    """Mean latents (N, 4, F, h, w), unscaled, on the VAE's device."""
     out = []
     for clip in frames:
-        z = vae.encode(_to_tensor(clip)).latent_dist.mean  # (F, 4, h, w)
+        z = vae.encode(_to_tensor(clip).to(vae.device)).latent_dist.mean  # (F, 4, h, w)
         out.append(z.permute(1, 0, 2, 3))
     return torch.stack(out)
 
@@ -186,14 +210,16 @@ def train_unet(model: T2VModel, latents: torch.Tensor, captions: list[str], minu
     8 clips the raw weights jitter from step to step; sampling from their average is the standard cure in
     diffusion training. ``raw_out``, a list, receives the raw (not averaged) parameters, to compare the two.
     """
-    g = torch.Generator().manual_seed(seed + 1)
+    g = torch.Generator().manual_seed(seed + 1)  # on the CPU: the same batches and noise on any device
     unet, te, tok = model.unet, model.text_encoder, model.tokenizer
+    dev = unet.device
+    latents = latents.to(dev)
     params = list(unet.parameters()) + list(te.parameters())
     for m in (unet, te):
         m.train().requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
     ids_all = tok(captions + [""], padding="max_length", max_length=77, truncation=True,
-                  return_tensors="pt").input_ids
+                  return_tensors="pt").input_ids.to(dev)
     empty = ids_all[-1]
     t0, step, ema = time.time(), 0, None
     warmup = 100
@@ -204,14 +230,14 @@ def train_unet(model: T2VModel, latents: torch.Tensor, captions: list[str], minu
         idx = torch.randint(0, len(latents), (n,), generator=g)
         if image_step:  # one random frame of each clip: (n, C, 1, h, w)
             f = torch.randint(0, latents.shape[2], (n,), generator=g)
-            z0 = latents[idx, :, f].unsqueeze(2)
+            z0 = latents[idx.to(dev), :, f.to(dev)].unsqueeze(2)
         else:
-            z0 = latents[idx]
-        ids = ids_all[idx].clone()
+            z0 = latents[idx.to(dev)]
+        ids = ids_all[idx.to(dev)].clone()
         drop = torch.rand(n, generator=g) < p_uncond
-        ids[drop] = empty
-        t = torch.randint(0, 1000, (n,), generator=g)
-        eps = training_noise(z0.shape, g, noise_offset)
+        ids[drop.to(dev)] = empty
+        t = torch.randint(0, 1000, (n,), generator=g).to(dev)
+        eps = training_noise(z0.shape, g, noise_offset).to(dev)
         zt = add_noise(model.scheduler, z0, eps, t)
         text = te(ids)[0]
         pred = unet(zt, t, encoder_hidden_states=text).sample
@@ -283,6 +309,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--save-raw", default=None,
                     help="with --ema-decay: also save the model with the raw (not averaged) weights in this folder")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores)")
+    ap.add_argument("--device", default="cpu", help="where to train: cpu, cuda or auto (weights are saved the same)")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="processes that render the clips (the data are the same for any number)")
+    ap.add_argument("--unet-channels", default="32,64,64",
+                    help="UNet block widths of a fresh run (three multiples of 16; the shipped model: 32,64,64)")
+    ap.add_argument("--unet-layers", type=int, default=1, help="UNet layers per block of a fresh run")
     ap.add_argument("--resume-vae", default=None, help="reuse the VAE of an earlier run's folder")
     ap.add_argument("--decoder-minutes", type=float, default=10.0,
                     help="final stage: fine-tune the VAE decoder alone (the latent space stays fixed)")
@@ -294,6 +326,8 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    args.device = str(resolve_device(args.device))
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # no effect on the CPU
     out = Path(args.out)
     if args.decoder_only:
         return _decoder_only(out, args)
@@ -301,15 +335,19 @@ def main(argv: list[str] | None = None) -> None:
         return _continue(Path(args.continue_from), out, args)
     t_all = time.time()
     log: list[dict] = []
-    model = build_model(args.seed)
-    frames, captions = make_data(args.clips, args.seed)
+    channels = tuple(int(c) for c in args.unet_channels.split(","))
+    model = build_model(args.seed, channels, args.unet_layers)
+    for m in (model.unet, model.vae, model.text_encoder):
+        m.to(args.device)
+    frames, captions = make_data(args.clips, args.seed, args.workers)
     print(f"data: {frames.shape} uint8, {len(set(captions))} distinct captions", flush=True)
     info: dict = {"seed": args.seed, "clips": args.clips, "frames": FRAMES, "height": HEIGHT, "width": WIDTH,
-                  "fps": FPS, "torch_threads": torch.get_num_threads(),
+                  "fps": FPS, "torch_threads": torch.get_num_threads(), "device": _device_name(args.device),
+                  "unet_channels": list(channels), "unet_layers": args.unet_layers,
                   "cpu": platform.processor() or platform.machine(),
                   "cores": os.cpu_count()}
     if args.resume_vae:
-        model.vae = AutoencoderKL.from_pretrained(Path(args.resume_vae) / "vae")
+        model.vae = AutoencoderKL.from_pretrained(Path(args.resume_vae) / "vae").to(args.device)
         model.vae.eval().requires_grad_(False)
         info["vae_from"] = args.resume_vae
     else:
@@ -338,10 +376,10 @@ def _continue(src: Path, out: Path, args: argparse.Namespace) -> None:
     from ..models import load_model
 
     t0 = time.time()
-    model = load_model(src, device="cpu")
+    model = load_model(src, device=args.device, dtype="float32")
     rec = json.loads((src / "training_info.json").read_text())
     info, log = rec["info"], rec["log"]
-    frames, captions = make_data(args.clips, args.seed)
+    frames, captions = make_data(args.clips, args.seed, args.workers)
     latents = encode_all(model.vae, frames) * model.vae.config.scaling_factor
     done = int(info.get("unet_steps", 0))
     raw_params: list = []
@@ -359,11 +397,17 @@ def _continue(src: Path, out: Path, args: argparse.Namespace) -> None:
     info.setdefault("continued", []).append({"from": str(src), "clips": args.clips, "unet_minutes": args.unet_minutes,
                                              "decoder_minutes": args.decoder_minutes,
                                              "torch_threads": torch.get_num_threads(),
+                                             "device": _device_name(args.device),
                                              **{k: more[k] for k in RUN_OPTIONS}})
     save_model(model, out)
     (out / "training_info.json").write_text(json.dumps({"info": info, "log": log}, indent=1))
     _save_raw(model, raw_params, args.save_raw, info, log)
     print(json.dumps(info), flush=True)
+
+
+def _device_name(device: str) -> str:
+    """What the card says the run trained on: "cpu", or the GPU's name."""
+    return torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else "cpu"
 
 
 def _save_raw(model: T2VModel, raw_params: list, folder: str | None, info: dict, log: list) -> None:
@@ -393,8 +437,8 @@ def _decoder_only(out: Path, args: argparse.Namespace) -> None:
     from ..models import load_model
 
     t0 = time.time()
-    model = load_model(out, device="cpu")
-    frames, _ = make_data(args.clips, args.seed)
+    model = load_model(out, device=args.device, dtype="float32")
+    frames, _ = make_data(args.clips, args.seed, args.workers)
     rec = json.loads((out / "training_info.json").read_text())
     info = rec["info"]
     _add_decoder(info, finetune_decoder(model.vae, frames, args.decoder_minutes, args.seed, rec["log"]))

@@ -802,10 +802,11 @@ def render(spec: ClipSpec) -> Clip:
 
 
 def iter_dataset(
-    n: int, seed: int = 0, frames: int = 16, height: int = 64, width: int = 64, **sample_kwargs: Any
+    n: int, seed: int = 0, frames: int = 16, height: int = 64, width: int = 64, first: int = 0, **sample_kwargs: Any
 ) -> Iterator[Clip]:
-    """Yield ``n`` clips; clip ``i`` depends only on ``(seed, i)`` and the sampling arguments."""
-    for i in range(n):
+    """Yield clips ``first`` to ``first + n - 1``; clip ``i`` depends only on ``(seed, i)`` and the sampling
+    arguments, so a dataset can be rendered in pieces, in any order or in parallel."""
+    for i in range(first, first + n):
         rng = np.random.default_rng([seed, i])
         yield render(sample_spec(rng, frames=frames, height=height, width=width, **sample_kwargs))
 
