@@ -505,6 +505,9 @@ def write_card(folder: Path, quality_md: str) -> None:
     info = json.loads((folder / "training_info.json").read_text())["info"]
     side = json.loads((folder / "motion_matcher.json").read_text())
     p = info["params"]
+    layers = info.get("unet_layers", 1)  # runs before the size was an option: the shipped size
+    unet_size = (f"{', '.join(map(str, info.get('unet_channels', [32, 64, 64])))} channels, {layers} layer"
+                 f"{'s' if layers > 1 else ''} per block")
     card = f"""---
 license: apache-2.0
 library_name: diffusers
@@ -527,7 +530,7 @@ without a motion gives varied motion.
 ## Model
 | part | parameters |
 |---|---|
-| UNet3DConditionModel (32, 64, 64 channels, 1 layer per block) | {p['unet'] / 1e6:.2f} M |
+| UNet3DConditionModel ({unet_size}) | {p['unet'] / 1e6:.2f} M |
 | AutoencoderKL (32, 64, 64; 4 latent channels, factor 4; scaling {info['vae_scaling_factor']:.4f}) | \
 {p['vae'] / 1e6:.2f} M |
 | CLIPTextModel (64 hidden, 2 layers) + word-level CLIP BPE tokenizer | {p['text_encoder'] / 1e6:.2f} M |

@@ -324,10 +324,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--decoder-only", action="store_true",
                     help="run only the decoder stage on the model already in --out (same data and seed)")
     args = ap.parse_args(argv)
+    if not 0 <= args.ema_decay < 1:
+        ap.error(f"--ema-decay must be in [0, 1), got {args.ema_decay}")
+    if args.save_raw and (not args.ema_decay or Path(args.save_raw).resolve() == Path(args.out).resolve()):
+        ap.error("--save-raw needs --ema-decay (without it the saved weights are the raw ones) and a folder "
+                 "other than --out")
+    if (args.continue_from or args.decoder_only) and (args.unet_channels != "32,64,64" or args.unet_layers != 1):
+        ap.error("--unet-channels and --unet-layers size a fresh model; a continued model keeps its size")
     if args.threads:
         torch.set_num_threads(args.threads)
     args.device = str(resolve_device(args.device))
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # no effect on the CPU
+    if args.device.startswith("cuda"):  # TF32 matmuls: several times faster, ample for this training
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     out = Path(args.out)
     if args.decoder_only:
         return _decoder_only(out, args)
@@ -335,11 +343,11 @@ def main(argv: list[str] | None = None) -> None:
         return _continue(Path(args.continue_from), out, args)
     t_all = time.time()
     log: list[dict] = []
+    frames, captions = make_data(args.clips, args.seed, args.workers)  # render before CUDA starts: workers fork
     channels = tuple(int(c) for c in args.unet_channels.split(","))
     model = build_model(args.seed, channels, args.unet_layers)
     for m in (model.unet, model.vae, model.text_encoder):
         m.to(args.device)
-    frames, captions = make_data(args.clips, args.seed, args.workers)
     print(f"data: {frames.shape} uint8, {len(set(captions))} distinct captions", flush=True)
     info: dict = {"seed": args.seed, "clips": args.clips, "frames": FRAMES, "height": HEIGHT, "width": WIDTH,
                   "fps": FPS, "torch_threads": torch.get_num_threads(), "device": _device_name(args.device),
@@ -376,10 +384,10 @@ def _continue(src: Path, out: Path, args: argparse.Namespace) -> None:
     from ..models import load_model
 
     t0 = time.time()
+    frames, captions = make_data(args.clips, args.seed, args.workers)  # render before CUDA starts: workers fork
     model = load_model(src, device=args.device, dtype="float32")
     rec = json.loads((src / "training_info.json").read_text())
     info, log = rec["info"], rec["log"]
-    frames, captions = make_data(args.clips, args.seed, args.workers)
     latents = encode_all(model.vae, frames) * model.vae.config.scaling_factor
     done = int(info.get("unet_steps", 0))
     raw_params: list = []
@@ -422,7 +430,10 @@ def _save_raw(model: T2VModel, raw_params: list, folder: str | None, info: dict,
         save_model(model, folder)
         for p, k in zip(params, kept):  # the caller's model keeps its averaged weights
             p.copy_(k)
-    rec = {"info": {**info, "weights": "raw (not averaged); the averaged ones are the run's --out"}, "log": log}
+    raw_info = json.loads(json.dumps(info))  # a copy whose last run says its weights were not averaged
+    (raw_info["continued"][-1] if raw_info.get("continued") else raw_info)["ema_decay"] = 0.0
+    raw_info["weights"] = "raw (not averaged); the averaged ones are the run's --out"
+    rec = {"info": raw_info, "log": log}
     (Path(folder) / "training_info.json").write_text(json.dumps(rec, indent=1))
 
 
@@ -437,8 +448,8 @@ def _decoder_only(out: Path, args: argparse.Namespace) -> None:
     from ..models import load_model
 
     t0 = time.time()
-    model = load_model(out, device=args.device, dtype="float32")
     frames, _ = make_data(args.clips, args.seed, args.workers)
+    model = load_model(out, device=args.device, dtype="float32")
     rec = json.loads((out / "training_info.json").read_text())
     info = rec["info"]
     _add_decoder(info, finetune_decoder(model.vae, frames, args.decoder_minutes, args.seed, rec["log"]))
