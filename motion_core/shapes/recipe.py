@@ -227,15 +227,15 @@ def train_unet(model: T2VModel, latents: torch.Tensor, captions: list[str], minu
     while time.time() - t0 < minutes * 60:
         image_step = image_every > 0 and step % image_every == image_every - 1
         n = image_batch if image_step else batch
-        idx = torch.randint(0, len(latents), (n,), generator=g)
+        idx = torch.randint(0, len(latents), (n,), generator=g).to(dev)
         if image_step:  # one random frame of each clip: (n, C, 1, h, w)
-            f = torch.randint(0, latents.shape[2], (n,), generator=g)
-            z0 = latents[idx.to(dev), :, f.to(dev)].unsqueeze(2)
+            f = torch.randint(0, latents.shape[2], (n,), generator=g).to(dev)
+            z0 = latents[idx, :, f].unsqueeze(2)
         else:
-            z0 = latents[idx.to(dev)]
-        ids = ids_all[idx.to(dev)].clone()
-        drop = torch.rand(n, generator=g) < p_uncond
-        ids[drop.to(dev)] = empty
+            z0 = latents[idx]
+        ids = ids_all[idx].clone()
+        drop = (torch.rand(n, generator=g) < p_uncond).to(dev)
+        ids[drop] = empty
         t = torch.randint(0, 1000, (n,), generator=g).to(dev)
         eps = training_noise(z0.shape, g, noise_offset).to(dev)
         zt = add_noise(model.scheduler, z0, eps, t)
