@@ -82,6 +82,9 @@ class LoraConfig(_Base):
     spatial_targets: tuple[str, ...] = ("attn1", "ff")
     temporal_targets: tuple[str, ...] = ("attn1", "attn2", "ff")
     include_transformer_in: bool = True
+    # open choice, per model: convolutions too. "temp_convs" (the temporal convolutions, which carry much of a
+    # small UNet3D's motion) and "resnets" (the spatial ones). Empty for Zeroscope, as in the paper.
+    conv_targets: tuple[str, ...] = ()
 
     def validate(self) -> None:
         _check(1 <= self.rank <= 512, f"LoRA rank must be in [1, 512], got {self.rank}")
@@ -89,6 +92,7 @@ class LoraConfig(_Base):
         ok = {"attn1", "attn2", "ff"}
         _check(set(self.spatial_targets) <= {"attn1", "ff"}, "spatial targets may be attn1 and ff (not attn2)")
         _check(set(self.temporal_targets) <= ok, f"temporal targets must be among {sorted(ok)}")
+        _check(set(self.conv_targets) <= {"temp_convs", "resnets"}, "conv targets may be temp_convs and resnets")
 
     @property
     def lora_alpha(self) -> float:

@@ -54,7 +54,10 @@ def target_modules_regex(cfg: LoraConfig) -> str:
     tail = r"|transformer_in)" if cfg.include_transformer_in else ")"
     temporal_roots = rf"(?:{where}\.temp_attentions\.\d+" + tail
     temporal = rf"{temporal_roots}\.transformer_blocks\.\d+\.{alt(cfg.temporal_targets)}"
-    return rf"^(?:{spatial}|{temporal})$"
+    # the Conv3d inside each of a TemporalConvLayer's four (norm, act[, dropout], conv) stages
+    convs = {"temp_convs": rf"{where}\.temp_convs\.\d+\.(?:conv1\.2|conv[234]\.3)",
+             "resnets": rf"{where}\.resnets\.\d+\.conv[12]"}
+    return rf"^(?:{'|'.join([spatial, temporal] + [convs[c] for c in cfg.conv_targets])})$"
 
 
 def add_lora(model: T2VModel, cfg: LoraConfig, seed: int = 0) -> list[torch.nn.Parameter]:

@@ -34,10 +34,10 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
-from motion_core.shapes.world import BG_COLOURS, COLOURS, SHAPE_SCALE, SHAPES, background_tones, rasterize
+from motion_core.shapes.world import BG_COLOURS, OBJECT_RGB, SHAPE_SCALE, SHAPES, background_tones, rasterize
 
-COLOUR_NAMES: tuple[str, ...] = tuple(COLOURS)
-_OBJ_RGB = np.asarray([COLOURS[c] for c in COLOUR_NAMES], dtype=np.float32)
+COLOUR_NAMES: tuple[str, ...] = tuple(OBJECT_RGB)
+_OBJ_RGB = np.asarray([OBJECT_RGB[c] for c in COLOUR_NAMES], dtype=np.float32)
 
 BgHint = str | tuple[int, int, int] | np.ndarray | None
 
@@ -186,7 +186,7 @@ def _templates() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     labels: list[int] = []
     rng = np.random.default_rng(1234)
     for si, shape in enumerate(SHAPES):
-        for base in (7.0, 8.5, 10.2, 13.4, 17.0, 21.0, 26.0):  # the world's radii at 64 x 64 (zoom included)
+        for base in (4.5, 5.5, 7.0, 8.5, 10.2, 13.4, 17.0, 21.0, 26.0):  # both worlds' radii (zoom included)
             radius = base * SHAPE_SCALE[shape]
             for _ in range(6):
                 angle = float(rng.uniform(0, 360)) if shape != "circle" else 0.0

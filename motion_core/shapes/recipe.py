@@ -45,15 +45,20 @@ from transformers import CLIPTextConfig, CLIPTextModel
 
 from ..ddim import add_noise
 from ..models import T2VModel, UNet3DWithPeft, build_word_tokenizer, resolve_device, save_model
-from . import world
+from . import paths, world
 
-FRAMES, HEIGHT, WIDTH, FPS = 12, 64, 64, 8.0
+FPS = 8.0
+# The two worlds a model can be trained on: module, frames, side in pixels. "paths" (the second design, the
+# default) is one object on a continuous family of smooth paths at 8 x 32 x 32; "shapes" is the first world of
+# 22 named motions at 12 x 64 x 64 (the model shipped until the second design).
+WORLDS: dict[str, tuple] = {"paths": (paths, 8, 32), "shapes": (world, 12, 64)}
 # The options of a UNet run that ``train_unet`` returns and every run's record keeps (the card repeats them).
 RUN_OPTIONS = ("lr", "noise_offset", "image_every", "image_batch", "unet_lr", "ema_decay", "unet_batch")
 
 
-def build_model(seed: int = 0, unet_channels: tuple[int, ...] = (32, 64, 64), unet_layers: int = 1) -> T2VModel:
-    """Untrained model; the defaults are the shipped size (UNet ~2.4 M parameters).
+def build_model(seed: int = 0, unet_channels: tuple[int, ...] = (32, 64, 64), unet_layers: int = 1,
+                world_name: str = "paths") -> T2VModel:
+    """Untrained model of a world (``WORLDS``); the defaults are the shipped size (UNet ~2.4 M parameters).
 
     A wider or deeper UNet (``--unet-channels 64,128,128 --unet-layers 2``) is for a GPU: it keeps three blocks, so
     ``down_blocks.1`` still gives the motion extractor 8 x 8 maps at 64 x 64 pixels.
@@ -62,7 +67,8 @@ def build_model(seed: int = 0, unet_channels: tuple[int, ...] = (32, 64, 64), un
         raise ValueError(f"unet_channels must be three multiples of 16 (group norm of 16 groups) and unet_layers "
                          f">= 1; got {unet_channels}, {unet_layers}")
     torch.manual_seed(seed)
-    tokenizer = build_word_tokenizer(list(world.VOCABULARY))
+    module, frames, side = WORLDS[world_name]
+    tokenizer = build_word_tokenizer(list(module.VOCABULARY))
     text_encoder = CLIPTextModel(CLIPTextConfig(
         vocab_size=len(tokenizer.get_vocab()), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
         num_attention_heads=4, max_position_embeddings=77, bos_token_id=0, eos_token_id=1, pad_token_id=1,
@@ -70,7 +76,7 @@ def build_model(seed: int = 0, unet_channels: tuple[int, ...] = (32, 64, 64), un
     vae = AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=16,
         down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
-        block_out_channels=(32, 64, 64), sample_size=HEIGHT,
+        block_out_channels=(32, 64, 64), sample_size=side,
     )
     unet = UNet3DWithPeft(
         in_channels=4, out_channels=4, layers_per_block=unet_layers, norm_num_groups=16, cross_attention_dim=64,
@@ -81,25 +87,26 @@ def build_model(seed: int = 0, unet_channels: tuple[int, ...] = (32, 64, 64), un
     scheduler = DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
                               beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False,
                               steps_offset=1, prediction_type="epsilon")
-    video = {"num_frames": FRAMES, "fps": FPS, "height": HEIGHT, "width": WIDTH}
+    video = {"num_frames": frames, "fps": FPS, "height": side, "width": side}
     # A small model needs far fewer DDIM steps than Zeroscope's 75 to sample well; 25 keeps the CPU flow short.
     sample = {"num_inference_steps": 25, "guidance_scale": 7.5}
     return T2VModel(unet, vae, text_encoder, tokenizer, scheduler, "shapes-t2v", ("down_blocks.1",), video,
                     torch.float32, sample)
 
 
-def _render(first: int, n: int, seed: int) -> tuple[np.ndarray, list[str]]:
-    clips = list(world.iter_dataset(n, seed=seed, frames=FRAMES, height=HEIGHT, width=WIDTH, first=first))
+def _render(first: int, n: int, seed: int, world_name: str = "paths") -> tuple[np.ndarray, list[str]]:
+    module, frames, side = WORLDS[world_name]
+    clips = list(module.iter_dataset(n, seed=seed, frames=frames, height=side, width=side, first=first))
     return np.stack([c.frames for c in clips]), [c.caption for c in clips]
 
 
-def make_data(n: int, seed: int, workers: int = 1) -> tuple[np.ndarray, list[str]]:
+def make_data(n: int, seed: int, workers: int = 1, world_name: str = "paths") -> tuple[np.ndarray, list[str]]:
     """Clips 0 to n-1 of the seed as (n, F, H, W, 3) uint8 and their captions; the same for any ``workers``."""
     if workers <= 1 or n < 2 * workers:
-        return _render(0, n, seed)
+        return _render(0, n, seed, world_name)
     bounds = np.linspace(0, n, workers + 1).astype(int)
     with concurrent.futures.ProcessPoolExecutor(workers) as pool:
-        parts = list(pool.map(_render, bounds[:-1], np.diff(bounds), [seed] * workers))
+        parts = list(pool.map(_render, bounds[:-1], np.diff(bounds), [seed] * workers, [world_name] * workers))
     return np.concatenate([f for f, _ in parts]), [c for _, caps in parts for c in caps]
 
 
@@ -119,7 +126,7 @@ def train_vae(vae: AutoencoderKL, frames: np.ndarray, minutes: float, seed: int,
     """Reconstruction (L1 + MSE) with a tiny KL weight; a small latent scale keeps detail (PSNR target 30 dB)."""
     g = torch.Generator().manual_seed(seed)  # on the CPU: the same batches and noise on any device
     dev = vae.device
-    flat = frames.reshape(-1, HEIGHT, WIDTH, 3)
+    flat = frames.reshape(-1, *frames.shape[-3:])
     opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
     vae.train().requires_grad_(True)
     t0, step = time.time(), 0
@@ -154,7 +161,7 @@ def finetune_decoder(vae: AutoencoderKL, frames: np.ndarray, minutes: float, see
     """
     g = torch.Generator().manual_seed(seed + 2)
     dev = vae.device
-    flat = frames.reshape(-1, HEIGHT, WIDTH, 3)
+    flat = frames.reshape(-1, *frames.shape[-3:])
     dec = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
     opt = torch.optim.AdamW(dec, lr=3e-4, weight_decay=0.0)
     vae.eval().requires_grad_(False)
@@ -293,6 +300,9 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="assets/shapes-t2v", help="model folder to write (Zeroscope layout)")
     ap.add_argument("--seed", type=int, default=0, help="seed of data and weights")
+    ap.add_argument("--world", choices=tuple(WORLDS), default="paths",
+                    help="the world of a fresh model (a continued one keeps its own): paths = one object on smooth "
+                         "random paths, 8 x 32 x 32; shapes = the first world, 22 named motions, 12 x 64 x 64")
     ap.add_argument("--clips", type=int, default=3000, help="number of training clips to generate")
     ap.add_argument("--vae-minutes", type=float, default=12.0, help="wall-clock budget of the VAE stage")
     ap.add_argument("--unet-minutes", type=float, default=45.0, help="wall-clock budget of the UNet stage")
@@ -343,13 +353,15 @@ def main(argv: list[str] | None = None) -> None:
         return _continue(Path(args.continue_from), out, args)
     t_all = time.time()
     log: list[dict] = []
-    frames, captions = make_data(args.clips, args.seed, args.workers)  # render before CUDA starts: workers fork
+    frames, captions = make_data(args.clips, args.seed, args.workers, args.world)  # render before CUDA: workers fork
     channels = tuple(int(c) for c in args.unet_channels.split(","))
-    model = build_model(args.seed, channels, args.unet_layers)
+    model = build_model(args.seed, channels, args.unet_layers, args.world)
     for m in (model.unet, model.vae, model.text_encoder):
         m.to(args.device)
     print(f"data: {frames.shape} uint8, {len(set(captions))} distinct captions", flush=True)
-    info: dict = {"seed": args.seed, "clips": args.clips, "frames": FRAMES, "height": HEIGHT, "width": WIDTH,
+    _, n_frames, side = WORLDS[args.world]
+    info: dict = {"world": args.world, "seed": args.seed, "clips": args.clips, "frames": n_frames, "height": side,
+                  "width": side,
                   "fps": FPS, "torch_threads": torch.get_num_threads(), "device": _device_name(args.device),
                   "unet_channels": list(channels), "unet_layers": args.unet_layers,
                   "cpu": platform.processor() or platform.machine(),
@@ -384,10 +396,11 @@ def _continue(src: Path, out: Path, args: argparse.Namespace) -> None:
     from ..models import load_model
 
     t0 = time.time()
-    frames, captions = make_data(args.clips, args.seed, args.workers)  # render before CUDA starts: workers fork
-    model = load_model(src, device=args.device, dtype="float32")
     rec = json.loads((src / "training_info.json").read_text())
     info, log = rec["info"], rec["log"]
+    # the world a model was trained on is its own (records from before the second world name none: the first)
+    frames, captions = make_data(args.clips, args.seed, args.workers, info.get("world", "shapes"))
+    model = load_model(src, device=args.device, dtype="float32")
     latents = encode_all(model.vae, frames) * model.vae.config.scaling_factor
     done = int(info.get("unet_steps", 0))
     raw_params: list = []
@@ -448,9 +461,9 @@ def _decoder_only(out: Path, args: argparse.Namespace) -> None:
     from ..models import load_model
 
     t0 = time.time()
-    frames, _ = make_data(args.clips, args.seed, args.workers)
-    model = load_model(out, device=args.device, dtype="float32")
     rec = json.loads((out / "training_info.json").read_text())
+    frames, _ = make_data(args.clips, args.seed, args.workers, rec["info"].get("world", "shapes"))
+    model = load_model(out, device=args.device, dtype="float32")
     info = rec["info"]
     _add_decoder(info, finetune_decoder(model.vae, frames, args.decoder_minutes, args.seed, rec["log"]))
     info["wall_seconds"] = round(info["wall_seconds"] + time.time() - t0, 1)

@@ -68,6 +68,9 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "cyan": (20, 210, 220),
     "white": (245, 245, 245),
 }
+# Every object colour the renderer and the detector know: the first world draws ``COLOURS``, the second
+# (``paths.py``) also black.
+OBJECT_RGB: dict[str, tuple[int, int, int]] = {**COLOURS, "black": (25, 25, 25)}
 
 # Muted background colours; the second pattern tone is derived by ``background_tones``.
 BG_COLOURS: dict[str, tuple[int, int, int]] = {
@@ -236,7 +239,7 @@ def _segment_distance(p: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
 def compatible(colour: str, bg_colour: str) -> bool:
     """True when an object of ``colour`` stands out from every tone of a ``bg_colour`` background."""
     a, b = background_tones(bg_colour)
-    return _segment_distance(np.asarray(COLOURS[colour], dtype=np.float32), a, b) >= MIN_CONTRAST
+    return _segment_distance(np.asarray(OBJECT_RGB[colour], dtype=np.float32), a, b) >= MIN_CONTRAST
 
 
 # ------------------------------------------------------------------------------------------------------- shapes
@@ -445,6 +448,10 @@ def trajectory(obj: ObjectSpec, frames: int) -> tuple[np.ndarray, np.ndarray, np
         radius = p["r0"] * (p["r1"] / p["r0"]) ** u
     elif m in ("rotate_cw", "rotate_ccw"):
         angle = angle + p["sweep"] * u
+    elif m == "path":  # per-frame samples of a path drawn by ``paths.py``
+        x = np.array([p[f"x{f}"] for f in range(frames)])
+        y = np.array([p[f"y{f}"] for f in range(frames)])
+        radius = np.array([p[f"r{f}"] for f in range(frames)])
     elif m != "static" and m not in PANS:
         raise ValueError(f"unknown motion {m!r}; known: {MOTIONS}")
     return np.stack([x, y], axis=1), radius, angle
@@ -453,6 +460,8 @@ def trajectory(obj: ObjectSpec, frames: int) -> tuple[np.ndarray, np.ndarray, np
 def camera_path(spec: ClipSpec) -> np.ndarray:
     """View offset (F, 2) in pixels; zero for a static camera."""
     cam = np.zeros((spec.frames, 2))
+    if spec.camera == "path":  # per-frame offsets drawn by ``paths.py``
+        return np.array([[spec.bg_params[f"cx{f}"], spec.bg_params[f"cy{f}"]] for f in range(spec.frames)])
     if spec.camera != "static":
         d = np.asarray(DIRECTIONS[spec.camera.split("_", 1)[1]])
         cam = np.arange(spec.frames)[:, None] * spec.camera_speed * d[None, :]
@@ -753,7 +762,7 @@ def parse_caption(text: str) -> dict[str, Any]:
     objects: list[dict[str, Any]] = []
     idx = [i for i, wd in enumerate(obj_words) if wd in SHAPES]
     for k, i in enumerate(idx):
-        colour = obj_words[i - 1] if i > 0 and obj_words[i - 1] in COLOURS else None
+        colour = obj_words[i - 1] if i > 0 and obj_words[i - 1] in OBJECT_RGB else None
         end = idx[k + 1] if k + 1 < len(idx) else len(obj_words)
         tail = " " + " ".join(obj_words[i + 1 : end]) + " "
         motion = next((mo for ph, mo in _PHRASE_TO_MOTION if f" {ph} " in tail), None)
@@ -782,7 +791,7 @@ def render(spec: ClipSpec) -> Clip:
     frames = np.empty((f_n, h, w, 3), dtype=np.uint8)
     masks = np.zeros((n_obj, f_n, h, w), dtype=bool)
     backgrounds = _background_frames(spec, cam)
-    colours = [np.asarray(COLOURS[o.colour], dtype=np.float32) for o in spec.objects]
+    colours = [np.asarray(OBJECT_RGB[o.colour], dtype=np.float32) for o in spec.objects]
     for f in range(f_n):
         img = backgrounds[f].copy()
         for k, obj in enumerate(spec.objects):

@@ -1,0 +1,266 @@
+"""The transfer ladder: where does motion transfer break on a model of the paths world?
+
+    python -m motion_core.shapes.ladder --model runs/paths-a --out runs/ladder-a              # 6 + 4 references
+    python -m motion_core.shapes.ladder --model M --out O --refs 0,6 --set train.learning_rate=2e-3   # a variant
+
+Every rung is a trajectory distance to the reference (``evaluate.track_distance``: the detector's centroid track,
+mean distance / frame side, plus the zoom term), averaged over references x prompts x seeds:
+
+* **L0 oracle**: the world itself draws each new prompt on the reference's path (``paths.restyle``): the floor
+  set by the detector, since a perfect transfer can do no better.
+* **L1**: a plain DDPM LoRA on the reference, sampled with the reference's *own* caption at beta 0. Can a LoRA on
+  this model imprint a trajectory at all? (On real models such a LoRA reproduces its clip.) Target: within 2x the
+  oracle, and far below the base model with the same caption (``base_own``).
+* **L2**: the same DDPM LoRA with the new prompts at beta 0: motion plus leaked look is expected.
+* **L3**: the MotionMatcher LoRA (the model's training defaults) with the new prompts at beta 0 and 0.3: the
+  product. Target: LoRA / base distance <= 0.5 at both betas, prompted colour kept in >= 80 %.
+
+The base model is sampled beside each rung with the same prompts, seeds and beta. References 0-5 are drawn from
+the training families, 6-9 from ``paths.HELD_OUT`` (families the training data never drew). ``--set
+section.key=value`` overrides a training setting for both LoRAs (``train.*``, ``lora.*``, ``loss.*``) or a
+sampling one (``sample.lora_cutoff``, ...), so the same script measures the variants that decide the model's
+defaults. Writes ``rows.jsonl``, ``summary.json``, ``ladder.md`` and one montage per reference in ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..config import RunConfig, SampleConfig
+from ..lora_io import remove_lora
+from ..models import T2VModel, encode_video, load_model
+from ..sample import invert_cached, sample
+from ..train import train_lora
+from ..video import frames_from_array, to_uint8
+from . import detector, paths
+from .evaluate import track_distance
+
+# (shape, colour, background, bg_colour, family, seed); 0-5 training families, 6-9 held out.
+REFERENCES: list[tuple[str, str, str, str, str, int]] = [
+    ("circle", "red", "plain", "grey", "curve", 1),
+    ("square", "yellow", "gradient", "blue", "arc", 2),
+    ("star", "white", "plain", "black", "bounce", 3),
+    ("triangle", "green", "dotted", "grey", "wiggle", 4),
+    ("circle", "blue", "plain", "white", "zoom", 5),
+    ("triangle", "white", "striped", "blue", "pan", 6),
+    ("square", "red", "plain", "white", "zigzag", 7),
+    ("star", "blue", "plain", "grey", "square", 8),
+    ("circle", "yellow", "plain", "black", "figure8", 9),
+    ("triangle", "green", "gradient", "white", "spiral", 10),
+]
+NEW_PROMPTS = [
+    "a blue star on a plain white background",
+    "a yellow triangle on a dotted black background",
+    "a red square on a gradient grey background",
+    "a green circle on a striped white background",
+    "a white star on a plain grey background",
+    "a black circle on a plain white background",
+]
+
+
+def reference(i: int, model: T2VModel) -> Any:
+    """The i-th reference clip, rendered at the model's video size."""
+    shape, colour, bg, bgc, family, seed = REFERENCES[i]
+    vd = model.video_defaults
+    return paths.render(paths.make_spec(shape, colour, bg, bgc, family, seed=seed, frames=int(vd["num_frames"]),
+                                        height=int(vd["height"]), width=int(vd["width"])))
+
+
+def new_prompts(i: int, n: int) -> list[str]:
+    """n of ``NEW_PROMPTS`` whose shape differs from the reference's (a different start for each reference)."""
+    shift = NEW_PROMPTS[i % len(NEW_PROMPTS):] + NEW_PROMPTS[: i % len(NEW_PROMPTS)]
+    return [p for p in shift if paths.parse(p)["shape"] != REFERENCES[i][0]][:n]
+
+
+def apply_overrides(cfg: RunConfig, scfg: SampleConfig, sets: list[str]) -> None:
+    """``section.key=value`` (value read as JSON where it parses, else as a string) into the configs."""
+    for item in sets:
+        key, _, raw = item.partition("=")
+        section, _, name = key.partition(".")
+        target = scfg if section == "sample" else getattr(cfg, section, None)
+        if target is None or not hasattr(target, name):
+            raise SystemExit(f"--set {item}: unknown setting (use train.*, lora.*, loss.* or sample.*)")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        setattr(target, name, tuple(value) if isinstance(value, list) else value)
+    cfg.validate()
+    scfg.validate()
+
+
+def _score(model_track: detector.Track, ref_track: detector.Track, side: float, prompt: str) -> dict:
+    want = paths.parse(prompt)
+    return {"distance": track_distance(model_track, ref_track, side),
+            "colour_ok": model_track.colour == want["colour"], "coherent": bool(model_track.coherent)}
+
+
+def run_reference(model: T2VModel, i: int, args: argparse.Namespace, out: Path) -> list[dict]:
+    """All rungs for one reference; returns its rows."""
+    vd = model.video_defaults
+    side = float(max(int(vd["height"]), int(vd["width"])))
+    clip = reference(i, model)
+    ref_track = detector.track(clip.frames)
+    frames = frames_from_array(clip.frames)
+    prompts = new_prompts(i, args.prompts)
+    family = REFERENCES[i][4]
+    rows: list[dict] = []
+    strips = [np.concatenate(list(clip.frames), 1)]
+
+    def add(rung: str, variant: str, prompt: str, seed: int, beta: float, score: dict) -> None:
+        rows.append({"ref": i, "family": family, "held_out": family in paths.HELD_OUT, "rung": rung,
+                     "variant": variant, "prompt": prompt, "seed": seed, "beta": beta, **score})
+
+    # L0: the world draws each new prompt on the reference's path.
+    for p in prompts:
+        q = paths.parse(p)
+        oracle = paths.render(paths.restyle(clip.spec, q["shape"], q["colour"], q["background"], q["bg_colour"]))
+        add("L0", "oracle", p, 0, 0.0, _score(detector.track(oracle.frames), ref_track, side, p))
+
+    steps = args.sample_steps or int(model.sample_defaults.get("num_inference_steps", 25))
+    guidance = args.guidance or float(model.sample_defaults.get("guidance_scale", 7.5))
+    z0 = encode_video(model, frames)
+    eps_inv = invert_cached(model, z0, steps, out / f"ref{i}" / "cache")
+
+    def draw(prompt: str, seed: int, beta: float, use_lora: bool) -> np.ndarray:
+        scfg = SampleConfig(num_inference_steps=steps, guidance_scale=guidance, beta=beta, seed=seed,
+                            lora_cutoff=args.scfg.lora_cutoff, lora_scale=args.scfg.lora_scale)
+        # beta 0 blends none of eps_inv: pure noise
+        return to_uint8(sample(model, prompt, scfg, eps_inv=eps_inv, use_lora=use_lora).frames[0])
+
+    def sweep(rung: str, prompt_list: list[str], betas: list[float], with_base: bool) -> None:
+        for beta in betas:
+            for p in prompt_list:
+                for seed in range(args.seeds):
+                    variants = [("lora", True)] + ([("base", False)] if with_base else [])
+                    for variant, use_lora in variants:
+                        vid = draw(p, seed, beta, use_lora)
+                        add(rung, variant, p, seed, beta, _score(detector.track(vid), ref_track, side, p))
+                        if seed == 0 and p == prompt_list[0] and beta == betas[0]:
+                            strips.append(np.concatenate(list(vid), 1))
+
+    # L1 and L2: a plain DDPM LoRA on the reference.
+    for objective, rungs in (("ddpm", ("L1", "L2")), ("motion", ("L3",))):
+        if not set(rungs) & set(args.rungs):
+            continue
+        cfg = RunConfig.from_dict(args.cfg.to_dict())
+        cfg.loss.objective = objective
+        t0 = time.perf_counter()
+        train_lora(model, frames, clip.caption, out / f"ref{i}" / objective, cfg, resume=False)
+        train_s = time.perf_counter() - t0
+        if "L1" in rungs:
+            sweep("L1", [clip.caption], [0.0], with_base=True)
+            if "L2" in args.rungs:
+                sweep("L2", prompts, [0.0], with_base=False)
+        else:
+            sweep("L3", prompts, list(args.betas), with_base=True)
+        remove_lora(model)
+        print(json.dumps({"ref": i, "family": family, "objective": objective, "train_s": round(train_s, 1)}),
+              flush=True)
+    width = max(s.shape[1] for s in strips)
+    strips = [np.pad(s, ((0, 2), (0, width - s.shape[1]), (0, 0))) for s in strips]
+    Image.fromarray(np.concatenate(strips, 0)).resize((width * 3, sum(s.shape[0] for s in strips) * 3),
+                                                       Image.NEAREST).save(out / f"ref{i}_{family}.png")
+    return rows
+
+
+def _mean(xs: list[float]) -> float | None:
+    xs = [x for x in xs if x == x]  # drop NaN (no track)
+    return float(np.mean(xs)) if xs else None
+
+
+def summarize(rows: list[dict]) -> dict:
+    """Mean distance, colour kept and coherence per (rung, variant, beta), for all, trained and held-out refs."""
+    out: dict[str, Any] = {}
+    for part, keep in (("all", lambda r: True), ("trained", lambda r: not r["held_out"]),
+                       ("held_out", lambda r: r["held_out"])):
+        sel = [r for r in rows if keep(r)]
+        groups: dict[str, dict] = {}
+        for key in sorted({(r["rung"], r["variant"], r["beta"]) for r in sel}):
+            g = [r for r in sel if (r["rung"], r["variant"], r["beta"]) == key]
+            groups[f"{key[0]} {key[1]} beta={key[2]:g}"] = {
+                "n": len(g), "distance": _mean([r["distance"] for r in g]),
+                "untracked": sum(r["distance"] != r["distance"] for r in g),
+                "colour_ok": float(np.mean([r["colour_ok"] for r in g])),
+                "coherent": float(np.mean([r["coherent"] for r in g]))}
+        ratios = {}
+        for rung, beta in (("L1", 0.0), ("L3", 0.0), ("L3", 0.3)):
+            a, b = groups.get(f"{rung} lora beta={beta:g}"), groups.get(f"{rung} base beta={beta:g}")
+            if a and b and a["distance"] is not None and b["distance"]:
+                ratios[f"{rung} lora/base beta={beta:g}"] = a["distance"] / b["distance"]
+        oracle, l1 = groups.get("L0 oracle beta=0"), groups.get("L1 lora beta=0")
+        if oracle and l1 and oracle["distance"] and l1["distance"] is not None:
+            ratios["L1 / oracle"] = l1["distance"] / oracle["distance"]
+        if sel:
+            out[part] = {"groups": groups, "ratios": ratios}
+    return out
+
+
+def report_md(summary: dict, cmd: str) -> str:
+    lines = [f"# Transfer ladder\n\n`{cmd}`\n"]
+    for part, s in summary.items():
+        lines += [f"\n## {part} references\n",
+                  "| rung | variant | beta | n | distance | untracked | colour | coherent |", "|---" * 8 + "|"]
+        for key, g in s["groups"].items():
+            rung, variant, beta = key.split(" ")
+            d = "-" if g["distance"] is None else f"{g['distance']:.3f}"
+            lines.append(f"| {rung} | {variant} | {beta.split('=')[1]} | {g['n']} | {d} | {g['untracked']} | "
+                         f"{100 * g['colour_ok']:.0f} % | {100 * g['coherent']:.0f} % |")
+        lines += [""] + [f"- {k}: {v:.2f}" for k, v in s["ratios"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True, help="a paths-world model folder")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--refs", default=",".join(str(i) for i in range(len(REFERENCES))),
+                    help="reference indices (0-5 training families, 6-9 held out)")
+    ap.add_argument("--prompts", type=int, default=3, help="new prompts per reference")
+    ap.add_argument("--seeds", type=int, default=2, help="seeds per prompt")
+    ap.add_argument("--betas", default="0,0.3", help="betas of the L3 rung")
+    ap.add_argument("--steps", type=int, default=None, help="LoRA steps (default: the model's training default)")
+    ap.add_argument("--sample-steps", type=int, default=None, help="DDIM steps (default: the model's)")
+    ap.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's)")
+    ap.add_argument("--rungs", default="L1,L2,L3", help="rungs to run besides the oracle (L1,L2,L3)")
+    ap.add_argument("--set", action="append", default=[], help="section.key=value override (repeatable)")
+    ap.add_argument("--threads", type=int, default=0)
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model = load_model(args.model)
+    args.cfg, args.scfg = RunConfig(), SampleConfig()
+    if args.steps:
+        args.cfg.train.steps = args.steps
+    apply_overrides(args.cfg, args.scfg, args.set)
+    args.betas = [float(b) for b in args.betas.split(",")]
+    args.rungs = args.rungs.split(",")
+    rows: list[dict] = []
+    t0 = time.time()
+    for i in (int(x) for x in args.refs.split(",")):
+        rows += run_reference(model, i, args, out)
+        with open(out / "rows.jsonl", "w") as fh:
+            fh.writelines(json.dumps(r) + "\n" for r in rows)
+    summary = summarize(rows)
+    summary["seconds"] = round(time.time() - t0, 1)
+    summary["settings"] = {"model": args.model, "train": args.cfg.to_dict(), "sample": args.scfg.to_dict()}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    cmd = "python -m motion_core.shapes.ladder " + " ".join(sys.argv[1:] if argv is None else argv)
+    md = report_md({k: v for k, v in summary.items() if k in ("all", "trained", "held_out")}, cmd)
+    (out / "ladder.md").write_text(md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()

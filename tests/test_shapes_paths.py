@@ -1,0 +1,130 @@
+"""The second shapes world (``motion_core/shapes/paths.py``) and the transfer ladder on it.
+
+Ground truth first: the renderer's centroids, colours and shapes are what the detector reads back, the training
+stream never draws a held-out family, a restyled clip keeps its path. Then the ladder runs end to end on an
+untrained model (every rung present) and its summary's ratios are checked on hand-made rows.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+
+import numpy as np
+import pytest
+
+from motion_core.shapes import detector, ladder, paths, recipe, world
+
+
+def test_paths_world_is_deterministic_and_of_the_promised_vocabulary():
+    a = list(paths.iter_dataset(6, seed=3))
+    b = list(paths.iter_dataset(3, seed=3, first=3))
+    assert all(np.array_equal(x.frames, y.frames) for x, y in zip(a[3:], b))  # clip i depends on (seed, i) only
+    assert a[0].frames.shape == (paths.FRAMES, paths.SIZE, paths.SIZE, 3)
+    # the issue's minimum vocabulary: colours, shapes, plain white / grey / black backgrounds
+    assert {"red", "blue", "green", "yellow", "white", "black"} <= set(paths.COLOURS)
+    assert {"circle", "square", "triangle", "star"} <= set(paths.SHAPES)
+    assert {"white", "grey", "black"} <= set(paths.BG_COLOURS) and "plain" in paths.BACKGROUNDS
+    for clip in a:
+        assert clip.caption == paths.caption(clip.spec)
+        assert set(clip.caption.split()) <= set(paths.VOCABULARY)
+        got = paths.parse(clip.caption)
+        o = clip.spec.objects[0]
+        assert (got["shape"], got["colour"], got["bg_colour"]) == (o.shape, o.colour, clip.spec.bg_colour)
+
+
+def test_detector_reads_back_the_ground_truth():
+    clips = list(paths.iter_dataset(60, seed=11))
+    errors, colour_ok, shape_ok, coherent = [], 0, 0, 0
+    for clip in clips:
+        tr = detector.track(clip.frames)
+        errors.append(np.abs(tr.centroids - clip.centroids[0]).max())
+        o = clip.spec.objects[0]
+        colour_ok += tr.colour == o.colour
+        shape_ok += tr.shape == o.shape
+        coherent += tr.coherent
+    assert max(errors) < 0.5  # px: the object never leaves the frame and its centre is read to sub-pixel
+    assert colour_ok == len(clips) and coherent == len(clips)
+    assert shape_ok >= 0.95 * len(clips)
+
+
+def test_training_stream_draws_every_family_and_never_a_held_out_one():
+    rng = np.random.default_rng(0)
+    drawn = collections.Counter(paths.family_of(paths.sample_spec(rng)) for _ in range(400))
+    assert set(drawn) == set(paths.FAMILIES)
+    assert not set(drawn) & set(paths.HELD_OUT)
+    # motion is continuous, not a list: no two curve clips share a path
+    starts = {tuple(np.round(paths.render(paths.sample_spec(rng, family="curve")).centroids[0, -1], 3))
+              for _ in range(30)}
+    assert len(starts) == 30
+
+
+@pytest.mark.parametrize("family", [*paths.FAMILIES, *paths.HELD_OUT])
+def test_every_family_moves_inside_the_frame(family):
+    for seed in range(4):
+        bg = "striped" if family == "pan" else "plain"
+        clip = paths.render(paths.make_spec("star", "red", bg, "white", family, seed=seed))
+        c, r = clip.centroids[0], clip.scales[0]
+        assert (c - 0.8 * r[:, None] >= -1).all() and (c + 0.8 * r[:, None] <= paths.SIZE).all()
+        moved = np.linalg.norm(c - c[0], axis=1).max() + np.abs(np.log(r / r[0])).max() * paths.SIZE
+        assert (moved > 2.0) == (family != "static")  # every family but static visibly moves or zooms
+
+
+def test_pan_moves_the_background_and_restyle_keeps_the_path():
+    clip = paths.render(paths.make_spec("square", "yellow", "striped", "grey", "pan", seed=2))
+    bg_first, bg_last = clip.frames[0][~clip.masks[0, 0]], clip.frames[-1][~clip.masks[0, -1]]
+    assert clip.camera[-1].any() and not np.array_equal(clip.frames[0], clip.frames[-1])
+    assert bg_first.shape != bg_last.shape or not np.array_equal(bg_first, bg_last)
+    other = paths.render(paths.restyle(clip.spec, "circle", "blue", "plain", "white"))
+    assert np.allclose(other.centroids, clip.centroids)  # the same path, in frame coordinates
+    assert other.caption == "a blue circle on a plain white background"
+    with pytest.raises(ValueError, match="stand out"):
+        paths.restyle(clip.spec, "circle", "black", "plain", "black")
+    with pytest.raises(ValueError, match="textured"):
+        paths.make_spec("square", "red", "plain", "white", "pan")
+    with pytest.raises(ValueError, match="unknown path family"):
+        paths.make_spec("square", "red", family="loop-the-loop")
+
+
+def test_first_world_still_renders_its_own_colours():
+    # black joined the renderer's colours for the second world; the first world's sampling set is unchanged
+    assert "black" not in world.COLOURS and world.OBJECT_RGB["black"]
+    clip = world.render(world.make_spec("circle", "red", motion="right", seed=0, frames=4))
+    assert detector.track(clip.frames).colour == "red"
+
+
+def test_ladder_runs_every_rung_on_an_untrained_model(tmp_path):
+    model_dir = tmp_path / "m"
+    from motion_core.models import save_model
+
+    save_model(recipe.build_model(0), model_dir)
+    out = tmp_path / "ladder"
+    ladder.main(["--model", str(model_dir), "--out", str(out), "--refs", "6", "--prompts", "1", "--seeds", "1",
+                 "--steps", "2", "--sample-steps", "2", "--set", "sample.lora_cutoff=0", "--threads", "1"])
+    rows = [json.loads(x) for x in (out / "rows.jsonl").read_text().splitlines()]
+    got = {(r["rung"], r["variant"], r["beta"]) for r in rows}
+    assert got == {("L0", "oracle", 0.0), ("L1", "lora", 0.0), ("L1", "base", 0.0), ("L2", "lora", 0.0),
+                   ("L3", "lora", 0.0), ("L3", "base", 0.0), ("L3", "lora", 0.3), ("L3", "base", 0.3)}
+    assert all(r["held_out"] for r in rows)  # reference 6 is a held-out family
+    oracle = [r for r in rows if r["rung"] == "L0"]
+    assert oracle[0]["distance"] < 0.02 and oracle[0]["colour_ok"]  # the world redraws the path exactly
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["settings"]["sample"]["lora_cutoff"] == 0 and summary["settings"]["train"]["train"]["steps"] == 2
+    assert (out / "ladder.md").read_text().startswith("# Transfer ladder")
+    with pytest.raises(SystemExit):
+        ladder.apply_overrides(ladder.RunConfig(), ladder.SampleConfig(), ["train.no_such_setting=1"])
+
+
+def test_ladder_summary_ratios():
+    def row(rung, variant, beta, d, held=False):
+        return {"ref": 0, "family": "curve", "held_out": held, "rung": rung, "variant": variant, "prompt": "p",
+                "seed": 0, "beta": beta, "distance": d, "colour_ok": True, "coherent": True}
+
+    rows = [row("L0", "oracle", 0.0, 0.01), row("L1", "lora", 0.0, 0.03), row("L1", "base", 0.0, 0.2),
+            row("L3", "lora", 0.0, 0.1), row("L3", "lora", 0.0, float("nan")), row("L3", "base", 0.0, 0.4),
+            row("L3", "lora", 0.3, 0.05, held=True), row("L3", "base", 0.3, 0.2, held=True)]
+    s = ladder.summarize(rows)
+    assert s["all"]["ratios"]["L1 / oracle"] == pytest.approx(3.0)
+    assert s["all"]["ratios"]["L3 lora/base beta=0"] == pytest.approx(0.25)  # the untracked sample is left out
+    assert s["all"]["groups"]["L3 lora beta=0"]["untracked"] == 1
+    assert s["held_out"]["ratios"] == {"L3 lora/base beta=0.3": pytest.approx(0.25)}
