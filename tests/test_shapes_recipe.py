@@ -157,7 +157,7 @@ def test_ema_weights_are_the_moving_average_of_each_steps_weights(monkeypatch):
     captions = [f"a red circle on a {c} background" for c in ("blue", "green", "white", "black")]
     raw: list = []
     # a large rate, so each step moves the weights far more than the tolerance below
-    info = recipe.train_unet(model, latents, captions, minutes=0.03, seed=0, log=[], batch=2, lr=0.1,
+    info = recipe.train_unet(model, latents, captions, minutes=0.08, seed=0, log=[], batch=2, lr=0.1,
                              ema_decay=0.5, raw_out=raw)
     steps = info["unet_steps"]
     assert steps >= 2 and len(history) == steps + 1 and info["ema_decay"] == 0.5
@@ -196,3 +196,25 @@ def test_model_size_options_and_parallel_rendering():
     f1, c1 = recipe.make_data(6, seed=3)
     f2, c2 = recipe.make_data(6, seed=3, workers=3)
     assert np.array_equal(f1, f2) and c1 == c2
+
+
+def test_replay_runs_the_recorded_commands_again(tmp_path):
+    out, again = tmp_path / "m", tmp_path / "again"
+    tiny = ["--clips", "4", "--threads", "1", "--vae-minutes", "0.005", "--decoder-minutes", "0"]
+    recipe.main(["--out", str(out), "--unet-minutes", "0.005", *tiny])
+    recipe.main(["--continue-from", str(out), "--out", str(out), "--unet-minutes", "0.005", "--clips", "4",
+                 "--threads", "1", "--decoder-minutes", "0"])
+    first = json.loads((out / "training_info.json").read_text())["info"]
+    assert first["world"] == "paths" and first["argv"][:2] == ["--out", str(out)]
+    recipe.main(["--replay", str(out / "training_info.json"), "--out", str(again)])
+    info = json.loads((again / "training_info.json").read_text())["info"]
+    assert len(info["continued"]) == 1 and info["continued"][0]["from"] == str(again)
+    def options(argv, folder):  # the recorded command without its output folder
+        return [a for a in argv if a not in ("--out", folder)]
+
+    assert options(info["argv"], str(again)) == options(first["argv"], str(out))
+    assert load_model(again, device="cpu").video_defaults["height"] == 32
+    del first["argv"]
+    (out / "training_info.json").write_text(json.dumps({"info": first, "log": []}))
+    with pytest.raises(SystemExit, match="before commands were recorded"):
+        recipe.main(["--replay", str(out / "training_info.json"), "--out", str(tmp_path / "x")])

@@ -81,6 +81,11 @@ def new_prompts(i: int, n: int) -> list[str]:
     return [p for p in shift if paths.parse(p)["shape"] != REFERENCES[i][0]][:n]
 
 
+def default_config(model: T2VModel) -> RunConfig:
+    """The model's training defaults (its sidecar's ``train`` section over the library's), as a user gets them."""
+    return RunConfig.for_model(model) if hasattr(RunConfig, "for_model") else RunConfig()
+
+
 def apply_overrides(cfg: RunConfig, scfg: SampleConfig, sets: list[str]) -> None:
     """``section.key=value`` (value read as JSON where it parses, else as a string) into the configs."""
     for item in sets:
@@ -240,7 +245,7 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     model = load_model(args.model)
-    args.cfg, args.scfg = RunConfig(), SampleConfig()
+    args.cfg, args.scfg = default_config(model), SampleConfig()
     if args.steps:
         args.cfg.train.steps = args.steps
     apply_overrides(args.cfg, args.scfg, args.set)
@@ -254,10 +259,10 @@ def main(argv: list[str] | None = None) -> None:
             fh.writelines(json.dumps(r) + "\n" for r in rows)
     summary = summarize(rows)
     summary["seconds"] = round(time.time() - t0, 1)
+    summary["command"] = "python -m motion_core.shapes.ladder " + " ".join(sys.argv[1:] if argv is None else argv)
     summary["settings"] = {"model": args.model, "train": args.cfg.to_dict(), "sample": args.scfg.to_dict()}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    cmd = "python -m motion_core.shapes.ladder " + " ".join(sys.argv[1:] if argv is None else argv)
-    md = report_md({k: v for k, v in summary.items() if k in ("all", "trained", "held_out")}, cmd)
+    md = report_md({k: v for k, v in summary.items() if k in ("all", "trained", "held_out")}, summary["command"])
     (out / "ladder.md").write_text(md)
     print(md)
 

@@ -34,6 +34,7 @@ import json
 import math
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -333,7 +334,12 @@ def main(argv: list[str] | None = None) -> None:
                          "--unet-minutes more, then the decoder stage; steps and logs accumulate")
     ap.add_argument("--decoder-only", action="store_true",
                     help="run only the decoder stage on the model already in --out (same data and seed)")
+    ap.add_argument("--replay", default=None,
+                    help="a model's training_info.json: run its recorded commands again, in order, into --out")
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = ap.parse_args(argv)
+    if args.replay:
+        return replay(Path(args.replay), args.out)
     if not 0 <= args.ema_decay < 1:
         ap.error(f"--ema-decay must be in [0, 1), got {args.ema_decay}")
     if args.save_raw and (not args.ema_decay or Path(args.save_raw).resolve() == Path(args.out).resolve()):
@@ -347,6 +353,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.device.startswith("cuda"):  # TF32 matmuls: several times faster, ample for this training
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     out = Path(args.out)
+    args.argv = argv  # recorded with the run, for --replay
     if args.decoder_only:
         return _decoder_only(out, args)
     if args.continue_from:
@@ -365,7 +372,7 @@ def main(argv: list[str] | None = None) -> None:
                   "fps": FPS, "torch_threads": torch.get_num_threads(), "device": _device_name(args.device),
                   "unet_channels": list(channels), "unet_layers": args.unet_layers,
                   "cpu": platform.processor() or platform.machine(),
-                  "cores": os.cpu_count()}
+                  "cores": os.cpu_count(), "argv": args.argv}
     if args.resume_vae:
         model.vae = AutoencoderKL.from_pretrained(Path(args.resume_vae) / "vae").to(args.device)
         model.vae.eval().requires_grad_(False)
@@ -418,12 +425,35 @@ def _continue(src: Path, out: Path, args: argparse.Namespace) -> None:
     info.setdefault("continued", []).append({"from": str(src), "clips": args.clips, "unet_minutes": args.unet_minutes,
                                              "decoder_minutes": args.decoder_minutes,
                                              "torch_threads": torch.get_num_threads(),
-                                             "device": _device_name(args.device),
+                                             "device": _device_name(args.device), "argv": args.argv,
                                              **{k: more[k] for k in RUN_OPTIONS}})
     save_model(model, out)
     (out / "training_info.json").write_text(json.dumps({"info": info, "log": log}, indent=1))
     _save_raw(model, raw_params, args.save_raw, info, log)
     print(json.dumps(info), flush=True)
+
+
+def replay(record: Path, out: str) -> None:
+    """Run a model's recorded commands again (the first run, then each continuation) into ``out``.
+
+    Each run stops on its wall-clock budget, so the step counts, and with them the weights, depend on the machine.
+    """
+    info = json.loads(record.read_text())["info"]
+    runs = [info.get("argv")] + [c.get("argv") for c in info.get("continued", [])]
+    if any(r is None for r in runs):
+        raise SystemExit(f"{record} has runs made before commands were recorded; rebuild by the card's commands")
+    for i, argv in enumerate(runs):
+        keep, skip = [], False
+        for a in argv:  # drop the recorded folders; this replay writes (and continues) ``out``
+            if skip:
+                skip = False
+            elif a in ("--out", "--continue-from", "--save-raw", "--replay"):
+                skip = True
+            else:
+                keep.append(a)
+        where = ["--out", out] + (["--continue-from", out] if i and "--decoder-only" not in keep else [])
+        print(f"replay {i + 1}/{len(runs)}: {' '.join(keep + where)}", flush=True)
+        main(keep + where)
 
 
 def _device_name(device: str) -> str:
@@ -468,7 +498,8 @@ def _decoder_only(out: Path, args: argparse.Namespace) -> None:
     _add_decoder(info, finetune_decoder(model.vae, frames, args.decoder_minutes, args.seed, rec["log"]))
     info["wall_seconds"] = round(info["wall_seconds"] + time.time() - t0, 1)
     info.setdefault("continued", []).append({"from": str(out), "clips": args.clips, "decoder_only": True,
-                                             "unet_minutes": 0, "decoder_minutes": args.decoder_minutes})
+                                             "unet_minutes": 0, "decoder_minutes": args.decoder_minutes,
+                                             "argv": args.argv})
     model.vae.save_pretrained(out / "vae")
     (out / "training_info.json").write_text(json.dumps(rec, indent=1))
     print(json.dumps(rec["info"]), flush=True)
