@@ -111,7 +111,7 @@ def train_lora(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cfg.caption = caption
-    cfg.model = model.source
+    cfg.model = model.name  # the hub id or folder name: config.json travels with the LoRA
     cfg.save(out / "config.json")
     t_start = time.perf_counter()
     dev = model.device
