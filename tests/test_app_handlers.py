@@ -405,3 +405,30 @@ def test_a_damaged_checkpoint_fails_the_job_by_name_and_resume_starts_over(tiny_
         assert done.state == DONE and done.results["steps"] == 2, done.message
     finally:
         app.stop()
+
+
+def test_hub_token_and_server_paths_never_reach_the_store_or_the_card(trained, caplog):
+    app, job_id = trained
+    FakeHfApi.instances.clear()
+    FakeHfApi.fail = None
+    token = "hf_never_store_me_123"
+    with caplog.at_level("DEBUG"):
+        app.push(job_id, "my-motion", token, api_factory=FakeHfApi)
+    card = FakeHfApi.instances[-1].calls[-1][1]["readme"]
+    assert str(app.store.root) not in card and str(app.opts.model) not in card  # the folder's name only
+    for p in app.store.root.rglob("*"):
+        if p.is_file():
+            assert token.encode() not in p.read_bytes(), p
+    assert token not in caplog.text
+
+
+def test_a_locked_app_runs_only_its_own_model(make_app, tmp_path):
+    app = make_app(lock_model=True)
+    assert [v for _, v in app.model_choices()] == [app.opts.model]
+    assert app.source_of(None) == app.opts.model
+    for other in ("cerspense/zeroscope_v2_576w", "default", "/etc", str(tmp_path), "../../models"):
+        with pytest.raises(JobError, match="only runs its own model"):
+            app.source_of(other)
+    good = _lora_file(tmp_path / "good.safetensors")
+    with pytest.raises(JobError, match="only runs its own model"):
+        app.submit_import(str(good), None, "", "someone/else")
