@@ -19,6 +19,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 T0 = time.perf_counter()
 ROOT = Path(__file__).resolve().parent
@@ -64,12 +65,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def served_files(store: Any, max_upload_mb: float) -> dict[str, Any]:
+    """What the web server may hand out and take in. Only the store's ``served/`` folder (allow-listed result
+    files, linked there by ``JobStore.serve``) and the bundled examples: never the store itself, which holds
+    ``browser_secret``, ``speeds.json``, job records, checkpoints and uploads. Uploads up to the limit in bytes
+    (``--max-upload-mb 0.5`` is 512 KiB, not 0)."""
+    from motion_core.config import upload_limit_bytes
+
+    return {"allowed_paths": [str(store.served_root), str(ROOT / "assets" / "examples")],
+            "blocked_paths": [str(store.jobs_root), str(store.uploads_root)],
+            "max_file_size": upload_limit_bytes(max_upload_mb)}
+
+
 def _raise_interrupt(*_: object) -> None:
     raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    from motion_core.config import ConfigError, check_upload_mb
+
+    try:
+        check_upload_mb(args.max_upload_mb)
+    except ConfigError as err:
+        sys.exit(f"error: --max-upload-mb: {err}")
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("motion_matcher.app")
 
@@ -90,11 +109,10 @@ def main(argv: list[str] | None = None) -> None:
     # `docker stop` and Spaces send SIGTERM: turn it into the KeyboardInterrupt that makes launch() return, so
     # the running job is paused cleanly (checkpoint, back to the queue) instead of found "running" next time.
     signal.signal(signal.SIGTERM, _raise_interrupt)
-    allowed = [str(motion.store.root), str(ROOT / "assets" / "examples")]
     try:
         demo.launch(server_name=args.host, server_port=args.port, share=args.share, theme=THEME, css=CSS,
-                    allowed_paths=allowed, max_file_size=f"{int(args.max_upload_mb)}mb", show_error=True,
-                    prevent_thread_lock=True, footer_links=["api", "gradio"])
+                    show_error=True, prevent_thread_lock=True, footer_links=["api", "gradio"],
+                    **served_files(motion.store, args.max_upload_mb))
         log.info("serving on http://%s:%d (job store %s), ready %.1f s after start", args.host, args.port,
                  motion.store.root, time.perf_counter() - T0)
         print(f"MOTION_MATCHER_READY {time.perf_counter() - T0:.2f}s", flush=True)

@@ -32,7 +32,15 @@ from typing import Any
 
 import gradio as gr
 
-from motion_core.config import OBJECTIVE_NAMES, ConfigError, RunConfig, SampleConfig
+from motion_core.config import (
+    OBJECTIVE_NAMES,
+    ConfigError,
+    RunConfig,
+    SampleConfig,
+    check_seed,
+    check_text,
+    resolve_seed,
+)
 
 from .jobs import (
     CANCELLED,
@@ -271,18 +279,16 @@ class MotionApp:
 
     def submit_train(self, video: str | None, caption: str, model: str | None, steps: Any, learning_rate: Any,
                      rank: Any, lambda_ca: Any, lambda_tsa: Any, seed: Any, objective: str | None) -> Job:
-        caption = (caption or "").strip()
-        if not caption:
+        if not (caption or "").strip():
             raise JobError("Write a caption describing the reference video (e.g. 'a red circle on a blue "
                            "background'): training needs it.")
-        if len(caption) > 500:
-            raise JobError("The caption is too long (over 500 characters); the text encoder reads 77 tokens.")
+        caption = check_text(caption, "caption")
         source = self.source_of(model)
         vcfg = self.video_config(source)
         cfg = RunConfig(model=source, caption=caption, video=vcfg)
         cfg.train.steps = _num(steps, "steps", 1, 100_000, integer=True)
         cfg.train.learning_rate = _num(learning_rate, "learning rate", 1e-7, 1.0)
-        cfg.train.seed = _num(seed, "seed", 0, 2**31 - 1, integer=True)
+        cfg.train.seed = resolve_seed(seed)  # -1: a random seed, recorded in the run's config
         # Checkpoints about every tenth of the run (at most every 50 steps), so a restart or a cancel loses little.
         cfg.train.checkpoint_every = max(1, min(cfg.train.checkpoint_every, cfg.train.steps // 10))
         cfg.lora.rank = _num(rank, "LoRA rank", 1, 512, integer=True)
@@ -297,7 +303,8 @@ class MotionApp:
         work = _work()
 
         def prepare(d: Path) -> None:
-            work.write_preview(d / name, vcfg, d / work.PREVIEW)  # also refuses clips that are too short
+            # Read from the upload itself, not the job's copy: a refusal names the user's file, not reference.mp4.
+            work.write_preview(src, vcfg, d / work.PREVIEW)  # also refuses clips that are too short
 
         params = {"caption": caption, "model": source, "config": cfg.to_dict(), "video": name,
                   "video_name": Path(src).name[:200]}
@@ -306,18 +313,18 @@ class MotionApp:
     def submit_sample(self, job_id: str, prompt: str, negative_prompt: str, beta: Any, seed: Any, steps: Any,
                       guidance: Any, lora_strength: Any, num_videos: Any, compare_base: bool = True) -> Job:
         parent = self._run_with_lora(job_id)
-        prompt = (prompt or "").strip()
-        if not prompt:
+        if not (prompt or "").strip():
             raise JobError("Write a prompt describing the new video (e.g. 'a green star on a dotted background').")
-        seed_v = None if seed in (None, "") else _num(seed, "seed", -1, 2**31 - 1, integer=True)
-        seed_v = None if seed_v is None or seed_v < 0 else seed_v  # -1 (the API's default): a random seed
+        prompt = check_text(prompt, "prompt")
+        seed_v = check_seed(seed)  # -1 (the API's default) or empty: a random seed, reported with the result
         cfg = SampleConfig(num_inference_steps=_num(steps, "steps", 1, 1000, integer=True),
                            guidance_scale=_num(guidance, "guidance", 0, 50), beta=_num(beta, "β", 0, 1),
                            lora_scale=_num(lora_strength, "LoRA strength", 0, 4),
-                           negative_prompt=(negative_prompt or "").strip(), seed=seed_v,
+                           negative_prompt=check_text(negative_prompt, "negative prompt", required=False),
+                           seed=seed_v,
                            num_videos=_num(num_videos, "number of videos", 1, 16, integer=True))
         cfg.validate()
-        params = {"prompt": prompt[:1000], "negative_prompt": cfg.negative_prompt[:1000], "beta": cfg.beta,
+        params = {"prompt": prompt, "negative_prompt": cfg.negative_prompt, "beta": cfg.beta,
                   "seed": cfg.seed, "steps": cfg.num_inference_steps, "guidance": cfg.guidance_scale,
                   "lora_strength": cfg.lora_scale, "num_videos": cfg.num_videos, "compare_base": bool(compare_base)}
         return self.runner.submit("sample", params, parent=parent.id)
@@ -335,7 +342,8 @@ class MotionApp:
             except (ValueError, TypeError) as err:
                 raise UploadError(f"{Path(cfg_path).name} is not a MotionMatcher config.json ({err}).") from err
             files["config.json"] = cfg_path
-        params: dict[str, Any] = {"model": source, "caption": (caption or "").strip() or meta.get("caption", ""),
+        caption = check_text(caption, "caption", required=False) or str(meta.get("caption", ""))[:500]
+        params: dict[str, Any] = {"model": source, "caption": caption,
                                   "lora_name": Path(src).name[:200]}
         prepare = None
         if video:
@@ -347,7 +355,7 @@ class MotionApp:
             work = _work()
 
             def prepare(d: Path) -> None:
-                work.write_preview(d / name, vcfg, d / work.PREVIEW)
+                work.write_preview(vsrc, vcfg, d / work.PREVIEW)  # the upload itself: errors name the user's file
 
         return self.runner.submit("import", params, files=files, prepare=prepare)
 
@@ -378,10 +386,16 @@ class MotionApp:
 
     def files_of(self, job: Job) -> list[Path]:
         """The LoRA and its config.json of a finished run, resolved inside the job folder."""
+        return [self.store.file_in(job.id, n) for n in self._download_names(job)]
+
+    def _download_names(self, job: Job) -> list[str]:
         if job.state != DONE or "lora" not in job.results:
             raise JobError(f"This run is {job.state}: there is no LoRA to download yet.")
-        names = [job.results["lora"]] + ([job.results["config"]] if job.results.get("config") else [])
-        return [self.store.file_in(job.id, n) for n in names]
+        return [job.results["lora"]] + ([job.results["config"]] if job.results.get("config") else [])
+
+    def served(self, job: Job, rel: str) -> str:
+        """A job's result file as the web server may hand it out (allow-listed, under the store's served/)."""
+        return str(self.store.serve(job.id, rel))
 
     def status_dict(self, job: Job) -> dict[str, Any]:
         p = job.progress or {}
@@ -437,9 +451,9 @@ class MotionApp:
         files, videos = [], []
         for v in job.results.get("videos", []):
             entry = {"seed": v["seed"], "motion": v["lora"], "base": v.get("base")}
-            files.append(str(self.store.file_in(job.id, v["lora"])))
+            files.append(self.served(job, v["lora"]))
             if v.get("base"):
-                files.append(str(self.store.file_in(job.id, v["base"])))
+                files.append(self.served(job, v["base"]))
             videos.append(entry)
         info = self.status_dict(job) | {"videos": videos}
         return files, info
@@ -448,7 +462,7 @@ class MotionApp:
     def api_download(self, job_id: str) -> list[str]:
         """The finished run's ``lora.safetensors`` and ``config.json``."""
         job = self.store.load((job_id or "").strip())
-        return [str(p) for p in self.files_of(job)]
+        return [self.served(job, n) for n in self._download_names(job)]
 
     @user_errors
     def api_import_lora(self, lora: str, video: str | None = None, caption: str = "",
@@ -483,7 +497,9 @@ class MotionApp:
                     samples.append(name)
         run_cfg = json.loads(rest[0].read_text()) if rest else None
         meta = job.results.get("meta") or _work().lora_meta_of(lora)
-        card = hub.model_card(repo_id, job.params.get("model", ""), job.params.get("caption", "") or
+        from motion_core.models import model_name  # the card is public: a folder by its name, never its path
+
+        card = hub.model_card(repo_id, model_name(job.params.get("model", "")), job.params.get("caption", "") or
                               meta.get("caption", ""), run_cfg, meta, samples)
         return hub.push_lora(files, card, repo_id, token, private=private, api_factory=api_factory)
 
@@ -548,7 +564,7 @@ class MotionApp:
             from motion_core.video import probe_video
 
             info = probe_video(src)
-            out = self.store.new_upload_dir() / "preview.mp4"
+            out = self.store.new_preview_dir() / "preview.mp4"
             _work().write_preview(src, vcfg, out)
         except Exception as err:
             msg = user_message(err)
@@ -683,7 +699,7 @@ class MotionApp:
         out["gen_progress"] = self._progress_html(latest) if latest and not latest.terminal else ""
         done = [j for j in samples if j.state == DONE]
         out["result"] = self._video_of(done[-1], 0) if done else None
-        out["gallery"] = [(str(self.store.file_in(j.id, v.get("gif") or v["lora"])), self._caption_of(j, v))
+        out["gallery"] = [(self.served(j, v.get("gif") or v["lora"]), self._caption_of(j, v))
                           for j in reversed(done) for v in j.results.get("videos", [])]
         out["model"] = self.model_status(model)
         values = []
@@ -739,12 +755,13 @@ class MotionApp:
         tsa = d / "features" / "temporal_attention.png"
         files = None
         if job.state == DONE and "lora" in job.results:
-            files = [str(p) for p in self.files_of(job)]
-        return (str(ca) if ca.is_file() else None, str(tsa) if tsa.is_file() else None, files)
+            files = [self.served(job, n) for n in self._download_names(job)]
+        return (self.served(job, "features/cross_attention.png") if ca.is_file() else None,
+                self.served(job, "features/temporal_attention.png") if tsa.is_file() else None, files)
 
     def _video_of(self, job: Job, i: int) -> str:
         v = job.results["videos"][i]
-        return str(self.store.file_in(job.id, v.get("pair") or v["lora"]))
+        return self.served(job, v.get("pair") or v["lora"])
 
     @staticmethod
     def _caption_of(job: Job, v: dict[str, Any]) -> str:

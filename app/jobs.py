@@ -45,6 +45,12 @@ JOB_ID_RE = re.compile(r"[A-Za-z0-9_-]{16,64}")
 JOB_FILE = "job.json"
 CANCEL_FILE = "CANCEL"
 LOG_FILE = "job.log"
+SERVED_DIR = "served"  # the only folder of the store the web server may hand out (see JobStore.serve)
+# What a user may download from a job: the LoRA and its config, generated videos, the motion-feature pictures, the
+# preview. Everything else in a job folder (job.json, job.log, checkpoints, latents, the upload) and in the store
+# (browser_secret, speeds.json, runner.lock) is never served. Our own fixed pattern, matched on our own names.
+SERVABLE_RE = re.compile(r"(?:train/)?(?:lora\.safetensors|config\.json)|(?:motion|base|pair)_\d{1,3}\.(?:mp4|gif)"
+                         r"|features/(?:cross|temporal)_attention\.png|preview\.mp4")
 VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".m4v", ".webm", ".mkv", ".avi", ".gif"})
 LORA_EXTENSIONS = frozenset({".safetensors"})
 
@@ -129,7 +135,8 @@ class JobStore:
         self.root = Path(root).expanduser().resolve()
         self.jobs_root = self.root / "jobs"
         self.uploads_root = self.root / "uploads"
-        for d in (self.jobs_root, self.uploads_root):
+        self.served_root = self.root / SERVED_DIR
+        for d in (self.jobs_root, self.uploads_root, self.served_root):
             d.mkdir(parents=True, exist_ok=True)
         self.ttl_hours = ttl_hours
         self.max_upload_mb = max_upload_mb
@@ -179,6 +186,37 @@ class JobStore:
         if not p.is_file():
             raise JobError(f"job {job_id} has no file {os.fspath(rel)!r}")
         return p
+
+    def serve(self, job_id: str, rel: str) -> Path:
+        """A result file of a job, as a path the web server may hand out: a hard link (a copy where the file
+        system has none) under ``served/<job id>/``. Only names on the allow-list (``SERVABLE_RE``) pass; the
+        web server is only ever allowed ``served/``, so the store's own files cannot be fetched by URL."""
+        if not isinstance(rel, str) or not SERVABLE_RE.fullmatch(rel):
+            raise JobError(f"{str(rel)[:80]!r} is not a file this app hands out")
+        src = self.file_in(job_id, rel)
+        dest = self.served_root / job_id / rel
+        with contextlib.suppress(OSError):  # already served and unchanged (pages poll every second)
+            a, b = src.stat(), dest.stat()
+            if (a.st_size, a.st_mtime_ns) == (b.st_size, b.st_mtime_ns):
+                return dest
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            try:
+                os.link(src, tmp)
+            except OSError:
+                shutil.copy2(src, tmp)  # keeps the time stamp, which says the copy is current
+            os.replace(tmp, dest)
+        finally:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+        return dest
+
+    def new_preview_dir(self) -> Path:
+        """A fresh folder for a preview the page shows (servable: it holds only what the app wrote there)."""
+        d = self.served_root / "previews" / secrets.token_urlsafe(16)
+        d.mkdir(parents=True)
+        return d
 
     # ---------------------------------------------------------------------------------------- records
 
@@ -356,9 +394,11 @@ class JobStore:
             if job.terminal and (job.finished or job.updated) < limit:
                 with self._lock:
                     shutil.rmtree(self.job_dir(job.id), ignore_errors=True)
+                    shutil.rmtree(self.served_root / job.id, ignore_errors=True)
                     self._cache.pop(job.id, None)
                 removed.append(job.id)
-        for d in self.uploads_root.iterdir():
+        previews = self.served_root / "previews"
+        for d in [*self.uploads_root.iterdir(), *(previews.iterdir() if previews.is_dir() else [])]:
             with contextlib.suppress(OSError):
                 if d.lstat().st_mtime >= limit:
                     continue

@@ -33,7 +33,7 @@ import torch
 from motion_core.attention import MotionFeatureExtractor
 from motion_core.config import RunConfig, SampleConfig, VideoConfig
 from motion_core.ddim import add_noise
-from motion_core.lora_io import load_lora, read_lora
+from motion_core.lora_io import base_model_warning, load_lora, read_lora
 from motion_core.models import (
     DEFAULT_MODEL_DIR,
     ModelLoadError,
@@ -44,7 +44,7 @@ from motion_core.models import (
     read_sidecar,
 )
 from motion_core.sample import invert_cached, sample
-from motion_core.train import LORA_FILE, Progress, train_lora
+from motion_core.train import CHECKPOINT, LORA_FILE, CheckpointError, Progress, train_lora
 from motion_core.video import read_video, to_uint8, write_gif, write_mp4
 
 from . import figures
@@ -228,11 +228,16 @@ class Worker:
         total = cfg.train.steps
         log_path = ctx.path("train/train_log.jsonl")  # one line per step done: where a resumed run stands
         done = len(log_path.read_text().splitlines()) if log_path.is_file() else 0
+        if done:
+            ctx.log(f"resuming from step {done} of {total}")
         ctx.phase("training", step=done, total=total)
-        if self.spaces is None:
-            out = self._train_call(ctx.id, None)
-        else:
-            out = self._train_in_chunks(ctx, total)
+        try:
+            if self.spaces is None:
+                out = self._train_call(ctx.id, None)
+            else:
+                out = self._train_in_chunks(ctx, total)
+        except CheckpointError as err:
+            raise JobError(self._set_aside(ctx, err)) from err
         if out["cancelled"]:
             ctx.check()  # raises JobCancelled or RunnerStopped: the runner records which
         self._record_speed(p["model"], out["steps_per_sec"])
@@ -240,6 +245,16 @@ class Worker:
         return {"lora": lora, "config": "train/config.json", "steps": out["steps_done"],
                 "seconds": round(out["seconds"], 1), "features": [v for v in FEATURES.values()
                                                                   if ctx.path(v).is_file()]}
+
+    def _set_aside(self, ctx: JobContext, err: CheckpointError) -> str:
+        """A damaged checkpoint is renamed (kept for a look, never deleted) so that Resume starts over; every
+        other file of the job stays. Returns the message for the user, naming the file inside the job."""
+        rel = f"train/{CHECKPOINT}"
+        kept = f"{rel}.damaged"
+        with contextlib.suppress(OSError):
+            os.replace(ctx.path(rel), ctx.path(kept))
+        return (f"This run's checkpoint {rel} is damaged or not from this run ({err.reason}). It was kept as {kept} "
+                "and the run's other files are untouched. Resume starts the training over from step 0.")
 
     def _prepare_call(self, job_id: str) -> None:
         """The reference's latents (saved for training and inversion) and its motion feature pictures."""
@@ -281,6 +296,9 @@ class Worker:
         phase, rate = ["training"], [0.0]
 
         def on_progress(pr: Progress) -> None:
+            if pr.phase == "resuming":  # the rate and the time left count only the steps run from here
+                ctx.store.update(ctx.id, message=f"Resuming from step {pr.step} of {pr.total}.")
+                return
             fields = {"step": pr.step, "total": pr.total, "loss": pr.loss, "parts": pr.parts,
                       "steps_per_sec": pr.steps_per_sec, "eta_sec": pr.eta_sec}
             if pr.phase == "training":
@@ -342,6 +360,7 @@ class Worker:
         model = self.models.get(parent.params["model"])
         ctx.phase("loading the LoRA")
         meta = load_lora(self.store.file_in(parent.id, parent.results["lora"]), model)
+        warning = base_model_warning(meta, model)
         cfg = SampleConfig(num_inference_steps=int(p["steps"]), guidance_scale=float(p["guidance"]),
                            beta=float(p["beta"]), lora_scale=float(p["lora_strength"]),
                            negative_prompt=p.get("negative_prompt") or "", seed=p.get("seed"),
@@ -392,8 +411,9 @@ class Worker:
                 write_gif(pair, ctx.path(item["gif"]), fps)
             videos.append(item)
         out: dict[str, Any] = {"videos": videos, "seeds": res.seeds, "fps": fps}
-        if note:
-            out["note"] = note
+        notes = [f"Warning: {warning}" if warning else "", note]
+        if any(notes):
+            out["note"] = " ".join(n for n in notes if n)
         return out
 
     # ----------------------------------------------------------------------------------------- import
@@ -409,6 +429,9 @@ class Worker:
         model = self.models.get(p["model"])
         ctx.phase("checking the LoRA")
         meta = load_lora(ctx.path(LORA_FILE), model)  # LoraFileError says why a file does not fit this model
+        warning = base_model_warning(meta, model)
+        if warning:
+            ctx.log(f"warning: {warning}")
         if p.get("video"):
             ctx.phase("reading the video")
             vcfg = VideoConfig.from_dict(p["video_config"])
@@ -418,6 +441,8 @@ class Worker:
         out: dict[str, Any] = {"lora": LORA_FILE, "meta": meta}
         if ctx.path("config.json").is_file():
             out["config"] = "config.json"
+        if warning:
+            out["note"] = f"Warning: {warning}"
         return out
 
 

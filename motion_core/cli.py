@@ -14,14 +14,27 @@ sidecar can set its video size and sampling steps. A run folder holds ``lora.saf
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from .config import ConfigError, LossConfig, RunConfig, SampleConfig, VideoConfig
+from .config import (
+    ConfigError,
+    LossConfig,
+    RunConfig,
+    SampleConfig,
+    VideoConfig,
+    check_seed,
+    check_text,
+    draw_seed,
+    resolve_seed,
+)
 
 REF_LATENTS = "reference_latents.pt"
 
@@ -67,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lambda-ca", type=float, default=d.loss.lambda_ca, help="weight of the cross-attention maps")
     g.add_argument("--lambda-tsa", type=float, default=d.loss.lambda_tsa,
                    help="weight of the temporal self-attention maps")
-    g.add_argument("--seed", type=int, default=d.train.seed, help="seed of LoRA init, timesteps and noise")
+    g.add_argument("--seed", type=int, default=d.train.seed,
+                   help="seed of LoRA init, timesteps and noise (-1: a random one, printed)")
     g.add_argument("--checkpoint-every", type=int, default=d.train.checkpoint_every, help="steps between checkpoints")
     g.add_argument("--precision", default=d.train.precision, choices=["auto", "fp32", "bf16", "fp16"],
                    help="denoiser precision (the extractor always runs in fp32)")
@@ -93,8 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--negative-prompt", default=sd.negative_prompt, help="what to steer away from")
     s.add_argument("--beta", type=float, default=sd.beta,
                    help="share of inverted noise: higher = closer motion, more of the reference's look leaks")
-    s.add_argument("--seed", type=int, default=None, help="seed (default: random, printed)")
-    s.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the model's, else 75)")
+    s.add_argument("--seed", type=int, default=None, help="seed (default or -1: a random one, printed)")
+    s.add_argument("--steps", type=int, default=None, help="DDIM steps, 1 to 1000 (default: the model's, else 75)")
     s.add_argument("--guidance", type=float, default=None, help="classifier-free guidance (default: model's, else 12)")
     s.add_argument("--lora-scale", type=float, default=sd.lora_scale, help="LoRA strength")
     s.add_argument("--lora-cutoff", type=int, default=sd.lora_cutoff,
@@ -119,56 +133,111 @@ def _video_cfg(args: argparse.Namespace, model) -> VideoConfig:
     return VideoConfig.from_dict(vd)
 
 
+def _check_video_args(args: argparse.Namespace, video: str | None) -> None:
+    """What can be checked without the model, checked before it loads (seconds): the clip and the size flags."""
+    from .video import probe_video
+
+    given = {k: getattr(args, a) for k, a in (("num_frames", "frames"), ("fps", "fps"), ("height", "height"),
+                                              ("width", "width")) if getattr(args, a) is not None}
+    VideoConfig.from_dict({**given, "start_sec": args.start, "loop": args.loop})
+    if video is not None:
+        probe_video(video)  # NotAVideoError etc. with the file's name
+
+
 def _load(args: argparse.Namespace):
     from .models import load_model
 
     t0 = time.perf_counter()
     model = load_model(args.model, device=args.device, dtype=args.dtype)
-    print(f"model: {model.source} on {model.device} ({time.perf_counter() - t0:.1f} s)", file=sys.stderr)
+    print(f"model: {model.name} on {model.device} ({time.perf_counter() - t0:.1f} s)", file=sys.stderr)
     return model
 
 
 def _bar(total: int, desc: str):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True)
+    return tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True, file=sys.stderr)
+
+
+@contextlib.contextmanager
+def _progress(total: int, desc: str) -> Iterator[Any]:
+    """A progress bar that is ended before anything else is printed, errors included (else they share its line)."""
+    bar = _bar(total, desc)
+    try:
+        yield bar
+    finally:
+        bar.close()
+
+
+def _warn_base_model(meta: dict[str, Any], model: Any, lora: str) -> None:
+    from .lora_io import base_model_warning
+
+    warning = base_model_warning(meta, model)
+    if warning:
+        print(f"warning: {Path(lora).name}: {warning}", file=sys.stderr)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .models import encode_video
-    from .train import train_lora
+    from .train import CheckpointError, train_lora
     from .video import read_video, write_mp4
 
-    model = _load(args)
-    vcfg = _video_cfg(args, model)
-    frames = read_video(args.video, vcfg)
-    cfg = RunConfig(video=vcfg)
-    cfg.train.steps, cfg.train.learning_rate, cfg.train.seed = args.steps, args.lr, args.seed
+    # 1. Everything that needs no model, first: a bad clip or setting is refused in well under a second.
+    caption = check_text(args.caption, "caption")
+    seed = resolve_seed(args.seed)
+    if seed != args.seed:
+        print(f"seed: {seed} (drawn at random)", file=sys.stderr)
+    cfg = RunConfig()
+    cfg.train.steps, cfg.train.learning_rate, cfg.train.seed = args.steps, args.lr, seed
     cfg.train.checkpoint_every, cfg.train.precision = args.checkpoint_every, args.precision
     cfg.lora.rank = args.rank
     cfg.loss = LossConfig(objective=args.objective, lambda_ca=args.lambda_ca, lambda_tsa=args.lambda_tsa)
+    cfg.validate()
+    _check_video_args(args, args.video)
+    # 2. The model, then the clip at the model's size.
+    model = _load(args)
+    vcfg = _video_cfg(args, model)
+    frames = read_video(args.video, vcfg)
+    cfg.video = vcfg
     cfg.validate()
     out = Path(args.out or Path("runs") / Path(args.video).stem)
     out.mkdir(parents=True, exist_ok=True)
     write_mp4(frames, out / "reference.mp4", fps=vcfg.fps)
     z0 = encode_video(model, frames)
     torch.save(z0.cpu(), out / REF_LATENTS)
-    bar = _bar(cfg.train.steps, "training")
 
-    def progress(p) -> None:
-        bar.n = p.step
-        bar.set_postfix(loss=f"{p.loss:.4g}", **{k: f"{v:.3g}" for k, v in p.parts.items()}, refresh=False)
-        bar.refresh()
+    with _progress(cfg.train.steps, "training") as bar:
+        def progress(p) -> None:
+            if p.phase == "resuming":
+                bar.clear()
+                print(f"resuming from step {p.step} of {p.total} (checkpoint in {out})", file=sys.stderr)
+                bar.reset(total=p.total)  # the rate counts only the steps run now, not the ones skipped
+                bar.initial = bar.n = bar.last_print_n = p.step
+                bar.refresh()
+                return
+            bar.n = p.step
+            bar.set_postfix(loss=f"{p.loss:.4g}", **{k: f"{v:.3g}" for k, v in p.parts.items()}, refresh=False)
+            bar.refresh()
 
-    try:
-        res = train_lora(model, z0, args.caption, out, cfg, callback=progress, resume=not args.no_resume)
-    except KeyboardInterrupt:
-        bar.close()
-        print(f"interrupted; run again with the same --out to resume from the last checkpoint in {out}")
-        return 130
-    bar.close()
+        try:
+            res = train_lora(model, z0, caption, out, cfg, callback=progress, resume=not args.no_resume)
+        except KeyboardInterrupt:
+            bar.close()
+            print(f"interrupted; run again with the same --out to resume from the last checkpoint in {out}")
+            return 130
+        except CheckpointError as err:
+            bar.close()
+            raise ValueError(f"{err}. Run again with --no-resume to start over (the run's other files are kept), "
+                             "or move the file away.") from err
     print(f"LoRA: {res.lora_path}  ({res.steps_done} steps, {res.seconds:.0f} s)")
     return 0
+
+
+def _steps(value: int | None, model_default: int | None) -> int:
+    """--steps as given (0 or less is refused by the config, not replaced), else the model's, else the paper's."""
+    if value is not None:
+        return value
+    return int(model_default or SampleConfig().num_inference_steps)
 
 
 def cmd_invert(args: argparse.Namespace) -> int:
@@ -176,75 +245,100 @@ def cmd_invert(args: argparse.Namespace) -> int:
     from .sample import invert
     from .video import read_video
 
+    if args.steps is not None:
+        SampleConfig(num_inference_steps=args.steps).validate()
+    _check_video_args(args, args.video)
     model = _load(args)
-    steps = args.steps or int(model.sample_defaults.get("num_inference_steps", SampleConfig().num_inference_steps))
+    steps = _steps(args.steps, model.sample_defaults.get("num_inference_steps"))
+    SampleConfig(num_inference_steps=steps).validate()
     z0 = encode_video(model, read_video(args.video, _video_cfg(args, model)))
-    bar = _bar(steps, "inverting")
-    eps_inv = invert(model, z0, steps, callback=lambda i, n, t: bar.update(1))
-    bar.close()
+    with _progress(steps, "inverting") as bar:
+        eps_inv = invert(model, z0, steps, callback=lambda i, n, t: bar.update(1))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"eps_inv": eps_inv.cpu(), "steps": steps, "model": model.source}, out)
+    torch.save({"eps_inv": eps_inv.cpu(), "steps": steps, "model": model.name}, out)
     print(f"inverted noise: {out} ({steps} steps)")
     return 0
 
 
+def _sample_cfg(args: argparse.Namespace, defaults: dict[str, Any]) -> SampleConfig:
+    cfg = SampleConfig(
+        num_inference_steps=_steps(args.steps, defaults.get("num_inference_steps")),
+        guidance_scale=args.guidance if args.guidance is not None else float(defaults.get("guidance_scale", 12.0)),
+        beta=args.beta, lora_scale=args.lora_scale, lora_cutoff=args.lora_cutoff,
+        negative_prompt=check_text(args.negative_prompt, "negative prompt", required=False),
+        seed=check_seed(args.seed), num_videos=args.num_videos,
+    )
+    cfg.validate()
+    return cfg
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
-    from .lora_io import load_lora
+    from .lora_io import load_lora, read_lora
     from .models import encode_video
     from .sample import invert_cached, sample
     from .video import read_video, write_gif, write_mp4
 
+    # 1. Inputs first, before the model loads: prompt, settings, the LoRA file, the reference.
+    prompt = check_text(args.prompt, "prompt")
     run = Path(args.run) if args.run else None
+    if run is not None and not run.is_dir():
+        raise ValueError(f"--run {run} is not a folder (give the --out folder of `train`)")
     lora = args.lora or (str(run / "lora.safetensors") if run else None)
+    _sample_cfg(args, {})
+    if lora:
+        read_lora(lora)  # LoraFileError: missing, damaged, NaN, oversized, not ours
+    if args.inverted and not Path(args.inverted).is_file():
+        raise ValueError(f"--inverted {args.inverted} does not exist")
+    has_ref = bool(args.inverted or args.video or (run and (run / REF_LATENTS).is_file()))
+    if not has_ref:
+        raise ValueError("sample needs a reference: --run with a reference, --video, or --inverted")
+    _check_video_args(args, args.video)
+    # 2. The model, the LoRA, the settings with the model's own defaults.
     model = _load(args)
     if lora:
         meta = load_lora(lora, model)
         print(f"LoRA: {lora} (objective {meta.get('objective')}, {meta.get('steps')} steps, "
-              f"reference: {meta.get('caption')!r})", file=sys.stderr)
-    sd = model.sample_defaults
-    cfg = SampleConfig(
-        num_inference_steps=args.steps or int(sd.get("num_inference_steps", SampleConfig().num_inference_steps)),
-        guidance_scale=args.guidance if args.guidance is not None else float(sd.get("guidance_scale", 12.0)),
-        beta=args.beta, lora_scale=args.lora_scale, lora_cutoff=args.lora_cutoff,
-        negative_prompt=args.negative_prompt, seed=args.seed, num_videos=args.num_videos,
-    )
-    cfg.validate()
+              f"reference: {str(meta.get('caption'))[:80]!r})", file=sys.stderr)
+        _warn_base_model(meta, model, lora)
+    cfg = _sample_cfg(args, model.sample_defaults)
+    if cfg.seed is None:
+        cfg.seed = draw_seed()
+        print(f"seed: {cfg.seed} (drawn at random)", file=sys.stderr)
     eps_inv = None
     if args.inverted:
-        saved = torch.load(args.inverted, map_location="cpu", weights_only=True)
-        eps_inv = saved["eps_inv"]
+        try:
+            saved = torch.load(args.inverted, map_location="cpu", weights_only=True)
+            eps_inv = saved["eps_inv"]
+        except Exception as err:
+            raise ValueError(f"--inverted {Path(args.inverted).name} is not a file written by `invert` "
+                             f"({type(err).__name__})") from err
         if saved.get("steps") != cfg.num_inference_steps:
             print(f"note: the noise was inverted with {saved.get('steps')} steps, sampling uses "
                   f"{cfg.num_inference_steps}", file=sys.stderr)
-    elif args.video or (run and (run / REF_LATENTS).is_file()):
+    else:
         if args.video:
             z0 = encode_video(model, read_video(args.video, _video_cfg(args, model)))
         else:
             z0 = torch.load(run / REF_LATENTS, map_location="cpu", weights_only=True)
-        bar = _bar(cfg.num_inference_steps, "inverting")
         cache = (run / "cache") if run else None
-        eps_inv = invert_cached(model, z0.to(model.device), cfg.num_inference_steps, cache,
-                                callback=lambda i, n, t: bar.update(1))
-        bar.close()
-    if eps_inv is None:
-        raise SystemExit("sample needs a reference: --run with a reference, --video, or --inverted")
+        with _progress(cfg.num_inference_steps, "inverting") as bar:
+            eps_inv = invert_cached(model, z0.to(model.device), cfg.num_inference_steps, cache,
+                                    callback=lambda i, n, t: bar.update(1))
     out = Path(args.out or ((run / "samples") if run else "samples"))
     fps = float(model.video_defaults.get("fps", 8.0))
     variants = [("lora", True)] + ([("base", False)] if args.base else [])
     for name, use_lora in variants:
-        bar = _bar(cfg.num_inference_steps * cfg.num_videos, f"sampling ({name})")
-        res = sample(model, args.prompt, cfg, eps_inv=eps_inv, use_lora=use_lora and bool(lora),
-                     callback=lambda i, n, t, bar=bar: bar.update(1))
-        bar.close()
-        cfg.seed = res.seeds[0]  # the base model gets the same seeds
+        with _progress(cfg.num_inference_steps * cfg.num_videos, f"sampling ({name})") as bar:
+            res = sample(model, prompt, cfg, eps_inv=eps_inv, use_lora=use_lora and bool(lora),
+                         callback=lambda i, n, t, bar=bar: bar.update(1))
         for seed, frames in zip(res.seeds, res.frames):
             stem = f"{name}_seed{seed}_beta{cfg.beta:g}"
             path = write_mp4(frames, out / f"{stem}.mp4", fps=fps)
             if args.gif:
                 write_gif(frames, out / f"{stem}.gif", fps=fps)
             print(path)
-    (out / "sample_config.json").write_text(json.dumps({"prompt": args.prompt, "lora": lora, **cfg.to_dict()},
+    (out / "sample_config.json").write_text(json.dumps({"prompt": prompt, "lora": lora, **cfg.to_dict()},
                                                        indent=2))
     return 0
 

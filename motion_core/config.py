@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,6 +24,83 @@ class ConfigError(ValueError):
 def _check(cond: bool, msg: str) -> None:
     if not cond:
         raise ConfigError(msg)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Limits on what people hand in. Every entry point (library, CLI, app, API) asks these; none restates them.
+# ----------------------------------------------------------------------------------------------------------------
+
+# Seeds: a whole number in [0, SEED_MAX], or RANDOM_SEED (-1) for "draw one" (it is then reported). 2**31 - 1 leaves
+# room for the seed + n of a batch below torch's and numpy's own limits (2**63 and 2**32).
+SEED_MAX = 2**31 - 1
+RANDOM_SEED = -1
+# Captions, prompts and negative prompts: the text encoder reads 77 tokens, about 300 characters of English; longer
+# text is cut by the tokenizer anyway, so more than this is a mistake (or an attack on the job records).
+MAX_PROMPT_CHARS = 500
+# Upload limit of the app in MB: above 0 (0.5 MB is a valid limit), at most 100 GB.
+MAX_UPLOAD_MB = 100_000.0
+# A LoRA file: bounds checked before anything else is read, so a hostile header costs nothing. A Zeroscope LoRA has
+# 532 tensors and a header of about 90 kB; our own metadata is under 2 kB.
+LORA_MAX_HEADER_BYTES = 4 * 2**20
+LORA_MAX_TENSORS = 4096
+LORA_MAX_METADATA_CHARS = 64 * 1024
+
+
+def check_seed(value: object, name: str = "seed") -> int | None:
+    """A seed as given by a person or a client: None or -1 -> None (a random one), else a whole number in range."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    try:
+        x = float(value) if not isinstance(value, int) else value
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a whole number, got {str(value)[:40]!r}") from None
+    if isinstance(x, float) and (not math.isfinite(x) or x != int(x)):
+        raise ConfigError(f"{name} must be a whole number, got {str(value)[:40]!r}")
+    x = int(x)
+    if x == RANDOM_SEED:
+        return None
+    _check(0 <= x <= SEED_MAX, f"{name} must be in [0, {SEED_MAX}], or {RANDOM_SEED} for a random one; got {x}")
+    return x
+
+
+def draw_seed() -> int:
+    return secrets.randbelow(SEED_MAX + 1)
+
+
+def resolve_seed(value: object, name: str = "seed") -> int:
+    """``check_seed``, with a random seed drawn for -1 / None (for runs that must record the seed they used)."""
+    seed = check_seed(value, name)
+    return draw_seed() if seed is None else seed
+
+
+def check_text(text: object, name: str = "prompt", required: bool = True) -> str:
+    """A caption or prompt, stripped; refused when empty (if required) or longer than ``MAX_PROMPT_CHARS``."""
+    if text is None:
+        text = ""
+    if not isinstance(text, str):
+        raise ConfigError(f"the {name} must be text, got {type(text).__name__}")
+    text = text.strip()
+    _check(bool(text) or not required, f"the {name} is empty: describe the video, e.g. 'a red circle on blue'")
+    _check(len(text) <= MAX_PROMPT_CHARS,
+           f"the {name} is too long ({len(text)} characters; at most {MAX_PROMPT_CHARS}: the text encoder reads 77 "
+           "tokens)")
+    return text
+
+
+def check_upload_mb(mb: object) -> float:
+    """The app's upload limit in MB (fractions allowed)."""
+    try:
+        x = float(mb)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ConfigError(f"the upload limit must be a number of MB, got {mb!r}") from None
+    _check(math.isfinite(x) and 0 < x <= MAX_UPLOAD_MB,
+           f"the upload limit must be in (0, {MAX_UPLOAD_MB:g}] MB, got {mb!r}")
+    return x
+
+
+def upload_limit_bytes(mb: object) -> int:
+    """The upload limit in bytes (what Gradio's ``max_file_size`` takes): 0.5 MB is 524288 bytes, never 0."""
+    return max(1, int(check_upload_mb(mb) * 2**20))
 
 
 class _Base:
@@ -87,7 +166,9 @@ class LoraConfig(_Base):
     conv_targets: tuple[str, ...] = ()
 
     def validate(self) -> None:
-        _check(1 <= self.rank <= 512, f"LoRA rank must be in [1, 512], got {self.rank}")
+        _check(isinstance(self.rank, int) and 1 <= self.rank <= 512, f"LoRA rank must be in [1, 512], got {self.rank}")
+        _check(self.alpha is None or (isinstance(self.alpha, (int, float)) and math.isfinite(self.alpha)
+                                      and 0 < self.alpha <= 1e4), f"LoRA alpha must be in (0, 1e4], got {self.alpha}")
         _check(0 <= self.dropout < 1, f"LoRA dropout must be in [0, 1), got {self.dropout}")
         ok = {"attn1", "attn2", "ff"}
         _check(set(self.spatial_targets) <= {"attn1", "ff"}, "spatial targets may be attn1 and ff (not attn2)")
@@ -159,6 +240,8 @@ class TrainConfig(_Base):
         _check(0 < self.learning_rate <= 1.0, f"learning_rate must be in (0, 1], got {self.learning_rate}")
         _check(0 <= self.weight_decay <= 1.0, f"weight_decay must be in [0, 1], got {self.weight_decay}")
         _check(self.checkpoint_every >= 1, "checkpoint_every must be >= 1")
+        _check(isinstance(self.seed, int) and 0 <= self.seed <= SEED_MAX,
+               f"seed must be in [0, {SEED_MAX}] (resolve -1 with resolve_seed first), got {self.seed}")
         _check(self.precision in ("auto", "fp32", "bf16", "fp16"),
                f"precision must be auto/fp32/bf16/fp16, got {self.precision!r}")
 
@@ -183,6 +266,9 @@ class SampleConfig(_Base):
         _check(0 <= self.lora_scale <= 4, f"LoRA strength must be in [0, 4], got {self.lora_scale}")
         _check(0 <= self.lora_cutoff <= 1000, f"LoRA cut-off must be in [0, 1000], got {self.lora_cutoff}")
         _check(1 <= self.num_videos <= 16, f"number of videos must be in [1, 16], got {self.num_videos}")
+        _check(self.seed is None or (isinstance(self.seed, int) and 0 <= self.seed <= SEED_MAX),
+               f"seed must be in [0, {SEED_MAX}], or None for a random one; got {self.seed}")
+        check_text(self.negative_prompt, "negative prompt", required=False)
 
 
 @dataclass
@@ -211,6 +297,7 @@ class RunConfig(_Base):
     def validate(self) -> None:
         for part in (self.video, self.lora, self.loss, self.train, self.sample):
             part.validate()
+        check_text(self.caption, "caption", required=False)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2))

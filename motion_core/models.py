@@ -80,11 +80,22 @@ class T2VModel:
     def num_train_timesteps(self) -> int:
         return int(self.scheduler.config.num_train_timesteps)
 
+    @property
+    def name(self) -> str:
+        """What records and messages call this model: its hub id or its folder's name, never a server path."""
+        return model_name(self.source)
+
     def fingerprint(self) -> str:
         """A short stable id of the model, used in cache keys and to refuse LoRAs made for another model."""
         cfg = self.unet.config
         shape = f"{tuple(cfg.block_out_channels)}-{cfg.layers_per_block}-{cfg.cross_attention_dim}-{cfg.in_channels}"
-        return f"{Path(self.source).name if os.path.isdir(self.source) else self.source}|{shape}"
+        return f"{self.name}|{shape}"
+
+
+def model_name(source: str | os.PathLike) -> str:
+    """A hub id as it is; a local folder by its name only (a LoRA's records travel; the server's paths must not)."""
+    source = str(source)
+    return Path(source).name if os.path.isdir(source) or os.path.isabs(source) else source
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from .attention import lora_disabled
-from .config import SampleConfig
+from .config import SampleConfig, check_text
 from .ddim import abar_at, blend_noise, ddim_move, inversion_timesteps, sampling_timesteps
 from .lora_io import has_lora, lora_scale
 from .models import T2VModel, decode_latents, encode_prompt
@@ -121,8 +121,7 @@ def sample(
     # 1. Check inputs.
     cfg = cfg or SampleConfig()
     cfg.validate()
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise ValueError("the prompt is empty: describe the video to generate")
+    prompt = check_text(prompt, "prompt")
     if eps_inv is None and latent_shape is None:
         raise ValueError("give eps_inv (an inverted reference) or latent_shape=(frames, h, w)")
     dev = model.device

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from .attention import MotionFeatureExtractor
-from .config import RunConfig
+from .config import RunConfig, check_text
 from .lora_io import ADAPTER, add_lora, lora_state_dict, save_lora
 from .models import T2VModel, encode_prompt, encode_video
 from .objectives import ObjectiveContext, get_objective
@@ -37,6 +37,18 @@ class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
+class CheckpointError(ValueError):
+    """A run's checkpoint cannot be resumed from (truncated, foreign, or from another run); it is left as it is."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        self.path, self.reason = Path(path), reason
+        super().__init__(f"the checkpoint {self.path} is damaged or not from this run ({reason}); it was left as "
+                         "it is, and nothing was trained")
+
+    def __reduce__(self) -> tuple[Any, ...]:  # crosses process boundaries (ZeroGPU) with its own arguments
+        return (type(self), (self.path, self.reason))
+
+
 @dataclass
 class Progress:
     step: int  # steps done
@@ -45,7 +57,7 @@ class Progress:
     parts: dict[str, float]
     steps_per_sec: float
     eta_sec: float
-    phase: str = "training"
+    phase: str = "training"  # "resuming" once, before the first step of a resumed run; "saving" at the end
 
 
 @dataclass
@@ -106,12 +118,11 @@ def train_lora(
     """
     cfg = cfg or RunConfig()
     cfg.validate()
-    if not caption or not caption.strip():
-        raise ValueError("the caption is empty: describe the reference video, e.g. 'a red circle on blue'")
+    caption = check_text(caption, "caption")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cfg.caption = caption
-    cfg.model = model.source
+    cfg.model = model.name  # the hub id or folder name: config.json travels with the LoRA
     cfg.save(out / "config.json")
     t_start = time.perf_counter()
     dev = model.device
@@ -142,7 +153,13 @@ def train_lora(
     step, losses = 0, []
     ckpt_path = out / CHECKPOINT
     if resume and ckpt_path.is_file():
-        step, losses = _load_checkpoint(ckpt_path, model, opt, gen)
+        step, losses = _load_checkpoint(ckpt_path, model, opt, gen, tc.steps)
+        if callback is not None:
+            callback(Progress(step, tc.steps, losses[-1]["loss"] if losses else math.nan, {}, 0.0, math.nan,
+                              "resuming"))
+    elif ckpt_path.is_file():
+        ckpt_path.unlink()  # starting over: the old run's checkpoint must not be mistaken for this one's
+    ckpt_step = step  # the step the checkpoint on disk holds
     log_path = out / "train_log.jsonl"
     # The log restarts from what the checkpoint knows, so steps redone after a crash are not listed twice.
     log_path.write_text("".join(json.dumps(r) + "\n" for r in losses))
@@ -155,6 +172,8 @@ def train_lora(
     lo, hi = lc.t_range(model.num_train_timesteps)
 
     def checkpoint() -> None:
+        nonlocal ckpt_step
+        ckpt_step = step
         _atomic_save({"step": step, "lora": lora_state_dict(model), "optimizer": opt.state_dict(),
                       "generator": gen.get_state(), "torch_rng": torch.get_rng_state(), "losses": losses},
                      ckpt_path)
@@ -176,7 +195,7 @@ def train_lora(
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(
                     f"the loss became {float(loss)} at step {step + 1} (t={int(t)}); training stopped. The last "
-                    f"checkpoint (step {_ckpt_step(ckpt_path)}) is kept. Try a lower learning rate or fp32 precision."
+                    f"checkpoint (step {ckpt_step}) is kept. Try a lower learning rate or fp32 precision."
                 )
             opt.zero_grad(set_to_none=True)
             if scaler is not None:
@@ -211,7 +230,7 @@ def train_lora(
 
     lora_path = None
     if step < tc.steps:
-        if step > _ckpt_step(ckpt_path):
+        if step > ckpt_step:
             checkpoint()  # cancel or chunk boundary: keep everything done so far
     else:
         if callback is not None:
@@ -227,19 +246,43 @@ def train_lora(
     return TrainResult(out, lora_path, step, cancelled, losses, time.perf_counter() - t_start)
 
 
-def _ckpt_step(path: Path) -> int:
-    if not path.is_file():
-        return 0
-    return int(torch.load(path, map_location="cpu", weights_only=True)["step"])
+def _load_checkpoint(path: Path, model: T2VModel, opt: torch.optim.Optimizer, gen: torch.Generator, total: int):
+    """Restore a run from its checkpoint; any problem is a ``CheckpointError`` naming the file, never a traceback.
 
+    ``weights_only=True`` refuses foreign pickles (no code runs); the contents are checked before they are used,
+    so a refused checkpoint changes neither the LoRA nor the random streams.
+    """
+    from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 
-def _load_checkpoint(path: Path, model: T2VModel, opt: torch.optim.Optimizer, gen: torch.Generator):
-    from peft.utils import set_peft_model_state_dict
-
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    sd = {k.removeprefix("unet."): v for k, v in state["lora"].items()}
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated (EOFError, RuntimeError), foreign (UnpicklingError), unreadable (OSError)
+        first = str(err).splitlines()[0][:200] if str(err) else ""
+        raise CheckpointError(path, f"{type(err).__name__}: {first}") from err
+    try:
+        if not isinstance(state, dict):
+            raise TypeError(f"a {type(state).__name__}, not a checkpoint")
+        step, losses = state["step"], state["losses"]
+        if not isinstance(step, int) or not 0 <= step <= total or not isinstance(losses, list):
+            raise ValueError(f"step {str(step)[:20]} of a {total}-step run")
+        sd = {k.removeprefix("unet."): v for k, v in state["lora"].items()}
+        want = get_peft_model_state_dict(model.unet, adapter_name=ADAPTER)
+        if set(sd) != set(want) or any(sd[k].shape != want[k].shape for k in want):
+            raise ValueError("its LoRA does not match this run's (another rank or model?)")
+        gen_state, rng_state = state["generator"], state["torch_rng"]
+        torch.Generator().set_state(gen_state)  # trial: refuses a state of the wrong kind
+        if not (isinstance(rng_state, torch.Tensor) and rng_state.dtype == torch.uint8
+                and rng_state.shape == torch.get_rng_state().shape):
+            raise ValueError("its random state is not torch's")
+        fresh = opt.state_dict()  # a new optimiser's (empty) state, to put back if the checkpoint's is refused
+        try:
+            opt.load_state_dict(state["optimizer"])
+        except Exception:
+            opt.load_state_dict(fresh)
+            raise
+    except Exception as err:
+        raise CheckpointError(path, f"{type(err).__name__}: {str(err)[:200]}") from err
     set_peft_model_state_dict(model.unet, sd, adapter_name=ADAPTER)
-    opt.load_state_dict(state["optimizer"])
-    gen.set_state(state["generator"])
-    torch.set_rng_state(state["torch_rng"])
-    return int(state["step"]), list(state["losses"])
+    gen.set_state(gen_state)
+    torch.set_rng_state(rng_state)
+    return int(step), list(losses)

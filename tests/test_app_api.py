@@ -172,3 +172,35 @@ def test_stopping_the_server_pauses_the_running_job_instead_of_leaving_it_runnin
     state = json.loads((store / "jobs" / job / "job.json").read_text())
     assert state["state"] == "queued" and "Paused" in state["message"], state
     assert (store / "jobs" / job / "train" / "checkpoint.pt").is_file()
+
+
+def test_the_store_s_own_files_are_never_served_but_results_are(server, client, trained):
+    """Issue 18: ``GET /gradio_api/file=<store>/browser_secret`` returned the secret. Only allow-listed results
+    (linked under ``<store>/served``) may be fetched."""
+    import urllib.error
+    import urllib.request
+    from pathlib import Path
+
+    def get(path: Path) -> tuple[int, bytes]:
+        url = f"{server.url}gradio_api/file={urllib.request.quote(str(path))}"
+        try:
+            with urllib.request.urlopen(url, timeout=30) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as err:
+            return err.code, b""
+
+    store = Path(server.store).resolve()
+    job = store / "jobs" / trained["job_id"]
+    secret = store / "browser_secret"
+    private = [secret, store / "speeds.json", store / "runner.lock", job / "job.json", job / "job.log",
+               job / "train" / "checkpoint.pt", job / "reference_latents.pt", job / "train" / "lora.safetensors"]
+    for p in private:
+        assert p.is_file(), p
+        status, body = get(p)
+        assert status in (403, 404), (p, status)
+        assert secret.read_bytes().strip() not in body
+    files = client.predict(job_id=trained["job_id"], api_name="/download")  # fetched over HTTP by the client
+    lora = next(Path(p) for p in files if p.endswith(".safetensors"))
+    served = store / "served" / trained["job_id"] / "train" / "lora.safetensors"
+    status, body = get(served)
+    assert status == 200 and body == lora.read_bytes() == (job / "train" / "lora.safetensors").read_bytes()

@@ -282,3 +282,153 @@ def test_the_page_layout_and_handlers_load_without_torch():
     from _app_server import REPO
 
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0, "torch was imported at start-up"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Issue 18: hostile uploads, served files, messages.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _rewritten(src, dest, tensors=None, **meta_changes):
+    from motion_core.lora_io import read_lora
+
+    t, meta = read_lora(src)
+    save_file(t if tensors is None else tensors, str(dest),
+              metadata={"motion_matcher": json.dumps(meta | meta_changes)})
+    return dest
+
+
+def test_a_hostile_lora_upload_neither_freezes_the_app_nor_breaks_later_jobs(make_app, tmp_path):
+    from motion_core.lora_io import read_lora
+
+    app = make_app()
+    good = _lora_file(tmp_path / "good.safetensors")
+    t0 = time.monotonic()
+    redos = _rewritten(good, tmp_path / "redos.safetensors", targets="(.*)*z")  # froze the app before
+    job = app.submit_import(str(redos), None, "", None)
+    assert wait_done(app, job.id, timeout=60).state == DONE
+    assert time.monotonic() - t0 < 60
+    tensors = dict(read_lora(good)[0])
+    k = next(iter(tensors))
+    tensors[k] = torch.full_like(tensors[k], float("nan"))
+    with pytest.raises(ValueError, match="NaN"):
+        app.submit_import(str(_rewritten(good, tmp_path / "nan.safetensors", tensors=tensors)), None, "", None)
+    tensors[k] = torch.zeros(tensors[k].shape[0], tensors[k].shape[1] + 3)
+    shaped = app.submit_import(str(_rewritten(good, tmp_path / "shape.safetensors", tensors=tensors)), None, "", None)
+    failed = wait_done(app, shaped.id)
+    assert failed.state == FAILED and "shapes" in failed.message and "Traceback" not in failed.message
+    # Later jobs on the same shared model still work (before: AttributeError 'peft_config' until a restart).
+    again = app.submit_import(str(good), None, "", None)
+    assert wait_done(app, again.id).state == DONE
+    s = app.submit_sample(again.id, "a blue circle", "", 0.3, 5, 2, 12, 1, 1, compare_base=False)
+    assert wait_done(app, s.id).state == DONE
+
+
+def test_a_lora_naming_another_base_model_is_imported_with_a_warning(make_app, tmp_path):
+    from motion_core.lora_io import read_lora
+
+    app = make_app()
+    good = _lora_file(tmp_path / "good.safetensors")
+    shape = read_lora(good)[1]["base_fingerprint"].split("|")[1]
+    other = _rewritten(good, tmp_path / "other.safetensors", base_fingerprint=f"someone/other-model|{shape}")
+    job = wait_done(app, app.submit_import(str(other), None, "", None).id)
+    assert job.state == DONE and "Warning" in job.message and "someone/other-model" in job.message
+    assert "someone/other-model" in app._status_md(job)
+
+
+def test_a_one_frame_upload_is_reported_under_the_users_file_name(make_app, tmp_path):
+    from motion_core.video import VideoError, write_mp4
+
+    app = make_app()
+    one = write_mp4(torch.rand(1, 3, 32, 32), tmp_path / "my holiday clip.mp4", fps=8)
+    with pytest.raises(VideoError) as err:
+        app.submit_train(str(one), "a red square", None, 2, 5e-4, 4, 2000, 2000, 0, "motion")
+    assert "my holiday clip.mp4" in str(err.value) and "reference.mp4" not in str(err.value)
+
+
+def test_prompts_and_seeds_follow_one_rule(trained):
+    app, job_id = trained
+    with pytest.raises(ValueError, match="prompt is too long"):
+        app.submit_sample(job_id, "a" * 10_000, "", 0.3, 1, 2, 12, 1, 1)
+    with pytest.raises(ValueError, match="negative prompt is too long"):
+        app.submit_sample(job_id, "a cat", "n" * 10_000, 0.3, 1, 2, 12, 1, 1)
+    for seed in (2**70, -2, 1.5):
+        with pytest.raises(ValueError, match="seed must be"):
+            app.submit_sample(job_id, "a cat", "", 0.3, seed, 2, 12, 1, 1)
+    with pytest.raises(ValueError, match="caption is too long"):
+        app.submit_train(None, "c" * 10_000, None, 2, 5e-4, 4, 2000, 2000, 0, "motion")
+    s = app.submit_sample(job_id, "a cat", "", 0.3, -1, 2, 12, 1, 1, compare_base=False)
+    assert s.params["seed"] is None  # random: drawn when it runs and reported with the result
+    done = wait_done(app, s.id)
+    assert done.state == DONE and 0 <= done.results["seeds"][0] <= 2**31 - 1
+
+
+def test_only_allow_listed_result_files_are_served(trained):
+    import runpy
+    from pathlib import Path
+
+    app, job_id = trained
+    job = app.store.load(job_id)
+    served = app.api_download(job_id)
+    assert sorted(p.rsplit("/", 1)[-1] for p in served) == ["config.json", "lora.safetensors"]
+    for p in served:
+        assert p.startswith(str(app.store.served_root) + "/")
+    lora = next(p for p in served if p.endswith(".safetensors"))
+    assert open(lora, "rb").read() == app.store.file_in(job_id, "train/lora.safetensors").read_bytes()
+    for rel in ("job.json", "job.log", "train/checkpoint.pt", "reference_latents.pt", "reference.mp4",
+                "../../browser_secret", "train/../job.json", "/etc/passwd"):
+        with pytest.raises(JobError):
+            app.store.serve(job.id, rel)
+    app_py = Path(hub.__file__).resolve().parent.parent / "app.py"
+    launch = runpy.run_path(str(app_py), run_name="app_main")["served_files"](app.store, 0.5)
+    assert launch["max_file_size"] == 2**19  # 0.5 MB, not int(0.5) = 0 bytes
+    assert launch["allowed_paths"][0] == str(app.store.served_root)
+    assert not any(str(app.store.root) == p or str(app.store.jobs_root).startswith(p + "/")
+                   for p in launch["allowed_paths"])
+
+
+def test_a_damaged_checkpoint_fails_the_job_by_name_and_resume_starts_over(tiny_model_dir, tmp_path, clip):
+    app = MotionApp(AppOptions(job_store=tmp_path / "jobs", model=str(tiny_model_dir), preload=False))
+    job = app.submit_train(str(clip), "a red square", None, 2, 5e-4, 4, 2000, 2000, 0, "ddpm")
+    d = app.store.job_dir(job.id)
+    (d / "train").mkdir()
+    (d / "train" / "checkpoint.pt").write_bytes(b"PK\x03\x04 truncated")  # queued, not yet run: then start
+    app.start()
+    try:
+        failed = wait_done(app, job.id)
+        assert failed.state == FAILED, failed.message
+        assert "train/checkpoint.pt" in failed.message and "Resume starts the training over" in failed.message
+        assert "Traceback" not in failed.message
+        assert (d / "train" / "checkpoint.pt.damaged").is_file() and (d / "reference.mp4").is_file()
+        app.resume(job.id)
+        done = wait_done(app, job.id)
+        assert done.state == DONE and done.results["steps"] == 2, done.message
+    finally:
+        app.stop()
+
+
+def test_hub_token_and_server_paths_never_reach_the_store_or_the_card(trained, caplog):
+    app, job_id = trained
+    FakeHfApi.instances.clear()
+    FakeHfApi.fail = None
+    token = "hf_never_store_me_123"
+    with caplog.at_level("DEBUG"):
+        app.push(job_id, "my-motion", token, api_factory=FakeHfApi)
+    card = FakeHfApi.instances[-1].calls[-1][1]["readme"]
+    assert str(app.store.root) not in card and str(app.opts.model) not in card  # the folder's name only
+    for p in app.store.root.rglob("*"):
+        if p.is_file():
+            assert token.encode() not in p.read_bytes(), p
+    assert token not in caplog.text
+
+
+def test_a_locked_app_runs_only_its_own_model(make_app, tmp_path):
+    app = make_app(lock_model=True)
+    assert [v for _, v in app.model_choices()] == [app.opts.model]
+    assert app.source_of(None) == app.opts.model
+    for other in ("cerspense/zeroscope_v2_576w", "default", "/etc", str(tmp_path), "../../models"):
+        with pytest.raises(JobError, match="only runs its own model"):
+            app.source_of(other)
+    good = _lora_file(tmp_path / "good.safetensors")
+    with pytest.raises(JobError, match="only runs its own model"):
+        app.submit_import(str(good), None, "", "someone/else")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -58,12 +59,12 @@ def test_invert_command(tiny_model_dir, clip, tmp_path):
     assert len(list(run.glob("*.mp4"))) == 1
 
 
-def test_clear_errors(tiny_model_dir, tmp_path, capsys):
+def test_clear_errors(tiny_model_dir, clip, tmp_path, capsys):
     bad = tmp_path / "notes.mp4"
     bad.write_text("this is not a video")
     assert main(["train", str(bad), "--caption", "x", "--model", str(tiny_model_dir), "--steps", "1"]) == 2
     assert "not a video" in capsys.readouterr().err.lower()
-    assert main(["train", str(bad), "--caption", "x", "--model", str(tmp_path / "nope")]) == 2
+    assert main(["train", str(clip), "--caption", "x", "--model", str(tmp_path / "nope")]) == 2
     assert "does not exist" in capsys.readouterr().err
 
 
@@ -76,3 +77,123 @@ def test_every_flag_has_help():
         for action in p._actions:
             if action.dest not in ("help",):
                 assert action.help, f"{name} {action.option_strings or action.dest} has no help"
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Loading the model fails the test: these inputs must be refused before it loads."""
+    import motion_core.models as models
+
+    def refuse(*a, **k):
+        raise AssertionError("the model was loaded before the inputs were checked")
+
+    monkeypatch.setattr(models, "load_model", refuse)
+
+
+def _nan_lora(tiny_model_dir, path):
+    import torch
+    from safetensors.torch import save_file
+
+    from motion_core.config import LoraConfig
+    from motion_core.lora_io import add_lora, read_lora, save_lora
+
+    model = load_model(tiny_model_dir, device="cpu")
+    add_lora(model, LoraConfig(rank=2))
+    save_lora(path, model, LoraConfig(rank=2))
+    tensors, meta = read_lora(path)
+    k = next(iter(tensors))
+    tensors[k] = torch.full_like(tensors[k], float("nan"))
+    save_file(tensors, str(path), metadata={"motion_matcher": json.dumps(meta)})
+    return path
+
+
+def test_inputs_are_refused_before_the_model_loads(tiny_model_dir, clip, tmp_path, capsys, no_model):
+    import time
+
+    bad = tmp_path / "notes.mp4"
+    bad.write_text("this is not a video")
+    nan = _nan_lora(tiny_model_dir, tmp_path / "nan.safetensors")
+    inv = tmp_path / "inv.pt"
+    inv.write_bytes(b"x")
+    sample = ["sample", "--inverted", str(inv), "--model", str(tiny_model_dir)]
+    cases = [
+        (["train", str(bad), "--caption", "x", "--model", str(tiny_model_dir)], "not a video"),
+        (["train", str(clip), "--caption", "x" * 10_000], "caption is too long"),
+        (["train", str(clip), "--caption", "x", "--seed", str(2**70)], "seed must be in"),
+        (["train", str(clip), "--caption", "x", "--height", "100"], "height must be a multiple of 8"),
+        ([*sample, "--prompt", "a cat", "--steps", "0"], r"steps must be in \[1, 1000\], got 0"),
+        ([*sample, "--prompt", "a cat", "--seed", str(2**70)], "seed must be in"),
+        ([*sample, "--prompt", "a cat", "--seed", "-2"], "seed must be in"),
+        ([*sample, "--prompt", "p" * 10_000], "prompt is too long"),
+        ([*sample, "--prompt", "a cat", "--lora", str(nan)], "NaN"),
+        (["invert", str(bad), "--out", str(tmp_path / "o.pt")], "not a video"),
+        (["invert", str(clip), "--out", str(tmp_path / "o.pt"), "--steps", "0"], "steps must be in"),
+    ]
+    for argv, msg in cases:
+        t0 = time.perf_counter()
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert re.search(msg, err) and "Traceback" not in err, (argv[:3], err)
+        assert time.perf_counter() - t0 < 5, argv
+
+
+def test_damaged_checkpoint_is_named_with_the_way_out_and_errors_start_their_own_line(tiny_model_dir, clip,
+                                                                                       tmp_path, capsys):
+    run = tmp_path / "run"
+    common = ["train", str(clip), "--caption", "a red square", "--model", str(tiny_model_dir), "--out", str(run),
+              "--rank", "2", "--objective", "ddpm", "--checkpoint-every", "1"]
+    assert main([*common, "--steps", "2"]) == 0
+    kept = sorted(p.name for p in run.iterdir())
+    ckpt = run / "checkpoint.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[:100])  # truncated, as by a full disk
+    capsys.readouterr()
+    assert main([*common, "--steps", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "checkpoint.pt" in err and "--no-resume" in err and "Traceback" not in err, err
+    before = err[: err.index("error:")]
+    assert before == "" or before.endswith("\n"), repr(before[-80:])  # the bar was ended first
+    assert sorted(p.name for p in run.iterdir()) == kept  # the run's files are all still there
+    assert main([*common, "--steps", "2", "--no-resume"]) == 0
+
+
+def test_a_resumed_run_says_so_and_the_bar_counts_only_new_steps(tiny_model_dir, clip, tmp_path, capsys,
+                                                                 monkeypatch):
+    import motion_core.cli as cli
+
+    run = tmp_path / "run"
+    common = ["train", str(clip), "--caption", "a red square", "--model", str(tiny_model_dir), "--out", str(run),
+              "--rank", "2", "--objective", "ddpm", "--checkpoint-every", "1"]
+    assert main([*common, "--steps", "2"]) == 0
+    bars = []
+    real_bar = cli._bar
+    monkeypatch.setattr(cli, "_bar", lambda total, desc: bars.append(real_bar(total, desc)) or bars[-1])
+    capsys.readouterr()
+    assert main([*common, "--steps", "3"]) == 0
+    assert "resuming from step 2 of 3" in capsys.readouterr().err
+    bar = bars[0]
+    assert (bar.initial, bar.n, bar.total) == (2, 3, 3)  # tqdm's rate is (n - initial) / time
+
+
+def test_seed_minus_one_is_random_and_a_lora_for_another_model_warns(tiny_model_dir, clip, tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    from motion_core.config import LoraConfig
+    from motion_core.lora_io import add_lora, read_lora, save_lora
+
+    model = load_model(tiny_model_dir, device="cpu")
+    add_lora(model, LoraConfig(rank=2))
+    path = save_lora(tmp_path / "lora.safetensors", model, LoraConfig(rank=2))
+    tensors, meta = read_lora(path)
+    meta["base_fingerprint"] = "someone/another-model|" + meta["base_fingerprint"].split("|")[1]
+    save_file(tensors, str(path), metadata={"motion_matcher": json.dumps(meta)})
+    inv = tmp_path / "inv.pt"
+    assert main(["invert", str(clip), "--out", str(inv), "--steps", "2", "--model", str(tiny_model_dir)]) == 0
+    capsys.readouterr()
+    out = tmp_path / "s"
+    assert main(["sample", "--inverted", str(inv), "--prompt", "a cat", "--model", str(tiny_model_dir),
+                 "--lora", str(path), "--steps", "2", "--out", str(out), "--seed", "-1"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: lora.safetensors" in err and "someone/another-model" in err
+    seed = int(re.search(r"seed: (\d+) \(drawn at random\)", err).group(1))
+    assert [p.name for p in out.glob("*.mp4")] == [f"lora_seed{seed}_beta0.3.mp4"]
+    assert json.loads((out / "sample_config.json").read_text())["seed"] == seed

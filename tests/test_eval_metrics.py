@@ -392,3 +392,30 @@ def test_cotracker_local_loading_plumbing(tmp_path: Path) -> None:
     tracks, valid = fn(np.zeros((4, 16, 16, 3), dtype=np.uint8), grid=3)
     assert tracks.shape == (9, 4, 2) and valid.all()
     assert np.allclose(tracks[4, :, 0], 1.5 + np.arange(4)) and np.allclose(tracks[4, :, 1], 1.25 + np.arange(4))
+
+
+def test_cotracker_checkpoint_is_loaded_as_data_only(tmp_path, monkeypatch):
+    """A checkpoint that is a code-running pickle is refused, and its code never runs (weights_only=True)."""
+    import pickle
+    import types
+
+    from motion_core.eval import trackers
+
+    # torch >= 2.6 defaults to weights_only=True; this setting (or an older torch) turns that default off, so only
+    # an explicit weights_only=True at the call keeps the payload from running.
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    ckpt = tmp_path / "scaled_offline.pth"
+    torch.save({"w": Payload()}, ckpt)
+    loaded = []
+    fake = types.SimpleNamespace(model=types.SimpleNamespace(load_state_dict=loaded.append))
+    monkeypatch.setattr(torch.hub, "load", lambda *a, **k: fake)
+    with pytest.raises(pickle.UnpicklingError):
+        trackers._load_cotracker.__wrapped__(str(tmp_path), str(ckpt), "cpu")
+    assert not marker.exists() and not loaded

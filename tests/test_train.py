@@ -169,3 +169,73 @@ def test_adam_steps_do_not_depend_on_the_motion_losss_scale(frames, tmp_path):
         bs.append(torch.cat([v.flatten() for k, v in sorted(state.items()) if "lora_B" in k]))  # B starts at 0
     assert bs[0].abs().max() > 0  # the LoRA did move
     assert float((bs[0] - bs[1]).norm() / bs[1].norm()) < 0.1  # measured: 0.05 (eps 1e-12), 0.91 (eps 1e-8)
+
+
+class _Payload:
+    """A pickle that runs code when loaded without ``weights_only``: it leaves a marker file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_damaged_checkpoint_is_named_and_left_alone(frames, tmp_path):
+    from motion_core.train import CheckpointError
+
+    run = tmp_path / "run"
+    train_lora(build_tiny_model(), frames, "a red circle", run, _cfg(steps=2, every=1, objective="ddpm"))
+    ckpt = run / "checkpoint.pt"
+    good = ckpt.read_bytes()
+    marker = tmp_path / "pwned"
+    other_rank = _cfg(steps=4, every=1, objective="ddpm")
+    other_rank.lora.rank = 2  # a checkpoint of another run (rank 4) does not fit this one
+    damaged = {
+        "truncated": good[: len(good) // 2],
+        "foreign pickle": None,
+        "not a dict": None,
+    }
+    torch.save(_Payload(marker), tmp_path / "payload.pt")
+    damaged["foreign pickle"] = (tmp_path / "payload.pt").read_bytes()
+    torch.save([1, 2, 3], tmp_path / "list.pt")
+    damaged["not a dict"] = (tmp_path / "list.pt").read_bytes()
+    for what, data in damaged.items():
+        ckpt.write_bytes(data)
+        model = build_tiny_model()
+        with pytest.raises(CheckpointError, match="checkpoint.pt is damaged") as err:
+            train_lora(model, frames, "a red circle", run, _cfg(steps=4, every=1, objective="ddpm"))
+        assert err.value.path == ckpt, what
+        assert ckpt.read_bytes() == data, what  # left as it is, for a look
+        assert not marker.exists(), what  # weights_only: the pickle's code never ran
+    ckpt.write_bytes(good)
+    with pytest.raises(CheckpointError, match="does not match"):
+        train_lora(build_tiny_model(), frames, "a red circle", run, other_rank)
+    assert ckpt.read_bytes() == good
+    import pickle
+
+    assert pickle.loads(pickle.dumps(CheckpointError(ckpt, "x"))).path == ckpt  # crosses ZeroGPU's process gap
+    # Starting over (resume=False) replaces the damaged file instead of reading it.
+    ckpt.write_bytes(damaged["truncated"])
+    res = train_lora(build_tiny_model(), frames, "a red circle", run, _cfg(steps=2, every=1, objective="ddpm"),
+                     resume=False)
+    assert res.steps_done == 2 and torch.load(ckpt, weights_only=True)["step"] == 2
+
+
+def test_a_resumed_run_says_so_and_its_rate_counts_only_new_steps(frames, tmp_path, monkeypatch):
+    import types
+
+    import motion_core.train as train_mod
+
+    run = tmp_path / "run"
+    train_lora(build_tiny_model(), frames, "a red circle", run, _cfg(steps=6, every=1, objective="ddpm"),
+               max_steps_this_call=4)
+    clock = iter(range(1000))  # every clock read is one second later
+    monkeypatch.setattr(train_mod, "time", types.SimpleNamespace(perf_counter=lambda: float(next(clock))))
+    seen = []
+    train_lora(build_tiny_model(), frames, "a red circle", run, _cfg(steps=6, every=1, objective="ddpm"),
+               callback=seen.append)
+    assert (seen[0].phase, seen[0].step, seen[0].total) == ("resuming", 4, 6)
+    first = next(p for p in seen if p.phase == "training")
+    assert first.step == 5 and first.steps_per_sec == pytest.approx(1.0)  # 1 step in 1 s, not 5 steps in 1 s
+    assert first.eta_sec == pytest.approx(1.0)

@@ -166,7 +166,8 @@ def _load_cotracker(repo: str, ckpt: str, device: str) -> Any:
     import torch
 
     predictor = torch.hub.load(repo, "cotracker3_offline", source="local", pretrained=False)
-    predictor.model.load_state_dict(torch.load(ckpt, map_location="cpu"))
+    # weights_only: a checkpoint is data; a pickle that would run code is refused instead of executed.
+    predictor.model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
     return predictor.to(device).eval()
 
 
