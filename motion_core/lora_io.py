@@ -252,7 +252,7 @@ def read_lora(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[st
     if not isinstance(meta, dict):
         raise LoraFileError(f"{path.name}: its metadata is damaged (a {type(meta).__name__}, not a record)")
     for k, v in tensors.items():
-        if v.ndim != 2 or not v.is_floating_point():
+        if v.ndim not in (2, 4, 5) or not v.is_floating_point():  # linear, Conv2d or Conv3d factors
             raise LoraFileError(f"{path.name}: tensor {k} is {v.dtype} {tuple(v.shape)}, not a LoRA matrix")
         if not bool(torch.isfinite(v).all()):
             raise LoraFileError(f"{path.name}: tensor {k} holds NaN or infinite values; the file is refused")
@@ -261,20 +261,24 @@ def read_lora(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[st
 
 # Our own fixed pattern for tensor names (never one read from a file): "unet.<module>.lora_A.weight" / "lora_B".
 _LORA_KEY = re.compile(r"unet\.([A-Za-z0-9_.]{1,300})\.lora_([AB])\.weight")
-# Every linear a LoRA of ours may adapt: all self-attention and feed-forward layers, never text cross-attention.
+# Every layer a LoRA of ours may adapt: all self-attention and feed-forward linears (never text cross-attention)
+# and, for models whose training defaults ask for them, the temporal and spatial convolutions.
 _ALL_TARGETS = LoraConfig(spatial_targets=("attn1", "ff"), temporal_targets=("attn1", "attn2", "ff"),
-                          include_transformer_in=True)
+                          include_transformer_in=True, conv_targets=("temp_convs", "resnets"))
 
 
-def lora_target_shapes(model: T2VModel) -> dict[str, tuple[int, int]]:
-    """Module name -> (in_features, out_features) of every linear of this UNet that a LoRA file may adapt."""
+def lora_target_shapes(model: T2VModel) -> dict[str, tuple[int, int, tuple[int, ...]]]:
+    """Module name -> (in, out, kernel) of every layer of this UNet that a LoRA file may adapt (kernel () for a
+    linear; a convolution's LoRA is a conv of that kernel into r channels, then a 1 x 1 conv out)."""
     allowed = re.compile(target_modules_regex(_ALL_TARGETS))
     out = {}
     for name, m in model.unet.named_modules():
         if allowed.fullmatch(name):
             base = m.get_base_layer() if isinstance(m, LoraLayer) else m
             if isinstance(base, torch.nn.Linear):
-                out[name] = (base.in_features, base.out_features)
+                out[name] = (base.in_features, base.out_features, ())
+            elif isinstance(base, (torch.nn.Conv2d, torch.nn.Conv3d)):
+                out[name] = (base.in_channels, base.out_channels, tuple(base.kernel_size))
     return out
 
 
@@ -325,11 +329,13 @@ def _plan(tensors: dict[str, torch.Tensor], meta: dict[str, Any], model: T2VMode
     for module, pair in found.items():
         if set(pair) != {"A", "B"}:
             raise LoraFileError(f"{name}: layer {module} has lora_{''.join(pair)} without its partner")
-        d_in, d_out = shapes[module]
+        d_in, d_out, kernel = shapes[module]
         a, b = pair["A"], pair["B"]
-        if a.shape[1] != d_in or b.shape[0] != d_out or a.shape[0] != b.shape[1]:
+        ones = (1,) * len(kernel)
+        if (a.ndim != 2 + len(kernel) or b.ndim != a.ndim or a.shape[1] != d_in or b.shape[0] != d_out
+                or a.shape[0] != b.shape[1] or tuple(a.shape[2:]) != kernel or tuple(b.shape[2:]) != ones):
             raise LoraFileError(f"{name}: tensors of {module} have shapes {tuple(a.shape)} and {tuple(b.shape)}; "
-                                f"this UNet needs (r, {d_in}) and ({d_out}, r)")
+                                f"this UNet needs {(-1, d_in, *kernel)} and {(d_out, -1, *ones)} (-1: the rank)")
         ranks.add(a.shape[0])
     if ranks != {lcfg.rank}:
         raise LoraFileError(f"{name}: metadata says rank {lcfg.rank} but its tensors have rank(s) {sorted(ranks)}")

@@ -55,3 +55,26 @@ def test_conv_lora_round_trip_is_bit_exact(tmp_path):
     after = lora_state_dict(other)
     assert before.keys() == after.keys() and any(".temp_convs." in k for k in after)
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_a_conv_lora_of_the_wrong_kernel_is_refused(tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from motion_core.lora_io import LoraFileError
+
+    model = build_tiny_model(seed=0)
+    cfg = LoraConfig(rank=4, dropout=0.0, conv_targets=("temp_convs",))
+    add_lora(model, cfg)
+    save_lora(tmp_path / "ok.safetensors", model, cfg)
+    with safe_open(str(tmp_path / "ok.safetensors"), framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    key = next(k for k in tensors if ".temp_convs." in k and ".lora_A." in k)
+    tensors[key] = tensors[key].reshape(4, -1, 1, 3, 1).contiguous()  # a (1, 3, 1) kernel: not this layer's
+    save_file(tensors, str(tmp_path / "bad.safetensors"), metadata=meta)
+    other = build_tiny_model(seed=0)
+    try:
+        load_lora(tmp_path / "bad.safetensors", other)
+        raise AssertionError("a LoRA of the wrong kernel loaded")
+    except LoraFileError as err:
+        assert "temp_convs" in str(err) and "(-1, " in str(err)
