@@ -96,7 +96,9 @@ def test_uploaded_lora_generates_from_noise_with_a_note(make_app, tmp_path):
     s = app.submit_sample(job.id, "a blue circle", "", 0.3, 5, 2, 12, 1, 1, compare_base=False)
     done = wait_done(app, s.id)
     assert done.state == DONE and "β was not used" in done.message
-    assert done.results["videos"] == [{"seed": 5, "lora": "motion_0.mp4"}]
+    (video,) = done.results["videos"]
+    assert "without its reference video" in video.pop("report")["error"]  # no reference: no report, and why
+    assert video == {"seed": 5, "lora": "motion_0.mp4"}
     assert app.store.file_in(s.id, "motion_0.mp4").stat().st_size > 0
 
 
@@ -497,3 +499,14 @@ def test_a_reopened_run_link_fills_the_reference_and_settings(trained):
     assert (fields["rank"], fields["lambda_ca"], fields["seed"], fields["objective"]) == (4, 2000, 0, "motion")
     opened = app.ui_open(job_id, {})
     assert opened[0] == job_id and opened[4:6] == (2, 5e-4) and opened[6].endswith("preview.mp4")
+
+
+def test_every_app_flag_has_help():
+    import runpy
+
+    from _app_server import REPO
+
+    parser = runpy.run_path(str(REPO / "app.py"), run_name="app_main")["build_parser"]()
+    for action in parser._actions:
+        assert action.help, f"app.py {action.option_strings} has no help"
+    assert "port to listen on" in parser.format_help()

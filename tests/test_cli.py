@@ -48,6 +48,18 @@ def test_train_then_sample_writes_playable_mp4(tiny_model_dir, clip, tmp_path, c
     assert len(list((run / "samples").glob("*.gif"))) == 2
     assert list((run / "cache").glob("inv-*.pt"))  # inverted once, cached for the next sample
 
+    # --report: the motion report of each video against the run's reference, printed and kept as JSON.
+    capsys.readouterr()
+    rc = main(["sample", "--run", str(run), "--prompt", "a blue circle", "--model", str(tiny_model_dir),
+               "--steps", "2", "--seed", "6", "--report", "--out", str(tmp_path / "rep"), "--device", "cpu"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    (rep,) = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert rep["seed"] == 6 and rep["base"] is not None  # --report renders the base model too
+    assert rep["sentence"] in printed and f"{rep['lora']['motion_discrepancy']:.4g}" in printed
+    assert f"{rep['base']['motion_discrepancy']:.4g}" in printed and "unavailable" in printed
+    assert (tmp_path / "rep" / "report_seed6.png").stat().st_size > 1000
+
 
 def test_invert_command(tiny_model_dir, clip, tmp_path):
     out = tmp_path / "inv.pt"
@@ -77,6 +89,26 @@ def test_every_flag_has_help():
         for action in p._actions:
             if action.dest not in ("help",):
                 assert action.help, f"{name} {action.option_strings or action.dest} has no help"
+
+
+def test_help_is_fast_and_shows_defaults():
+    """`motion-matcher --help` imports neither torch nor diffusers (it took 10.6 s on a busy machine with them),
+    and every flag's default is shown."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from motion_core.cli import build_parser; p = build_parser(); "
+            "sub = next(a for a in p._actions if a.dest == 'command'); print(sub.choices['train'].format_help()); "
+            "print(sub.choices['sample'].format_help()); p.format_help(); "
+            "sys.exit(3 if {'torch', 'diffusers'} & set(sys.modules) else 0)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, "torch or diffusers was imported for --help" + res.stderr
+    text = " ".join(res.stdout.split())
+    for shown in ("optimisation steps (default: 400)", "AdamW learning rate (default: 0.0005)",
+                  "LoRA strength (default: 1.0)", "(default: motion)",
+                  "offset into the clip in seconds (default: 0.0)"):
+        assert shown in text, shown
+    assert "(default: None)" not in text and "(default: False)" not in text
 
 
 @pytest.fixture
