@@ -510,3 +510,15 @@ def test_every_app_flag_has_help():
     for action in parser._actions:
         assert action.help, f"app.py {action.option_strings} has no help"
     assert "port to listen on" in parser.format_help()
+
+
+def test_readme_names_the_button_as_the_page_does_and_its_screenshots_exist():
+    import re
+
+    from _app_server import REPO
+
+    ui, readme = (REPO / "app" / "ui.py").read_text(), (REPO / "README.md").read_text()
+    label = re.search(r'start = gr\.Button\("([^"]+)"', ui).group(1)
+    assert f"*{label}*" in readme
+    shots = set(re.findall(r"docs/screenshots/[\w-]+\.png", readme))
+    assert shots and all((REPO / s).is_file() for s in shots), shots

@@ -36,8 +36,9 @@ def test_train_then_sample_writes_playable_mp4(tiny_model_dir, clip, tmp_path, c
     assert cfg["train"]["steps"] == 2 and cfg["video"]["num_frames"] == 8  # the model's own video size
     load_lora(run / "lora.safetensors", load_model(tiny_model_dir, device="cpu"))
 
+    capsys.readouterr()
     rc = main(["sample", "--run", str(run), "--prompt", "a blue circle", "--model", str(tiny_model_dir),
-               "--steps", "3", "--seed", "5", "--base", "--gif", "--device", "cpu"])
+               "--steps", "3", "--seed", "5", "--base", "--gif", "--report", "--device", "cpu"])
     assert rc == 0
     mp4s = sorted((run / "samples").glob("*.mp4"))
     assert [p.name for p in mp4s] == ["base_seed5_beta0.3.mp4", "lora_seed5_beta0.3.mp4"]
@@ -49,16 +50,12 @@ def test_train_then_sample_writes_playable_mp4(tiny_model_dir, clip, tmp_path, c
     assert list((run / "cache").glob("inv-*.pt"))  # inverted once, cached for the next sample
 
     # --report: the motion report of each video against the run's reference, printed and kept as JSON.
-    capsys.readouterr()
-    rc = main(["sample", "--run", str(run), "--prompt", "a blue circle", "--model", str(tiny_model_dir),
-               "--steps", "2", "--seed", "6", "--report", "--out", str(tmp_path / "rep"), "--device", "cpu"])
-    assert rc == 0
     printed = capsys.readouterr().out
-    (rep,) = json.loads((tmp_path / "rep" / "report.json").read_text())
-    assert rep["seed"] == 6 and rep["base"] is not None  # --report renders the base model too
+    (rep,) = json.loads((run / "samples" / "report.json").read_text())
+    assert rep["seed"] == 5 and rep["base"] is not None
     assert rep["sentence"] in printed and f"{rep['lora']['motion_discrepancy']:.4g}" in printed
     assert f"{rep['base']['motion_discrepancy']:.4g}" in printed and "unavailable" in printed
-    assert (tmp_path / "rep" / "report_seed6.png").stat().st_size > 1000
+    assert (run / "samples" / "report_seed5.png").stat().st_size > 1000
 
 
 def test_invert_command(tiny_model_dir, clip, tmp_path):
