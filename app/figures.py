@@ -58,7 +58,9 @@ def loss_figure(records: list[dict[str, Any]], total: int | None = None) -> Figu
     w = smoothing_window(len(records))
     if records:
         ys = series["loss"]
-        ax.plot(steps, ys, ".", color=COLORS["loss"], alpha=0.25, markersize=3, label="total, each step")
+        # Faint raw points under a smoothed curve; on a run too short to smooth, the raw points are the curve.
+        ax.plot(steps, ys, ".-" if w == 1 else ".", color=COLORS["loss"], alpha=0.25 if w > 1 else 0.9,
+                markersize=3 if w > 1 else 5, label="total, each step")
         if w > 1:
             ax.plot(steps, smooth(ys, w), color=COLORS["loss"], linewidth=2, label=f"total, mean of {w} steps")
         finite = ys[np.isfinite(ys)]

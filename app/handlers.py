@@ -813,13 +813,13 @@ class MotionApp:
             why = html.escape(rep.get("error", "none for this generation."), quote=False)
             return f"**Motion report:** {why}", None
         md = [f"**Motion report** (seed {videos[0]['seed']}): **{html.escape(rep['sentence'], quote=False)}**", "",
-              "| video | motion discrepancy to the reference (lower = closer) | text alignment (CLIP-T) | "
-              "look of the reference (CLIP; higher = more leakage) |", "|---|---|---|---|"]
+              "| video | motion discrepancy (lower = closer to the reference) | CLIP-T (text) | "
+              "look of the reference (CLIP, leakage) |", "|---|---|---|---|"]
         for label, key in (("motion LoRA", "lora"), ("base model", "base")):
             sc = rep.get(key)
             if sc:
-                clip_t = "unavailable" if sc.get("clip_t") is None else f"{sc['clip_t']:.1f}"
-                look = "unavailable" if sc.get("look") is None else f"{sc['look']:.1f}"
+                clip_t = "n/a" if sc.get("clip_t") is None else f"{sc['clip_t']:.1f}"
+                look = "n/a" if sc.get("look") is None else f"{sc['look']:.1f}"
                 md.append(f"| {label} | {sc['motion_discrepancy']:.4g} ({sc['tracks']} tracks) | {clip_t} | {look} |")
         for i, v in enumerate(videos[1:], start=2):  # more videos: one line each
             other = v.get("report") or {}
@@ -829,7 +829,7 @@ class MotionApp:
 
         md.append(f"\nPoint tracks: {tracker_words(rep)}. One sample: judge from a few seeds.")
         if not rep["clip"]["available"]:
-            md.append(f"CLIP scores unavailable: {html.escape(rep['clip']['reason'], quote=False)}")
+            md.append(f"n/a: CLIP scores unavailable: {html.escape(rep['clip']['reason'], quote=False)}")
         pic = self.served(job, rep["picture"]) if rep.get("picture") else None
         return "\n".join(md), pic
 
@@ -841,7 +841,9 @@ class MotionApp:
     def _caption_of(job: Job, v: dict[str, Any]) -> str:
         p = job.params
         rep = v.get("report") or {}
-        ratio = f" · LoRA {rep['ratio']:.1f}x closer" if rep.get("ratio") else ""
+        verdict = {"closer": f"LoRA {rep.get('ratio') or 0:.1f}x closer", "same": "LoRA ≈ base",
+                   "further": "LoRA further"}.get(rep.get("verdict", ""))
+        ratio = f" · {verdict}" if verdict and rep.get("ratio") else ""
         return f"seed {v['seed']} · β {p.get('beta')}{ratio} · {p.get('prompt', '')[:60]}"
 
     def _status_md(self, job: Job) -> str:

@@ -26,6 +26,10 @@ CSS = """
 .mm-bar { height: 100%; background: var(--color-accent); transition: width 0.4s ease; }
 .mm-progress-text { font-size: 0.9em; margin-top: 4px; color: var(--body-text-color-subdued); }
 .mm-section h2 { margin-top: 0.6em; }
+/* Result thumbnails are wide (LoRA | base side by side): show each whole at its own aspect ratio instead of
+   letterboxed in Gradio's square cells, which left a blank band above and cut the frames at the bottom. */
+#mm-gallery .thumbnail-item { aspect-ratio: auto; height: auto; }
+#mm-gallery .thumbnail-item img { width: 100%; height: auto; object-fit: contain; }
 """
 
 # Keep the address bar on ?job=<id>: the link then reopens this run, also from another device.
@@ -167,8 +171,8 @@ def build_ui(app: Any) -> gr.Blocks:
                     report_img = gr.Image(label="Point tracks", show_label=False, type="filepath",
                                           interactive=False, elem_id="mm-report-img")
             gr.Markdown("**All results of this run** (newest first)")
-            gallery = gr.Gallery(label="All results of this run", show_label=False, columns=3, height="auto",
-                                 object_fit="contain", elem_id="mm-gallery")
+            gallery = gr.Gallery(label="All results of this run", show_label=False, columns=3, fit_columns=False,
+                                 height="auto", object_fit="contain", elem_id="mm-gallery")
 
         # --------------------------------------------------------------------------- 4. download, share
         with gr.Column(elem_classes="mm-section"):

@@ -72,13 +72,15 @@ def server(tiny_model_dir, tmp_path_factory):
 def shoot(page, artifacts: Path, name: str, selector: str | None = None) -> None:
     """A screenshot of the page (or one element) into the artifacts; also into docs/screenshots/ when
     MOTION_MATCHER_DOCS_SCREENSHOTS=1 (README links those)."""
-    folders = [artifacts] + ([DOCS_SCREENSHOTS] if os.environ.get("MOTION_MATCHER_DOCS_SCREENSHOTS") == "1" else [])
-    for folder in folders:
+    docs = os.environ.get("MOTION_MATCHER_DOCS_SCREENSHOTS") == "1" and name.startswith("app-")
+    for folder in [artifacts] + ([DOCS_SCREENSHOTS] if docs else []):
         folder.mkdir(parents=True, exist_ok=True)
+        # JPEG for the whole page: a PNG of it is 1.6 MB; the sections stay PNG (text stays sharp).
+        kw = {"type": "jpeg", "quality": 80} if name.endswith(".jpg") else {}
         if selector:
-            page.locator(selector).screenshot(path=str(folder / name))
+            page.locator(selector).screenshot(path=str(folder / name), **kw)
         else:
-            page.screenshot(path=str(folder / name), full_page=True)
+            page.screenshot(path=str(folder / name), full_page=True, **kw)
 
 
 def wait_text(page, selector: str, pattern: str, timeout: float = 120.0) -> str:
@@ -157,7 +159,7 @@ def test_train_generate_download_in_the_browser(browser, server, tiny_model_dir,
     used = re.search(r"Seed\(s\) (\d+)", page.locator("#mm-gen-status").inner_text()).group(1)
     assert page.locator("#mm-sample-seed input").input_value() == used
     shoot(page, artifacts, "3-generated.png")
-    shoot(page, artifacts, "app-end-of-run.png")
+    shoot(page, artifacts, "app-end-of-run.jpg")
     shoot(page, artifacts, "app-motion-report.png", ".mm-section >> nth=2")
     shoot(page, artifacts, "app-training.png", ".mm-section >> nth=1")
 
@@ -177,6 +179,7 @@ def test_train_generate_download_in_the_browser(browser, server, tiny_model_dir,
     # ... with its reference clip, caption and settings in sections 1 and 2.
     again.locator("#mm-video video").wait_for(timeout=30_000)
     assert again.locator("#mm-caption textarea").input_value() == "a red square moving right"
+    again.get_by_text("Advanced settings").click()
     assert again.locator("#mm-steps input[type=number]").input_value() == "3"
     wait_text(again, "#mm-report", r"base model", timeout=30)
     again.close()

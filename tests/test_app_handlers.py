@@ -520,5 +520,5 @@ def test_readme_names_the_button_as_the_page_does_and_its_screenshots_exist():
     ui, readme = (REPO / "app" / "ui.py").read_text(), (REPO / "README.md").read_text()
     label = re.search(r'start = gr\.Button\("([^"]+)"', ui).group(1)
     assert f"*{label}*" in readme
-    shots = set(re.findall(r"docs/screenshots/[\w-]+\.png", readme))
+    shots = set(re.findall(r"docs/screenshots/[\w-]+\.(?:png|jpg)", readme))
     assert shots and all((REPO / s).is_file() for s in shots), shots
