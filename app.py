@@ -39,13 +39,18 @@ def default_job_store() -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
     public = bool(os.environ.get("SPACE_ID") or os.environ.get("MOTION_MATCHER_PUBLIC"))
     p = argparse.ArgumentParser(
         prog="app.py", description="MotionMatcher web app: learn a reference video's motion as a LoRA, then generate.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME") or ("0.0.0.0" if public else "127.0.0.1"),
                    help="address to listen on (0.0.0.0 for every interface)")
-    p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
+    p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)),
+                   help="port to listen on ($GRADIO_SERVER_PORT sets the default)")
     p.add_argument("--model", default=os.environ.get("MOTION_MATCHER_MODEL") or "default",
                    help="model preselected on the page: 'default' (the embedded model), a Hugging Face id such as "
                         "cerspense/zeroscope_v2_576w, or a model folder")
@@ -61,8 +66,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-preload", action="store_true", help="load the model at the first job, not at start-up")
     p.add_argument("--max-queue", type=int, default=64, help="most requests waiting in Gradio's queue")
     p.add_argument("--share", action="store_true", help="also serve through a temporary public gradio.live link")
-    p.add_argument("--log-level", default="INFO")
-    return p.parse_args(argv)
+    p.add_argument("--log-level", default="INFO", help="server log detail: DEBUG, INFO, WARNING or ERROR")
+    return p
 
 
 def served_files(store: Any, max_upload_mb: float) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """Pictures for the page: the training loss curve and the reference clip's motion features.
 
-- ``loss_figure``: the loss per step with its cross-attention (CA) and temporal self-attention (TSA) parts;
+- ``loss_figure``: the loss smoothed (each step faint), with its cross-attention (CA) and temporal self-attention
+  (TSA) parts each relative to its own start;
 - ``cross_attention_picture``: for a few caption words, where each word's cross-attention falls in every frame
   (the paper's figure 3: the maps follow the object as it moves);
 - ``temporal_attention_picture``: frame-to-frame temporal attention as heat maps (the paper's figure 4), averaged
@@ -26,36 +27,69 @@ STOPWORDS = frozenset("a an the on in of at to and with by from over under into 
                       "that".split())
 
 
+def smooth(ys: np.ndarray, w: int) -> np.ndarray:
+    """Trailing mean of the last ``w`` values at every step (NaNs skipped), so the curve starts at step one."""
+    ok = ~np.isnan(ys)
+    c = np.concatenate([[0.0], np.cumsum(np.where(ok, ys, 0.0))])
+    n = np.concatenate([[0], np.cumsum(ok)])
+    idx = np.arange(len(ys))
+    lo = np.maximum(0, idx - w + 1)
+    count = n[idx + 1] - n[lo]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, (c[idx + 1] - c[lo]) / np.maximum(count, 1), np.nan)
+
+
+def smoothing_window(n: int) -> int:
+    """About a fifteenth of the run, at least 5 steps: one step's loss is noisy (a random t and noise each)."""
+    return max(5, n // 15) if n >= 10 else 1
+
+
 def loss_figure(records: list[dict[str, Any]], total: int | None = None) -> Figure:
-    """Loss per step and its named parts, on a log scale when every value is positive (motion losses span decades)."""
-    fig = Figure(figsize=(7, 2.8), dpi=100, layout="constrained")
-    ax = fig.add_subplot()
-    steps = [int(r["step"]) for r in records]
-    keys = ["loss"] + sorted({k for r in records for k in r if k not in ("step", "t", "loss")})
-    positive = True
-    for k in keys:
-        ys = np.array([float(r.get(k, math.nan)) for r in records])
-        if np.all(np.isnan(ys)):
-            continue
-        positive &= bool(np.all(ys[~np.isnan(ys)] > 0))
-        ax.plot(steps, ys, label=PART_LABELS.get(k, k), color=COLORS.get(k), linewidth=1.4 if k == "loss" else 1.0,
-                alpha=1.0 if k == "loss" else 0.85)
-        if len(ys) >= 20 and k == "loss":  # one step's loss is noisy (random t and noise); show the trend
-            w = max(5, len(ys) // 15)
-            smooth = np.convolve(np.nan_to_num(ys, nan=0.0), np.ones(w) / w, mode="valid")
-            ax.plot(steps[w - 1:], smooth, color="#CC79A7", linewidth=2, label=f"total, mean of {w}")
-    if records and positive:
-        ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    if total:
-        ax.set_xlim(0, max(total, steps[-1] if steps else 1))
-    if not records:
+    """The loss as a reader can judge it: the total smoothed (raw steps faint, log scale when positive) and, below,
+    the CA and TSA parts each relative to its own start (1 = its mean over the first window), since the two can
+    differ by 1000x. Legend outside the plot. Whether the motion was learned is the motion report's call."""
+    steps = np.array([int(r["step"]) for r in records])
+    parts = sorted({k for r in records for k in r if k not in ("step", "t", "loss")})
+    series = {k: np.array([float(r.get(k, math.nan)) for r in records]) for k in ["loss", *parts]}
+    parts = [k for k in parts if not np.all(np.isnan(series[k]))]
+    fig = Figure(figsize=(8.5, 4.2 if parts else 2.8), dpi=100, layout="constrained")
+    axes = fig.subplots(2 if parts else 1, 1, sharex=True, squeeze=False)[:, 0]
+    ax = axes[0]
+    w = smoothing_window(len(records))
+    if records:
+        ys = series["loss"]
+        # Faint raw points under a smoothed curve; on a run too short to smooth, the raw points are the curve.
+        ax.plot(steps, ys, ".-" if w == 1 else ".", color=COLORS["loss"], alpha=0.25 if w > 1 else 0.9,
+                markersize=3 if w > 1 else 5, label="total, each step")
+        if w > 1:
+            ax.plot(steps, smooth(ys, w), color=COLORS["loss"], linewidth=2, label=f"total, mean of {w} steps")
+        finite = ys[np.isfinite(ys)]
+        if finite.size and np.all(finite > 0):
+            ax.set_yscale("log")
+    else:
         ax.text(0.5, 0.5, "the loss appears here once training starts", ha="center", va="center",
                 transform=ax.transAxes, color="#666666")
-    else:
-        ax.legend(loc="upper right", fontsize=8, frameon=False)
-    ax.grid(True, which="major", alpha=0.3)
+    ax.set_ylabel("loss")
+    fig.suptitle("Training loss (whether the motion was learned: see the motion report in section 3)", fontsize=9)
+    if parts:
+        bx = axes[1]
+        for k in parts:
+            ys = series[k]
+            base = np.nanmean(ys[:w]) if np.any(~np.isnan(ys[:w])) else math.nan
+            if not math.isfinite(base) or base == 0:
+                continue
+            bx.plot(steps, ys / base, ".", color=COLORS.get(k), alpha=0.2, markersize=3)
+            bx.plot(steps, smooth(ys, w) / base, color=COLORS.get(k), linewidth=1.8,
+                    label=f"{PART_LABELS.get(k, k)} ÷ start ({base:.2g})")
+        bx.axhline(1.0, color="#999999", linewidth=0.8, linestyle="--")
+        bx.set_ylabel("part ÷ its start")
+    axes[-1].set_xlabel("step")
+    if total:
+        axes[-1].set_xlim(0, max(total, int(steps[-1]) if len(steps) else 1))
+    for a in axes:
+        a.grid(True, which="major", alpha=0.3)
+    if records:
+        fig.legend(loc="outside right center", fontsize=8, frameon=False)
     return fig
 
 

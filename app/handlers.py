@@ -442,7 +442,8 @@ class MotionApp:
                    seed: float = -1, steps: float = 75, guidance: float = 12.0, lora_strength: float = 1.0,
                    num_videos: float = 1, compare_base: bool = True) -> tuple[list[str], dict[str, Any]]:
         """Generate with a finished run's LoRA (waits for the job). Returns the MP4s and a JSON description:
-        for each video its seed, the motion-LoRA file and the base model's file for the same seed and β."""
+        for each video its seed, the motion-LoRA file, the base model's file for the same seed and β, and its
+        motion report (``motion_core.report``: motion discrepancies, the sentence, CLIP scores where available)."""
         job = self.submit_sample((job_id or "").strip(), prompt, negative_prompt, beta, seed, steps, guidance,
                                  lora_strength, num_videos, compare_base)
         job = self.runner.wait(job.id)
@@ -450,7 +451,7 @@ class MotionApp:
             raise JobError(f"Generation {job.state}: {job.message or 'no message'}")
         files, videos = [], []
         for v in job.results.get("videos", []):
-            entry = {"seed": v["seed"], "motion": v["lora"], "base": v.get("base")}
+            entry = {"seed": v["seed"], "motion": v["lora"], "base": v.get("base"), "report": v.get("report")}
             files.append(self.served(job, v["lora"]))
             if v.get("base"):
                 files.append(self.served(job, v["base"]))
@@ -542,9 +543,37 @@ class MotionApp:
         if current:
             saved = self.remember(saved, current)
         choices = self.history_choices(saved)
+        presets = self.presets(model)
+        section1 = [gr.skip()] * len(self.RUN_FIELDS)
+        if current:
+            section1, presets = self.run_fields(current, presets)
         return (current, saved or {}, gr.update(choices=choices, value=current if choices else None),
                 self.model_status(model), gr.Timer(active=bool(current) or self._warming_up()), {},
-                *self.presets(model))
+                *presets, *section1)
+
+    # What a reopened run puts back in sections 1 and 2 (in ``app.ui``'s order), besides steps and learning rate.
+    RUN_FIELDS = ("video", "caption", "rank", "lambda_ca", "lambda_tsa", "seed", "objective")
+
+    def run_fields(self, job_id: str, presets: list[Any]) -> tuple[list[Any], list[Any]]:
+        """A reopened run (a link, the history) shows its own clip (as the model saw it), caption and settings, so
+        the page says what the run was, and Learn motion repeats it. Returns (RUN_FIELDS updates, presets)."""
+        job = self.store.load(job_id)
+        p = job.params
+        cfg = p.get("config", {}) if job.kind == "train" else {}
+        values: dict[str, Any] = {"caption": p.get("caption") or gr.skip()}
+        preview = self.store.job_dir(job.id) / "preview.mp4"
+        values["video"] = self.served(job, "preview.mp4") if preview.is_file() else gr.skip()
+        tr, lo, ls = cfg.get("train", {}), cfg.get("lora", {}), cfg.get("loss", {})
+        for key, value in (("rank", lo.get("rank")), ("lambda_ca", ls.get("lambda_ca")),
+                           ("lambda_tsa", ls.get("lambda_tsa")), ("seed", tr.get("seed")),
+                           ("objective", ls.get("objective"))):
+            values[key] = value if value is not None else gr.skip()
+        presets = list(presets)
+        if tr.get("steps") is not None:
+            presets[0] = tr["steps"]
+        if tr.get("learning_rate") is not None:
+            presets[1] = tr["learning_rate"]
+        return [values[k] for k in self.RUN_FIELDS], presets
 
     @user_errors
     def ui_preview(self, video: str | None, model: str | None):
@@ -621,10 +650,11 @@ class MotionApp:
 
     @user_errors
     def ui_open(self, job_id: str | None, saved):
+        """A run picked from the history: shown, with its clip, caption and settings in sections 1 and 2."""
         if not job_id:
-            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
-        self.store.load(job_id)
-        return job_id, self.remember(saved, job_id), gr.Timer(active=True), {}
+            return (gr.skip(),) * (6 + len(self.RUN_FIELDS))
+        section1, (steps, lr) = self.run_fields(job_id, [gr.skip(), gr.skip()])
+        return job_id, self.remember(saved, job_id), gr.Timer(active=True), {}, steps, lr, *section1
 
     @user_errors
     def ui_cancel(self, job_id: str | None):
@@ -667,27 +697,31 @@ class MotionApp:
         samples = [j for j in self.store.children(job_id) if j.kind == "sample"]
         return samples[-1] if samples else None
 
-    def poll(self, job_id: str | None, sig: dict[str, Any] | None, model: str | None = None):
-        """One timer tick: everything the page shows about the current run, sending only what changed.
+    # What one timer tick updates, in the order of ``app.ui``'s poll outputs (then the timer and the signature).
+    POLL_KEYS = ("status", "progress", "loss", "ca", "tsa", "files", "gen_status", "gen_progress", "result",
+                 "report", "report_img", "gallery", "model", "estimate", "cancel", "resume", "cancel_gen", "seed")
 
-        Outputs: status, progress bar, loss plot, cross-attention picture, temporal-attention picture, download
-        files, generation status, generation progress, latest result, gallery, model status, timer, signature.
-        """
+    def poll(self, job_id: str | None, sig: dict[str, Any] | None, model: str | None = None, steps: Any = None):
+        """One timer tick: everything the page shows about the current run (``POLL_KEYS``), sending only what
+        changed, then the timer and the signature."""
         sig = dict(sig or {})
+        n = len(self.POLL_KEYS)
         if not job_id:
             if self._warming_up() or sig.get("model_pending"):  # keep the model line true while it loads
                 sig["model_pending"] = self._warming_up()
-                return (*(gr.skip() for _ in range(10)), self.model_status(model), gr.Timer(active=True), sig)
-            return (*(gr.skip() for _ in range(11)), gr.Timer(active=False), sig)
+                values = [gr.skip()] * n
+                values[self.POLL_KEYS.index("model")] = self.model_status(model)
+                return (*values, gr.Timer(active=True), sig)
+            return (*(gr.skip() for _ in range(n)), gr.Timer(active=False), sig)
         try:
-            return self._poll(job_id, sig, model)
+            return self._poll(job_id, sig, model, steps)
         except JobError as err:
-            return (f"**{err}**", "", *(gr.skip() for _ in range(9)), gr.Timer(active=False), sig)
+            return (f"**{err}**", "", *(gr.skip() for _ in range(n - 2)), gr.Timer(active=False), sig)
         except Exception:  # a timer tick must never raise: it would pop an error every second
             log.exception("poll failed for job %s", job_id)
-            return (*(gr.skip() for _ in range(11)), gr.skip(), sig)
+            return (*(gr.skip() for _ in range(n)), gr.skip(), sig)
 
-    def _poll(self, job_id: str, sig: dict[str, Any], model: str | None):
+    def _poll(self, job_id: str, sig: dict[str, Any], model: str | None, steps: Any = None):
         out: dict[str, Any] = {}
         job = self.store.load(job_id)
         out["status"] = self._status_md(job)
@@ -699,14 +733,24 @@ class MotionApp:
         out["gen_progress"] = self._progress_html(latest) if latest and not latest.terminal else ""
         done = [j for j in samples if j.state == DONE]
         out["result"] = self._video_of(done[-1], 0) if done else None
+        out["report"], out["report_img"] = self._report_of(done[-1]) if done else ("", None)
         out["gallery"] = [(self.served(j, v.get("gif") or v["lora"]), self._caption_of(j, v))
                           for j in reversed(done) for v in j.results.get("videos", [])]
         out["model"] = self.model_status(model)
+        out["estimate"] = self.estimate(model, steps) if steps is not None else None
+        # Buttons are clickable only when they can do something.
+        out["cancel"] = gr.update(interactive=not job.terminal)
+        out["resume"] = gr.update(interactive=job.kind == "train" and job.state in (CANCELLED, FAILED))
+        out["cancel_gen"] = gr.update(interactive=latest is not None and not latest.terminal)
+        # The seed box shows the seed the last generation used (a random one included), ready to reuse.
+        out["seed"] = done[-1].results.get("seeds", [None])[0] if done else None
         values = []
-        for key in ("status", "progress", "loss", "ca", "tsa", "files", "gen_status", "gen_progress", "result",
-                    "gallery", "model"):
+        for key in self.POLL_KEYS:
             if key == "loss":
                 values.append(self._loss_update(job, sig))
+                continue
+            if key in ("estimate", "seed") and out[key] is None:
+                values.append(gr.skip())
                 continue
             stamp = json.dumps(out[key], default=str, sort_keys=True)
             if sig.get(key) == stamp:
@@ -759,6 +803,36 @@ class MotionApp:
         return (self.served(job, "features/cross_attention.png") if ca.is_file() else None,
                 self.served(job, "features/temporal_attention.png") if tsa.is_file() else None, files)
 
+    def _report_of(self, job: Job) -> tuple[str, str | None]:
+        """The latest generation's motion report (``motion_core.report``) as Markdown, and its track picture."""
+        videos = job.results.get("videos", [])
+        if not videos:
+            return "", None
+        rep = videos[0].get("report") or {}
+        if "error" in rep or not rep:
+            why = html.escape(rep.get("error", "none for this generation."), quote=False)
+            return f"**Motion report:** {why}", None
+        md = [f"**Motion report** (seed {videos[0]['seed']}): **{html.escape(rep['sentence'], quote=False)}**", "",
+              "| video | motion discrepancy (lower = closer to the reference) | CLIP-T (text) | "
+              "look of the reference (CLIP, leakage) |", "|---|---|---|---|"]
+        for label, key in (("motion LoRA", "lora"), ("base model", "base")):
+            sc = rep.get(key)
+            if sc:
+                clip_t = "n/a" if sc.get("clip_t") is None else f"{sc['clip_t']:.1f}"
+                look = "n/a" if sc.get("look") is None else f"{sc['look']:.1f}"
+                md.append(f"| {label} | {sc['motion_discrepancy']:.4g} ({sc['tracks']} tracks) | {clip_t} | {look} |")
+        for i, v in enumerate(videos[1:], start=2):  # more videos: one line each
+            other = v.get("report") or {}
+            if "sentence" in other:
+                md.append(f"\nVideo {i} (seed {v['seed']}): {html.escape(other['sentence'], quote=False)}")
+        from motion_core.report import tracker_words
+
+        md.append(f"\nPoint tracks: {tracker_words(rep)}. One sample: judge from a few seeds.")
+        if not rep["clip"]["available"]:
+            md.append(f"n/a: CLIP scores unavailable: {html.escape(rep['clip']['reason'], quote=False)}")
+        pic = self.served(job, rep["picture"]) if rep.get("picture") else None
+        return "\n".join(md), pic
+
     def _video_of(self, job: Job, i: int) -> str:
         v = job.results["videos"][i]
         return self.served(job, v.get("pair") or v["lora"])
@@ -766,7 +840,11 @@ class MotionApp:
     @staticmethod
     def _caption_of(job: Job, v: dict[str, Any]) -> str:
         p = job.params
-        return f"seed {v['seed']} · β {p.get('beta')} · {p.get('prompt', '')[:60]}"
+        rep = v.get("report") or {}
+        verdict = {"closer": f"LoRA {rep.get('ratio') or 0:.1f}x closer", "same": "LoRA ≈ base",
+                   "further": "LoRA further"}.get(rep.get("verdict", ""))
+        ratio = f" · {verdict}" if verdict and rep.get("ratio") else ""
+        return f"seed {v['seed']} · β {p.get('beta')}{ratio} · {p.get('prompt', '')[:60]}"
 
     def _status_md(self, job: Job) -> str:
         what = {"train": "Training run", "import": "Uploaded LoRA", "sample": "Generation"}.get(job.kind, job.kind)
@@ -779,8 +857,10 @@ class MotionApp:
             else:
                 lines.append("Next in line.")
         if job.state == DONE and job.kind == "train":
-            lines.append(f"Finished {job.results.get('steps')} steps in {fmt_seconds(job.results.get('seconds'))}. "
-                         "Generate below, or download the LoRA.")
+            n, secs = job.results.get("steps") or 0, job.results.get("seconds")
+            per = f" ({secs / n:.2f} s per step, measured)" if n and secs else ""
+            lines.append(f"Finished {n} steps in {fmt_seconds(secs)}{per}. Whether the motion was learned: see the "
+                         "motion report of each generated video (section 3). Generate below, or download the LoRA.")
         if job.state == DONE and job.kind == "import":
             lines.append("The LoRA fits the model. Generate below.")
         if job.message:

@@ -46,11 +46,12 @@ JOB_FILE = "job.json"
 CANCEL_FILE = "CANCEL"
 LOG_FILE = "job.log"
 SERVED_DIR = "served"  # the only folder of the store the web server may hand out (see JobStore.serve)
-# What a user may download from a job: the LoRA and its config, generated videos, the motion-feature pictures, the
-# preview. Everything else in a job folder (job.json, job.log, checkpoints, latents, the upload) and in the store
-# (browser_secret, speeds.json, runner.lock) is never served. Our own fixed pattern, matched on our own names.
+# What a user may download from a job: the LoRA and its config, generated videos, the motion-feature and
+# motion-report pictures, the preview. Everything else in a job folder (job.json, job.log, checkpoints, latents,
+# the upload) and in the store (browser_secret, speeds.json, runner.lock) is never served. Our own fixed pattern,
+# matched on our own names.
 SERVABLE_RE = re.compile(r"(?:train/)?(?:lora\.safetensors|config\.json)|(?:motion|base|pair)_\d{1,3}\.(?:mp4|gif)"
-                         r"|features/(?:cross|temporal)_attention\.png|preview\.mp4")
+                         r"|features/(?:cross|temporal)_attention\.png|preview\.mp4|report_\d{1,3}\.png")
 VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".m4v", ".webm", ".mkv", ".avi", ".gif"})
 LORA_EXTENSIONS = frozenset({".safetensors"})
 

@@ -26,6 +26,10 @@ CSS = """
 .mm-bar { height: 100%; background: var(--color-accent); transition: width 0.4s ease; }
 .mm-progress-text { font-size: 0.9em; margin-top: 4px; color: var(--body-text-color-subdued); }
 .mm-section h2 { margin-top: 0.6em; }
+/* Result thumbnails are wide (LoRA | base side by side): show each whole at its own aspect ratio instead of
+   letterboxed in Gradio's square cells, which left a blank band above and cut the frames at the bottom. */
+#mm-gallery .thumbnail-item { aspect-ratio: auto; height: auto; }
+#mm-gallery .thumbnail-item img { width: 100%; height: auto; object-fit: contain; }
 """
 
 # Keep the address bar on ?job=<id>: the link then reopens this run, also from another device.
@@ -97,9 +101,10 @@ def build_ui(app: Any) -> gr.Blocks:
         with gr.Column(elem_classes="mm-section"):
             gr.Markdown("## 2. Learn the motion")
             with gr.Row():
-                start = gr.Button("Start learning", variant="primary", elem_id="mm-start")
-                cancel = gr.Button("Cancel", variant="stop", elem_id="mm-cancel")
-                resume = gr.Button("Resume", elem_id="mm-resume")
+                start = gr.Button("Learn motion", variant="primary", elem_id="mm-start")
+                # Clickable only while there is a run to cancel or resume (the poll switches them).
+                cancel = gr.Button("Cancel", variant="stop", interactive=False, elem_id="mm-cancel")
+                resume = gr.Button("Resume", interactive=False, elem_id="mm-resume")
             estimate = gr.Markdown(elem_id="mm-estimate")
             with gr.Accordion("Advanced settings", open=False, elem_id="mm-advanced"):
                 with gr.Row():
@@ -119,13 +124,14 @@ def build_ui(app: Any) -> gr.Blocks:
                                             elem_id="mm-objective")
             status = gr.Markdown(elem_id="mm-status")
             progress = gr.HTML(elem_id="mm-progress")
-            loss_plot = gr.Plot(label="Loss (total, CA and TSA parts)", elem_id="mm-loss")
+            # Labels off where Gradio would draw them over the picture; the figures carry their own titles.
+            loss_plot = gr.Plot(show_label=False, elem_id="mm-loss")
             with gr.Accordion("Motion features of the reference", open=True, elem_id="mm-features"):
                 gr.Markdown(FEATURES_HELP)
-                ca_img = gr.Image(label="Cross-attention maps over frames", type="filepath", interactive=False,
-                                  elem_id="mm-ca")
-                tsa_img = gr.Image(label="Temporal attention heat maps", type="filepath", interactive=False,
-                                   elem_id="mm-tsa")
+                ca_img = gr.Image(label="Cross-attention maps over frames", show_label=False, type="filepath",
+                                  interactive=False, elem_id="mm-ca")
+                tsa_img = gr.Image(label="Temporal attention heat maps", show_label=False, type="filepath",
+                                   interactive=False, elem_id="mm-tsa")
 
         # ---------------------------------------------------------------------------------- 3. generate
         with gr.Column(elem_classes="mm-section"):
@@ -138,7 +144,8 @@ def build_ui(app: Any) -> gr.Blocks:
                 beta = gr.Slider(0, 1, sc.beta, step=0.05, label=BETA_LABEL, info=BETA_INFO, scale=3,
                                  elem_id="mm-beta")
                 fixed_seed = gr.Checkbox(False, label="Fixed seed (else random)", elem_id="mm-fixed-seed")
-                sample_seed = gr.Number(0, label="Seed", precision=0, minimum=0, elem_id="mm-sample-seed")
+                sample_seed = gr.Number(None, label="Seed (the last one used; tick Fixed seed to reuse it)",
+                                        precision=0, minimum=0, elem_id="mm-sample-seed")
             with gr.Row():
                 s_steps = gr.Number(sc.num_inference_steps, label="Steps", precision=0, minimum=1, maximum=1000,
                                     elem_id="mm-sample-steps")
@@ -149,13 +156,23 @@ def build_ui(app: Any) -> gr.Blocks:
                 compare = gr.Checkbox(True, label="Also the base model (same seed and β)", elem_id="mm-compare")
             with gr.Row():
                 generate = gr.Button("Generate", variant="primary", elem_id="mm-generate")
-                cancel_gen = gr.Button("Cancel generation", variant="stop", elem_id="mm-cancel-gen")
+                cancel_gen = gr.Button("Cancel generation", variant="stop", interactive=False,
+                                       elem_id="mm-cancel-gen")
             gen_status = gr.Markdown(elem_id="mm-gen-status")
             gen_progress = gr.HTML(elem_id="mm-gen-progress")
-            result = gr.Video(label="Latest result: motion LoRA (left) | base model (right)", interactive=False,
-                              autoplay=True, loop=True, height=320, elem_id="mm-result")
-            gallery = gr.Gallery(label="All results of this run", columns=3, fit_columns=False, height=280,
-                                 object_fit="contain", elem_id="mm-gallery")
+            with gr.Row(equal_height=False):
+                with gr.Column(scale=1, min_width=320):
+                    gr.Markdown("**Latest result**: left with the motion LoRA, right the base model (same seed, β)")
+                    result = gr.Video(label="Latest result", show_label=False, interactive=False, autoplay=True,
+                                      loop=True, height=320, elem_id="mm-result")
+                with gr.Column(scale=1, min_width=320):
+                    # Did it learn the motion? Measured on every generated video (motion_core.report).
+                    report_md = gr.Markdown(elem_id="mm-report")
+                    report_img = gr.Image(label="Point tracks", show_label=False, type="filepath",
+                                          interactive=False, elem_id="mm-report-img")
+            gr.Markdown("**All results of this run** (newest first)")
+            gallery = gr.Gallery(label="All results of this run", show_label=False, columns=3, fit_columns=False,
+                                 height="auto", object_fit="contain", elem_id="mm-gallery")
 
         # --------------------------------------------------------------------------- 4. download, share
         with gr.Column(elem_classes="mm-section"):
@@ -180,22 +197,26 @@ def build_ui(app: Any) -> gr.Blocks:
                 push_md = gr.Markdown()
 
         # ----------------------------------------------------------------------------------- page events
+        # In MotionApp.POLL_KEYS order, then the timer and the signature.
         poll_out = [status, progress, loss_plot, ca_img, tsa_img, downloads, gen_status, gen_progress, result,
-                    gallery, model_md, timer, sig]
+                    report_md, report_img, gallery, model_md, estimate, cancel, resume, cancel_gen, sample_seed,
+                    timer, sig]
+        poll_in = [current, sig, model, steps]
+        section1 = [video, caption, rank, lca, ltsa, seed, objective]  # MotionApp.RUN_FIELDS
         presets = [steps, lr, s_steps, guidance]
         private_ev: dict[str, Any] = {"api_visibility": "private"}
         run_out = [current, saved, history, timer, sig]
 
         def show_run(event: Any) -> None:
             """After an event that changes the run shown: poll once now, and put the run in the address bar."""
-            event.then(app.poll, [current, sig, model], poll_out, show_progress="hidden", **private_ev) \
+            event.then(app.poll, poll_in, poll_out, show_progress="hidden", **private_ev) \
                 .then(None, [current], None, js=SET_URL_JS, **private_ev)
 
-        loaded = demo.load(app.ui_load, [saved, model], [current, saved, history, model_md, timer, sig, *presets],
-                           **private_ev)
+        loaded = demo.load(app.ui_load, [saved, model], [current, saved, history, model_md, timer, sig, *presets,
+                                                         *section1], **private_ev)
         show_run(loaded)
         loaded.then(app.estimate, [model, steps], estimate, **private_ev)
-        timer.tick(app.poll, [current, sig, model], poll_out, show_progress="hidden", concurrency_limit=None,
+        timer.tick(app.poll, poll_in, poll_out, show_progress="hidden", concurrency_limit=None,
                    **private_ev)
         video.change(app.ui_preview, [video, model], [preview, preview_md], concurrency_limit=2,
                      concurrency_id="ffmpeg", **private_ev)
@@ -207,7 +228,8 @@ def build_ui(app: Any) -> gr.Blocks:
                              **private_ev))
         cancel.click(app.ui_cancel, [current], [timer], **private_ev)
         resume.click(app.ui_resume, [current], [timer], **private_ev)
-        show_run(history.input(app.ui_open, [history, saved], [current, saved, timer, sig], **private_ev))
+        show_run(history.input(app.ui_open, [history, saved], [current, saved, timer, sig, steps, lr, *section1],
+                               **private_ev))
         generate.click(app.ui_generate, [current, prompt, negative, beta, fixed_seed, sample_seed, s_steps,
                                          guidance, strength, n_videos, compare], [timer], **private_ev)
         cancel_gen.click(app.ui_cancel_generation, [current], [timer], **private_ev)

@@ -43,6 +43,7 @@ from motion_core.models import (
     load_model,
     read_sidecar,
 )
+from motion_core.report import motion_report, save_figure, tracks_figure
 from motion_core.sample import invert_cached, sample
 from motion_core.train import CHECKPOINT, LORA_FILE, CheckpointError, Progress, train_lora
 from motion_core.video import read_video, to_uint8, write_gif, write_mp4
@@ -367,17 +368,30 @@ class Worker:
                            num_videos=int(p["num_videos"]))
         cfg.validate()
 
-        def progress(step: int, total: int, t: int) -> None:
-            ctx.progress(step=step, total=total, t=t)
+        # One progress bar for the whole request (inversion, LoRA videos, base videos, writing, motion report): each
+        # phase is named and the step count runs on from where the last one stopped, never back to 0.
+        compare = bool(p.get("compare_base", True))
+        runs = cfg.num_videos * (2 if compare else 1)
+        z_path = self.store.job_dir(parent.id) / LATENTS
+        has_ref = z_path.is_file()
+        n_steps = cfg.num_inference_steps
+        total = (n_steps if has_ref else 0) + runs * n_steps + 2 * cfg.num_videos  # + writing, + report per video
+        offset = [0]
+
+        def progress(step: int, _total: int, t: int) -> None:
+            ctx.progress(step=offset[0] + step, total=total, t=t)
             ctx.check()  # stops within one denoising step
 
+        def phase(name: str) -> None:
+            ctx.phase(name, step=offset[0], total=total)
+
         eps_inv, latent_shape, note = None, None, ""
-        z_path = self.store.job_dir(parent.id) / LATENTS
-        if z_path.is_file():
+        if has_ref:
             z0 = torch.load(z_path, map_location=model.device, weights_only=True)
-            ctx.phase("inverting the reference", step=0, total=cfg.num_inference_steps)
+            phase("inverting the reference")
             cache = self.store.job_dir(parent.id) / "inversion"
-            eps_inv = invert_cached(model, z0, cfg.num_inference_steps, cache, callback=progress)
+            eps_inv = invert_cached(model, z0, n_steps, cache, callback=progress)
+            offset[0] += n_steps  # also when the cache answered at once
         else:
             vs = model.vae_scale
             vd = model.video_defaults
@@ -385,17 +399,17 @@ class Worker:
                             int(meta.get("height", vd.get("height", 256))) // vs,
                             int(meta.get("width", vd.get("width", 256))) // vs)
             note = "Note: β was not used: this LoRA came without its reference video, so sampling starts from noise."
-        runs = cfg.num_videos * (2 if p.get("compare_base", True) else 1)
-        ctx.phase("generating", step=0, total=runs * cfg.num_inference_steps)
+        phase("generating with the motion LoRA")
         res = sample(model, p["prompt"], cfg, eps_inv=eps_inv, latent_shape=latent_shape, use_lora=True,
                      callback=progress)
+        offset[0] += cfg.num_videos * n_steps
         base = None
-        if p.get("compare_base", True):
-            ctx.phase("generating with the base model (same seed and β)", step=0,
-                      total=cfg.num_videos * cfg.num_inference_steps)
+        if compare:
+            phase("generating with the base model (same seed and β)")
             base = sample(model, p["prompt"], dataclasses.replace(cfg, seed=res.seeds[0]), eps_inv=eps_inv,
                           latent_shape=latent_shape, use_lora=False, callback=progress)
-        ctx.phase("writing the videos")
+            offset[0] += cfg.num_videos * n_steps
+        phase("writing the videos")
         fps = float(meta.get("fps") or model.video_defaults.get("fps") or 8.0)
         videos = []
         for i, seed in enumerate(res.seeds):
@@ -410,11 +424,42 @@ class Worker:
                 write_mp4(pair, ctx.path(item["pair"]), fps)
                 write_gif(pair, ctx.path(item["gif"]), fps)
             videos.append(item)
+            offset[0] += 1
+        phase("measuring the motion (point tracks of the reference and each video)")
+        reference = self._reference_frames(parent)
+        for i, item in enumerate(videos):
+            item["report"] = self._report(ctx, i, reference, res.frames[i],
+                                          base.frames[i] if base is not None else None, p["prompt"])
+            offset[0] += 1
+            ctx.progress(force=True, step=offset[0], total=total)
         out: dict[str, Any] = {"videos": videos, "seeds": res.seeds, "fps": fps}
         notes = [f"Warning: {warning}" if warning else "", note]
         if any(notes):
             out["note"] = " ".join(n for n in notes if n)
         return out
+
+    def _reference_frames(self, parent: Any) -> torch.Tensor | None:
+        """The run's reference clip as the model saw it (F, 3, H, W), or None for a LoRA uploaded without one."""
+        pp = parent.params
+        vcfg = pp.get("video_config") or pp.get("config", {}).get("video")
+        if not pp.get("video") or not vcfg:
+            return None
+        return read_video(self.store.file_in(parent.id, pp["video"]), VideoConfig.from_dict(vcfg))
+
+    def _report(self, ctx: JobContext, i: int, reference: torch.Tensor | None, lora: torch.Tensor,
+                base: torch.Tensor | None, prompt: str) -> dict[str, Any]:
+        """The motion report of video ``i`` (``motion_core.report``) and its track picture ``report_<i>.png``. A
+        report that cannot be made says why; it never fails the generation, whose videos are already written."""
+        if reference is None:
+            return {"error": "No motion report: this LoRA came without its reference video. Upload it with the "
+                             "reference clip to compare the motion."}
+        try:
+            rep = motion_report(reference, lora, base, prompt=prompt)
+            save_figure(tracks_figure(rep), ctx.path(f"report_{i}.png"))
+            return rep.to_dict() | {"picture": f"report_{i}.png"}
+        except Exception as err:
+            log.warning("motion report failed for job %s: %s", ctx.id, err, exc_info=True)
+            return {"error": f"No motion report ({type(err).__name__}: {err})."}
 
     # ----------------------------------------------------------------------------------------- import
 

@@ -22,8 +22,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import torch
-
+# No torch (nor diffusers) at module level: `motion-matcher --help` and a refused input answer in a fraction of a
+# second; each command imports what it needs (torch alone takes seconds to import).
 from .config import (
     ConfigError,
     LossConfig,
@@ -37,6 +37,18 @@ from .config import (
 )
 
 REF_LATENTS = "reference_latents.pt"
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keeps the description's line breaks and appends "(default: ...)" to every flag's help, except where the help
+    already names its default in words or there is nothing to show (None: the model's own value; off flags)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        nothing = action.default is None or action.default is False or action.default is argparse.SUPPRESS
+        if "default" in text or nothing or not action.option_strings:  # `is`: 0 and 0.0 are defaults to show
+            return text
+        return text + " (default: %(default)s)"
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -59,13 +71,14 @@ def _add_video_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="motion-matcher", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="motion-matcher", description=__doc__, formatter_class=HelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
+    fmt = {"formatter_class": HelpFormatter}
 
     d = RunConfig()
     t = sub.add_parser("train", help="learn a reference video's motion as a LoRA",
-                       description="Learn the motion of VIDEO as a LoRA (MotionMatcher's motion feature matching).")
+                       description="Learn the motion of VIDEO as a LoRA (MotionMatcher's motion feature matching).",
+                       **fmt)
     t.add_argument("video", help="reference clip (mp4, mov, webm, mkv, avi, gif)")
     t.add_argument("--caption", required=True, help="what the reference shows, e.g. 'a red circle'")
     t.add_argument("--out", default=None, help="run folder (default: runs/<video name>)")
@@ -88,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-resume", action="store_true", help="start over even if the run folder has a checkpoint")
 
     i = sub.add_parser("invert", help="DDIM-invert a reference clip with the base model",
-                       description="DDIM-invert VIDEO (base model, empty prompt, no guidance) and save the noise.")
+                       description="DDIM-invert VIDEO (base model, empty prompt, no guidance) and save the noise.",
+                       **fmt)
     i.add_argument("video", help="reference clip")
     i.add_argument("--out", required=True, help="file to write (.pt)")
     i.add_argument("--steps", type=int, default=None, help="inversion steps (default: the sampling steps)")
@@ -96,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_video_args(i)
 
     s = sub.add_parser("sample", help="generate videos with a motion LoRA",
-                       description="Generate videos for PROMPT that move like the reference.")
+                       description="Generate videos for PROMPT that move like the reference.", **fmt)
     s.add_argument("--prompt", required=True, help="what to generate")
     s.add_argument("--run", default=None, help="a run folder from `train` (its LoRA and reference)")
     s.add_argument("--lora", default=None, help="a LoRA file (default: <run>/lora.safetensors)")
@@ -116,6 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--num-videos", type=int, default=1, help="videos to make (seeds seed, seed+1, ...)")
     s.add_argument("--base", action="store_true", help="also render the base model for the same seeds and beta")
     s.add_argument("--gif", action="store_true", help="also write GIFs")
+    s.add_argument("--report", action="store_true",
+                   help="measure each video's motion against the reference and print the motion report (motion "
+                        "discrepancy of the LoRA and base videos, a sentence, CLIP scores where a CLIP model is on "
+                        "disk); also renders the base model (as --base) and writes report.json and report_*.png")
     _add_model_args(s)
     _add_video_args(s)
 
@@ -178,6 +196,8 @@ def _warn_base_model(meta: dict[str, Any], model: Any, lora: str) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    import torch
+
     from .models import encode_video
     from .train import CheckpointError, train_lora
     from .video import read_video, write_mp4
@@ -241,6 +261,8 @@ def _steps(value: int | None, model_default: int | None) -> int:
 
 
 def cmd_invert(args: argparse.Namespace) -> int:
+    import torch
+
     from .models import encode_video
     from .sample import invert
     from .video import read_video
@@ -274,6 +296,8 @@ def _sample_cfg(args: argparse.Namespace, defaults: dict[str, Any]) -> SampleCon
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
+    import torch
+
     from .lora_io import load_lora, read_lora
     from .models import encode_video
     from .sample import invert_cached, sample
@@ -316,9 +340,18 @@ def cmd_sample(args: argparse.Namespace) -> int:
         if saved.get("steps") != cfg.num_inference_steps:
             print(f"note: the noise was inverted with {saved.get('steps')} steps, sampling uses "
                   f"{cfg.num_inference_steps}", file=sys.stderr)
-    else:
+    reference = None  # the clip as the model sees it, for --report
+    if args.report and args.video:
+        reference = read_video(args.video, _video_cfg(args, model))
+    elif args.report and run is not None and (run / "reference.mp4").is_file():
+        reference = read_video(run / "reference.mp4", _video_cfg(args, model))
+    elif args.report:
+        print("note: --report needs the reference clip (--video, or a --run from `train`): no report",
+              file=sys.stderr)
+    if not args.inverted:
         if args.video:
-            z0 = encode_video(model, read_video(args.video, _video_cfg(args, model)))
+            z0 = encode_video(model, reference if reference is not None else
+                              read_video(args.video, _video_cfg(args, model)))
         else:
             z0 = torch.load(run / REF_LATENTS, map_location="cpu", weights_only=True)
         cache = (run / "cache") if run else None
@@ -327,11 +360,13 @@ def cmd_sample(args: argparse.Namespace) -> int:
                                     callback=lambda i, n, t: bar.update(1))
     out = Path(args.out or ((run / "samples") if run else "samples"))
     fps = float(model.video_defaults.get("fps", 8.0))
-    variants = [("lora", True)] + ([("base", False)] if args.base else [])
+    variants = [("lora", True)] + ([("base", False)] if args.base or args.report else [])
+    made: dict[str, Any] = {}
     for name, use_lora in variants:
         with _progress(cfg.num_inference_steps * cfg.num_videos, f"sampling ({name})") as bar:
             res = sample(model, prompt, cfg, eps_inv=eps_inv, use_lora=use_lora and bool(lora),
                          callback=lambda i, n, t, bar=bar: bar.update(1))
+        made[name] = res
         for seed, frames in zip(res.seeds, res.frames):
             stem = f"{name}_seed{seed}_beta{cfg.beta:g}"
             path = write_mp4(frames, out / f"{stem}.mp4", fps=fps)
@@ -340,7 +375,24 @@ def cmd_sample(args: argparse.Namespace) -> int:
             print(path)
     (out / "sample_config.json").write_text(json.dumps({"prompt": prompt, "lora": lora, **cfg.to_dict()},
                                                        indent=2))
+    if reference is not None:
+        _print_reports(reference, made, prompt, out)
     return 0
+
+
+def _print_reports(reference: Any, made: dict[str, Any], prompt: str, out: Path) -> None:
+    """The motion report of each LoRA video against the reference, beside the base model's video for the same seed
+    (``motion_core.report``, the app's own numbers); printed, and kept as report.json and report_<seed>.png."""
+    from .report import motion_report, report_lines, save_figure, tracks_figure
+
+    reports = []
+    for i, seed in enumerate(made["lora"].seeds):
+        rep = motion_report(reference, made["lora"].frames[i], made["base"].frames[i], prompt=prompt)
+        save_figure(tracks_figure(rep), out / f"report_seed{seed}.png")
+        reports.append({"seed": seed, **rep.to_dict()})
+        print(f"\nmotion report, seed {seed}:")
+        print("\n".join(f"  {line}" for line in report_lines(rep.to_dict())))
+    (out / "report.json").write_text(json.dumps(reports, indent=2))
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

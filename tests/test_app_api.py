@@ -82,8 +82,12 @@ def test_sample_returns_playable_videos_beside_the_base_model(client, trained):
 
     files, info = client.predict(job_id=trained["job_id"], prompt="a blue circle", steps=2, seed=7, beta=0.5,
                                  api_name="/sample")
+    report = info["videos"][0].pop("report")
     assert info["state"] == "done" and info["videos"] == [{"seed": 7, "motion": "motion_0.mp4",
                                                            "base": "base_0.mp4"}]
+    # The motion report travels with the video: the same numbers the page shows.
+    assert report["lora"]["motion_discrepancy"] >= 0 and report["base"]["motion_discrepancy"] >= 0
+    assert report["sentence"] and report["verdict"] in ("closer", "same", "further")
     assert len(files) == 2
     for f in files:
         v = probe_video(f)

@@ -96,7 +96,9 @@ def test_uploaded_lora_generates_from_noise_with_a_note(make_app, tmp_path):
     s = app.submit_sample(job.id, "a blue circle", "", 0.3, 5, 2, 12, 1, 1, compare_base=False)
     done = wait_done(app, s.id)
     assert done.state == DONE and "β was not used" in done.message
-    assert done.results["videos"] == [{"seed": 5, "lora": "motion_0.mp4"}]
+    (video,) = done.results["videos"]
+    assert "without its reference video" in video.pop("report")["error"]  # no reference: no report, and why
+    assert video == {"seed": 5, "lora": "motion_0.mp4"}
     assert app.store.file_in(s.id, "motion_0.mp4").stat().st_size > 0
 
 
@@ -119,8 +121,9 @@ def test_poll_shows_the_run_and_then_sends_only_changes(trained):
     assert "Training run: done" in status and f"?job={job_id}" in status and "Finished 2 steps" in status
     assert loss is not None and ca.endswith("cross_attention.png") and tsa.endswith("temporal_attention.png")
     assert sorted(f.rsplit("/", 1)[-1] for f in files) == ["config.json", "lora.safetensors"]
+    assert len(out) == len(app.POLL_KEYS) + 2
     again = app.poll(job_id, sig, None)
-    assert all(v == {"__type__": "update"} for v in again[:11])  # nothing changed: nothing sent
+    assert all(v == {"__type__": "update"} for v in again[:len(app.POLL_KEYS)])  # nothing changed: nothing sent
     gone = app.poll("A" * 22, {}, None)
     assert "no job" in gone[0]
 
@@ -236,9 +239,16 @@ def test_model_card_names_a_hub_base_model():
 def test_figures(tmp_path):
     from app import figures
 
-    recs = [{"step": i, "t": 600, "loss": 1e-3 / i, "ca": 5e-4 / i, "tsa": 5e-4 / i} for i in range(1, 40)]
-    path = figures.save(figures.loss_figure(recs, 50), tmp_path / "loss.png")
+    recs = [{"step": i, "t": 600, "loss": 1e-3 / i, "ca": 5e-7 / i, "tsa": 5e-4 / i} for i in range(1, 40)]
+    fig = figures.loss_figure(recs, 50)
+    path = figures.save(fig, tmp_path / "loss.png")
     assert path.stat().st_size > 1000
+    # The legend sits outside the plots; the CA part (1000x below the TSA part) is drawn relative to its own start.
+    assert fig.legends and all(ax.get_legend() is None for ax in fig.axes)
+    parts = {ln.get_label(): ln.get_ydata() for ln in fig.axes[1].get_lines() if "part" in ln.get_label()}
+    assert len(parts) == 2 and all(abs(ys[4] - 1.0) < 0.5 for ys in parts.values())
+    smooth = [ln for ln in fig.axes[0].get_lines() if "mean of 5 steps" in ln.get_label()]
+    assert smooth and list(smooth[0].get_ydata()[:3]) == pytest.approx([1e-3, 0.75e-3, 1.8333e-3 / 3], rel=1e-3)
     assert figures.save(figures.loss_figure([], 50), tmp_path / "empty.png").is_file()
     toks = ["a</w>", "red</w>", "cir", "cle</w>", "on</w>", "blue</w>"]
     assert figures.caption_words(toks) == [("red", [2]), ("circle", [3, 4]), ("blue", [6])]
@@ -432,3 +442,83 @@ def test_a_locked_app_runs_only_its_own_model(make_app, tmp_path):
     good = _lora_file(tmp_path / "good.safetensors")
     with pytest.raises(JobError, match="only runs its own model"):
         app.submit_import(str(good), None, "", "someone/else")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Issue 19: the app as a newcomer meets it.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_each_generated_video_gets_a_motion_report_on_one_progress_bar(trained, monkeypatch):
+    app, job_id = trained
+    seen: list[tuple[str, dict]] = []
+    update = app.store.update
+
+    def spy(jid, **fields):
+        if "progress" in fields and jid != job_id:
+            seen.append((fields.get("phase") or "", dict(fields["progress"])))
+        return update(jid, **fields)
+
+    monkeypatch.setattr(app.store, "update", spy)
+    files, info = app.api_sample(job_id, "a blue circle", "", 0.3, 7, 2, 12, 1, 1, True)
+    rep = info["videos"][0]["report"]
+    assert rep["lora"]["motion_discrepancy"] >= 0 and rep["base"]["motion_discrepancy"] >= 0
+    assert rep["tracker"] in ("lk", "cotracker3") and rep["verdict"] in ("closer", "same", "further")
+    assert "base model's" in rep["sentence"] and rep["clip"]["available"] is False and rep["clip"]["reason"]
+    # One bar for the whole request: the total never changes and the step never goes back; each phase is named.
+    steps = [pr.get("step") for _, pr in seen if pr.get("step") is not None]
+    assert len({pr.get("total") for _, pr in seen if pr.get("total")}) == 1
+    assert steps == sorted(steps) and steps[-1] == seen[-1][1]["total"]
+    phases = [ph for ph, _ in seen if ph]
+    assert any("motion LoRA" in ph for ph in phases) and any("base model" in ph for ph in phases)
+    assert any("measuring the motion" in ph for ph in phases)
+    # The page shows the same numbers, the sentence and the track picture; the seed box the seed used.
+    out = dict(zip(app.POLL_KEYS, app.poll(job_id, {}, None)))
+    assert rep["sentence"] in out["report"] and f"{rep['lora']['motion_discrepancy']:.4g}" in out["report"]
+    assert f"{rep['base']['motion_discrepancy']:.4g}" in out["report"] and "unavailable" in out["report"]
+    assert out["report_img"].endswith("report_0.png") and out["seed"] == 7
+
+
+def test_buttons_seed_and_speed_say_what_is_true_after_a_run(trained):
+    app, job_id = trained
+    out = dict(zip(app.POLL_KEYS, app.poll(job_id, {}, None, 400)))
+    assert out["cancel"]["interactive"] is False and out["resume"]["interactive"] is False
+    assert out["cancel_gen"]["interactive"] is False
+    assert "s per step, measured" in out["status"]
+    assert "last measured speed" in out["estimate"] and "steps/s" in out["estimate"]
+
+
+def test_a_reopened_run_link_fills_the_reference_and_settings(trained):
+    app, job_id = trained
+    request = types.SimpleNamespace(query_params={"job": job_id})
+    out = app.ui_load({}, None, request=request)
+    current, _saved, _hist, _model, _timer, _sig, steps, lr, _s_steps, _guidance, *section1 = out
+    fields = dict(zip(app.RUN_FIELDS, section1))
+    assert current == job_id and steps == 2 and lr == 5e-4
+    assert fields["caption"] == "a red square moving right" and fields["video"].endswith("preview.mp4")
+    assert (fields["rank"], fields["lambda_ca"], fields["seed"], fields["objective"]) == (4, 2000, 0, "motion")
+    opened = app.ui_open(job_id, {})
+    assert opened[0] == job_id and opened[4:6] == (2, 5e-4) and opened[6].endswith("preview.mp4")
+
+
+def test_every_app_flag_has_help():
+    import runpy
+
+    from _app_server import REPO
+
+    parser = runpy.run_path(str(REPO / "app.py"), run_name="app_main")["build_parser"]()
+    for action in parser._actions:
+        assert action.help, f"app.py {action.option_strings} has no help"
+    assert "port to listen on" in parser.format_help()
+
+
+def test_readme_names_the_button_as_the_page_does_and_its_screenshots_exist():
+    import re
+
+    from _app_server import REPO
+
+    ui, readme = (REPO / "app" / "ui.py").read_text(), (REPO / "README.md").read_text()
+    label = re.search(r'start = gr\.Button\("([^"]+)"', ui).group(1)
+    assert f"*{label}*" in readme
+    shots = set(re.findall(r"docs/screenshots/[\w-]+\.(?:png|jpg)", readme))
+    assert shots and all((REPO / s).is_file() for s in shots), shots

@@ -36,8 +36,9 @@ def test_train_then_sample_writes_playable_mp4(tiny_model_dir, clip, tmp_path, c
     assert cfg["train"]["steps"] == 2 and cfg["video"]["num_frames"] == 8  # the model's own video size
     load_lora(run / "lora.safetensors", load_model(tiny_model_dir, device="cpu"))
 
+    capsys.readouterr()
     rc = main(["sample", "--run", str(run), "--prompt", "a blue circle", "--model", str(tiny_model_dir),
-               "--steps", "3", "--seed", "5", "--base", "--gif", "--device", "cpu"])
+               "--steps", "3", "--seed", "5", "--base", "--gif", "--report", "--device", "cpu"])
     assert rc == 0
     mp4s = sorted((run / "samples").glob("*.mp4"))
     assert [p.name for p in mp4s] == ["base_seed5_beta0.3.mp4", "lora_seed5_beta0.3.mp4"]
@@ -47,6 +48,14 @@ def test_train_then_sample_writes_playable_mp4(tiny_model_dir, clip, tmp_path, c
         assert read_video(p, VideoConfig(num_frames=8, height=32, width=32)).shape == (8, 3, 32, 32)
     assert len(list((run / "samples").glob("*.gif"))) == 2
     assert list((run / "cache").glob("inv-*.pt"))  # inverted once, cached for the next sample
+
+    # --report: the motion report of each video against the run's reference, printed and kept as JSON.
+    printed = capsys.readouterr().out
+    (rep,) = json.loads((run / "samples" / "report.json").read_text())
+    assert rep["seed"] == 5 and rep["base"] is not None
+    assert rep["sentence"] in printed and f"{rep['lora']['motion_discrepancy']:.4g}" in printed
+    assert f"{rep['base']['motion_discrepancy']:.4g}" in printed and "unavailable" in printed
+    assert (run / "samples" / "report_seed5.png").stat().st_size > 1000
 
 
 def test_invert_command(tiny_model_dir, clip, tmp_path):
@@ -77,6 +86,26 @@ def test_every_flag_has_help():
         for action in p._actions:
             if action.dest not in ("help",):
                 assert action.help, f"{name} {action.option_strings or action.dest} has no help"
+
+
+def test_help_is_fast_and_shows_defaults():
+    """`motion-matcher --help` imports neither torch nor diffusers (it took 10.6 s on a busy machine with them),
+    and every flag's default is shown."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from motion_core.cli import build_parser; p = build_parser(); "
+            "sub = next(a for a in p._actions if a.dest == 'command'); print(sub.choices['train'].format_help()); "
+            "print(sub.choices['sample'].format_help()); p.format_help(); "
+            "sys.exit(3 if {'torch', 'diffusers'} & set(sys.modules) else 0)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, "torch or diffusers was imported for --help" + res.stderr
+    text = " ".join(res.stdout.split())
+    for shown in ("optimisation steps (default: 400)", "AdamW learning rate (default: 0.0005)",
+                  "LoRA strength (default: 1.0)", "(default: motion)",
+                  "offset into the clip in seconds (default: 0.0)"):
+        assert shown in text, shown
+    assert "(default: None)" not in text and "(default: False)" not in text
 
 
 @pytest.fixture

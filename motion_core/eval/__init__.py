@@ -7,6 +7,7 @@ See METHOD.md "Evaluation". Model-backed metrics only use local weights and rais
 from motion_core.eval.metrics import (
     DEFAULT_CLIP_MODEL,
     MetricUnavailable,
+    appearance_similarity,
     clip_scores,
     clip_t_from_embeddings,
     frame_consistency_from_embeddings,
@@ -27,6 +28,7 @@ from motion_core.eval.trackers import cotracker_available, cotracker_tracks, get
 __all__ = [
     "DEFAULT_CLIP_MODEL",
     "MetricUnavailable",
+    "appearance_similarity",
     "average_precision",
     "average_precision_retrieval",
     "clip_scores",

@@ -114,6 +114,7 @@ def video_motion_discrepancy(
     frames_ref: Any,
     tracker: str = "auto",
     grid: int = 10,
+    return_tracks: bool = False,
     **tracker_kwargs: Any,
 ) -> dict[str, Any]:
     """Track both videos with the same tracker and return their :func:`motion_discrepancy`.
@@ -123,6 +124,8 @@ def video_motion_discrepancy(
         frames_ref: (F, H, W, 3) uint8 reference video with the same shape (resize beforehand).
         tracker: ``"auto"``, ``"lk"`` or ``"cotracker3"`` (see :func:`motion_core.eval.trackers.get_tracker`).
         grid: points per side of the regular query grid.
+        return_tracks: also return the kept tracks, ``"tracks_gen"`` and ``"tracks_ref"`` ((N, F, 2) arrays, for
+            pictures such as the app's motion report); they are not JSON-serialisable.
         **tracker_kwargs: options bound into the tracker (e.g. ``fb_threshold``, ``repo_dir``, ``checkpoint``).
 
     Returns:
@@ -147,13 +150,16 @@ def video_motion_discrepancy(
         kept.append(np.asarray(tracks)[valid])
     num_frames, height, width = gen.shape[:3]
     value = motion_discrepancy(kept[0], kept[1], num_frames, height, width)
-    return {
+    out = {
         "motion_discrepancy": value,
         "tracker": name,
         "num_tracks_gen": len(kept[0]),
         "num_tracks_ref": len(kept[1]),
         "all_tracks_fallback": fallback,
     }
+    if return_tracks:
+        out.update(tracks_gen=kept[0], tracks_ref=kept[1])
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -307,6 +313,57 @@ def _pooled(out: Any) -> Any:
     return out if hasattr(out, "ndim") else out.pooler_output
 
 
+def _resolve_clip(
+    model_dir_or_id: str | None, model: Any | None, processor: Any | None, device: str | None
+) -> tuple[Any, Any, str]:
+    """(model, processor, name): a preloaded pair as given, else loaded from local files (MetricUnavailable)."""
+    if model is None:
+        name = model_dir_or_id or DEFAULT_CLIP_MODEL
+        model, processor = _load_clip(name, device or "cpu")
+        return model, processor, name
+    if processor is None:
+        raise ValueError("pass the CLIPProcessor together with a preloaded CLIP model")
+    if device is not None:
+        model = model.to(device)
+    return model, processor, str(getattr(model, "name_or_path", "") or type(model).__name__)
+
+
+def _image_embeddings(frames: Any, model: Any, processor: Any, batch_size: int = 16) -> np.ndarray:
+    """CLIP image embeddings (F, D) of a video's frames."""
+    import torch
+
+    images = _frames_to_pil(frames)
+    if not images:
+        raise ValueError("no frames given")
+    dev = next(model.parameters()).device
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            pix = processor(images=images[start : start + batch_size], return_tensors="pt")["pixel_values"]
+            out.append(_pooled(model.get_image_features(pixel_values=pix.to(dev))))
+    return torch.cat(out).float().cpu().numpy()
+
+
+def appearance_similarity(
+    frames: Any,
+    reference: Any,
+    model_dir_or_id: str | None = None,
+    *,
+    model: Any | None = None,
+    processor: Any | None = None,
+    device: str | None = None,
+) -> float:
+    """How much a video looks like the reference: the mean CLIP cosine similarity over every (video frame,
+    reference frame) pair, x100. Used as the appearance-leakage score of a motion LoRA (the paper's App. B
+    limitation): a LoRA that copies the reference's look scores higher than the base model for the same seed.
+    Every pair rather than frame i with frame i, because the two videos need not be in step. Loading as
+    :func:`clip_scores` (local files only; :class:`MetricUnavailable` when absent)."""
+    model, processor, _ = _resolve_clip(model_dir_or_id, model, processor, device)
+    a = _l2_normalise(_image_embeddings(frames, model, processor))
+    b = _l2_normalise(_image_embeddings(reference, model, processor))
+    return float(100.0 * (a @ b.T).mean())
+
+
 def clip_scores(
     frames: Any,
     prompt: str,
@@ -339,20 +396,9 @@ def clip_scores(
     """
     import torch
 
-    if model is None:
-        model_name = model_dir_or_id or DEFAULT_CLIP_MODEL
-        model, processor = _load_clip(model_name, device or "cpu")
-    else:
-        if processor is None:
-            raise ValueError("pass the CLIPProcessor together with a preloaded CLIP model")
-        model_name = str(getattr(model, "name_or_path", "") or type(model).__name__)
-        if device is not None:
-            model = model.to(device)
+    model, processor, model_name = _resolve_clip(model_dir_or_id, model, processor, device)
     dev = next(model.parameters()).device
-    images = _frames_to_pil(frames)
-    if not images:
-        raise ValueError("no frames given")
-
+    frames_np = _image_embeddings(frames, model, processor, batch_size)
     with torch.no_grad():
         text_in = processor(text=[prompt], return_tensors="pt", padding=True, truncation=True)
         text_emb = _pooled(
@@ -360,13 +406,7 @@ def clip_scores(
                 input_ids=text_in["input_ids"].to(dev), attention_mask=text_in["attention_mask"].to(dev)
             )
         )[0]
-        frame_embs = []
-        for start in range(0, len(images), batch_size):
-            pix = processor(images=images[start : start + batch_size], return_tensors="pt")["pixel_values"]
-            frame_embs.append(_pooled(model.get_image_features(pixel_values=pix.to(dev))))
-        frame_emb = torch.cat(frame_embs)
     text_np = text_emb.float().cpu().numpy()
-    frames_np = frame_emb.float().cpu().numpy()
     consistency = frame_consistency_from_embeddings(frames_np) if len(frames_np) >= 2 else math.nan
     return {
         "clip_t": clip_t_from_embeddings(text_np, frames_np),
