@@ -9,7 +9,7 @@ Run on a noisy latent video, it returns the attention probabilities of the captu
 each averaged over heads and over the layers of the block. The forward pass is abandoned right after the last
 captured attention layer, so the rest of the UNet never runs for M.
 
-Open choice (METHOD.md), decided here: ``ca`` keeps all 77 token columns, padding included. The softmax the
+Open choice (docs/method.md), decided here: ``ca`` keeps all 77 token columns, padding included. The softmax the
 model computes runs over all 77, so only then does each row sum to one, and both sides of the loss see the
 same prompt embedding, so padding columns carry the same meaning on both sides.
 
@@ -90,7 +90,7 @@ class CaptureProcessor:
         if attn.norm_q is not None:
             q, k = attn.norm_q(q), attn.norm_k(k)
         # The probabilities are the motion features: compute them in fp32 even under autocast, since the two
-        # sides of the loss differ by only a few thousandths (METHOD.md, "Numerical precision").
+        # sides of the loss differ by only a few thousandths (docs/method.md, "Precision").
         with torch.autocast(device_type=q.device.type, enabled=False):
             scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * attn.scale
             if attention_mask is not None:

@@ -6,7 +6,7 @@
     motion-matcher eval --help
 
 (``python -m motion_core ...`` is the same.) Without ``--model`` the embedded shapes-world model is used; give a
-hub id (``cerspense/zeroscope_v2_576w``) or a folder to switch. Defaults follow METHOD.md; the model's own
+hub id (``cerspense/zeroscope_v2_576w``) or a folder to switch. Defaults follow docs/method.md; the model's own
 sidecar can set its video size and sampling steps. A run folder holds ``lora.safetensors``, ``config.json``,
 ``train_log.jsonl``, ``reference.mp4`` (the clip as the model sees it), the reference latents, and samples.
 """
@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default=None, help="run folder (default: runs/<video name>)")
     _add_model_args(t)
     _add_video_args(t)
-    g = t.add_argument_group("training (defaults from METHOD.md)")
+    g = t.add_argument_group("training (defaults from docs/method.md)")
     g.add_argument("--steps", type=int, default=d.train.steps, help="optimisation steps")
     g.add_argument("--lr", type=float, default=d.train.learning_rate, help="AdamW learning rate")
     g.add_argument("--rank", type=int, default=d.lora.rank, help="LoRA rank")

@@ -1,4 +1,4 @@
-"""Typed configuration: one dataclass per concern, defaults from METHOD.md (MotionMatcher, arXiv 2502.13234).
+"""Typed configuration: one dataclass per concern, defaults from docs/method.md (MotionMatcher, arXiv 2502.13234).
 
 Every dataclass round-trips through plain dicts (``to_dict`` / ``from_dict``) so the resolved config can be
 saved as JSON beside every LoRA and read back by the CLI, the app and the evaluation harness.
@@ -231,7 +231,7 @@ class TrainConfig(_Base):
     seed: int = 0
     checkpoint_every: int = 50  # release: a checkpoint every 50 steps
     # "fp32" everywhere, or "bf16"/"fp16": the denoiser under autocast while v_t and the feature extractor stay
-    # in fp32 (METHOD.md, "Numerical precision"). "auto" = bf16 on CUDA when supported, else fp32.
+    # in fp32 (docs/method.md, "Precision"). "auto" = bf16 on CUDA when supported, else fp32.
     precision: str = "auto"
     max_grad_norm: float | None = 1.0
 

@@ -1,7 +1,7 @@
 """Schedule maths: the one-step DDIM map v_t, DDIM timestep lists, inversion moves and beta-blended noise.
 
 The only module that does schedule maths. Everything is written from the DDIM update (Song et al. 2021,
-eta = 0) in the notation of METHOD.md: ``abar_t`` = the scheduler's ``alphas_cumprod[t]``.
+eta = 0) in the notation of docs/method.md: ``abar_t`` = the scheduler's ``alphas_cumprod[t]``.
 
     x_{to} = sqrt(abar_to) * (x - sqrt(1 - abar_from) * e) / sqrt(abar_from) + sqrt(1 - abar_to) * e
 
@@ -42,7 +42,7 @@ def ddim_move(x: torch.Tensor, eps: torch.Tensor, abar_from: torch.Tensor, abar_
     """The eta = 0 DDIM map from noise level ``abar_from`` to ``abar_to`` given noise estimate ``eps``.
 
     Coefficients are formed in float64 and applied in float32 (or x's dtype if wider), so the small difference
-    between v_t of two noise estimates is not lost to rounding (METHOD.md, "Numerical precision").
+    between v_t of two noise estimates is not lost to rounding (docs/method.md, "Precision").
     """
     af, at = torch.as_tensor(abar_from, dtype=torch.float64), torch.as_tensor(abar_to, dtype=torch.float64)
     a = (at.sqrt() / af.sqrt())  # coefficient of x

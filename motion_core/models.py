@@ -121,7 +121,7 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
 
 
 def default_capture_blocks(unet: UNet3DConditionModel) -> tuple[str, ...]:
-    """``down_blocks.2`` where it exists (Zeroscope, METHOD.md), else the deepest down block with attention."""
+    """``down_blocks.2`` where it exists (Zeroscope, docs/method.md), else the deepest down block with attention."""
     with_attn = [i for i, b in enumerate(unet.down_blocks) if getattr(b, "has_cross_attention", False)]
     if not with_attn:
         raise ModelLoadError("this UNet has no cross-attention down block to read motion features from")

@@ -80,7 +80,7 @@ def feature_matching_loss(ctx: ObjectiveContext, v_pred: torch.Tensor, v_target:
     with torch.no_grad():  # the target carries no gradient and keeps no graph (the release kept one)
         target = ctx.extractor(v_target, t_m, text)
     pred = ctx.extractor(v_pred, t_m, text)
-    # Open choice (METHOD.md): mean squared error of each component, then the lambdas.
+    # Open choice (docs/method.md): mean squared error of each component, then the lambdas.
     l_ca = F.mse_loss(pred.ca, target.ca)
     l_tsa = F.mse_loss(pred.tsa, target.tsa)
     loss = ctx.cfg.lambda_ca * l_ca + ctx.cfg.lambda_tsa * l_tsa

@@ -5,7 +5,7 @@ read), so every generated video is measured against the reference with the evalu
 
 * **motion discrepancy** (``motion_core.eval.metrics.video_motion_discrepancy``, the function ``eval`` uses): point
   tracks of a regular grid in the reference and in the video, compared by the symmetric Chamfer distance of
-  METHOD.md "Evaluation" (0 = the same tracks; lower = closer). The tracker is CoTracker3 when its checkout and
+  docs/method.md "Evaluation" (0 = the same tracks; lower = closer). The tracker is CoTracker3 when its checkout and
   weights are on disk, else OpenCV's Lucas-Kanade; the report names it, since the two give different numbers;
 * the same for the **base model's** video (same seed and beta), and one plain sentence comparing the two;
 * where a CLIP model is on disk: **text alignment** (CLIP-T with the prompt) and **look of the reference**

@@ -46,7 +46,7 @@ def test_v_t_stride(sched):
 
 
 def test_gap_matches_method_md_numbers(sched):
-    # METHOD.md: c_t runs from -0.0028 (t = 500) to -0.0061 (t = 999) on the Zeroscope schedule.
+    # docs/method.md: c_t runs from -0.0028 (t = 500) to -0.0061 (t = 999) on the Zeroscope schedule.
     assert float(v_t_gap(sched, torch.tensor(500))) == pytest.approx(-0.0028, abs=1e-4)
     assert float(v_t_gap(sched, torch.tensor(999))) == pytest.approx(-0.0061, abs=1e-4)
     z, e1, e2 = torch.randn(3, 1, 4, 2, 3, 3)

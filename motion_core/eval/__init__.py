@@ -1,6 +1,6 @@
 """Evaluation for motion customization: motion discrepancy, CLIP-T, frame consistency, ImageReward, retrieval AP.
 
-See METHOD.md "Evaluation". Model-backed metrics only use local weights and raise :class:`MetricUnavailable`
+See docs/method.md "Evaluation". Model-backed metrics only use local weights and raise :class:`MetricUnavailable`
 (with instructions) when they are missing; the point tracker in use is always reported by name.
 """
 

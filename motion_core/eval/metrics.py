@@ -1,4 +1,4 @@
-"""Evaluation metrics for motion customization (METHOD.md "Evaluation"; MotionMatcher, arXiv 2502.13234, Sec. 4.2).
+"""Evaluation metrics for motion customization (docs/method.md "Evaluation"; arXiv 2502.13234, Sec. 4.2).
 
 Every metric is a plain function. The maths is kept apart from any model so it can be tested on synthetic inputs:
 
@@ -374,7 +374,7 @@ def clip_scores(
     device: str | None = None,
     batch_size: int = 16,
 ) -> dict[str, Any]:
-    """CLIP-T and frame consistency of one video (x100 cosine similarities, METHOD.md "Evaluation").
+    """CLIP-T and frame consistency of one video (x100 cosine similarities, docs/method.md "Evaluation").
 
     The model is ``openai/clip-vit-base-patch32`` unless ``model_dir_or_id`` (a hub id or local directory) is
     given, and it is loaded with ``local_files_only=True``: if the weights are absent :class:`MetricUnavailable`

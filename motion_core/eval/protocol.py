@@ -18,7 +18,7 @@ is scored and appended to ``results.csv`` at once, so an interrupted run continu
 LoRAs are loaded, not retrained, and scored samples are skipped. ``table.md`` and ``alignment_vs_motion.png`` are
 rewritten from the whole CSV at the end.
 
-Metrics per sample (METHOD.md "Evaluation"):
+Metrics per sample (docs/method.md "Evaluation"):
 - motion discrepancy: symmetric Chamfer distance between point tracks of the sample and of the reference clip,
   from ``get_tracker("auto")`` (CoTracker3 when installed, else Lucas-Kanade); the tracker is named in every row;
 - text alignment: CLIP-T (x100) and frame consistency when local CLIP weights exist; otherwise, for prompts in the
@@ -287,7 +287,7 @@ class PreparedReference:
 
 
 def video_size(model: Any) -> dict[str, Any]:
-    """The model's own clip size (its sidecar), else METHOD.md's 16 frames at 8 fps, 384 x 384."""
+    """The model's own clip size (its sidecar), else docs/method.md's 16 frames at 8 fps, 384 x 384."""
     from motion_core.config import VideoConfig
 
     return VideoConfig.from_dict(dict(model.video_defaults)).to_dict()
@@ -609,7 +609,8 @@ def render_tables(rows: Sequence[dict[str, str]], settings: dict[str, Any] | Non
         f"Tracker: {', '.join(_values(rows, 'tracker')) or '-'}. Text alignment: {described}"
         + (" (MIXED metrics: rerun in a fresh folder)" if len(metrics) > 1 else "") + ".",
         "Values are means over (reference, prompt) pairs of the per-pair mean over seeds, ± standard error over "
-        "pairs. Motion discrepancy: symmetric Chamfer distance of point tracks to the reference clip (METHOD.md). "
+        "pairs. Motion discrepancy: symmetric Chamfer distance of point tracks to the reference clip "
+        "(docs/method.md). "
         "GT traj. dist.: mean centroid distance to the reference object's true path (frame units) + mean |log| "
         "ratio of relative scale changes (shapes-world references only).",
         "",

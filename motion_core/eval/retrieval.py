@@ -1,4 +1,4 @@
-"""Retrieval check of a motion feature (METHOD.md "Evaluation"; MotionMatcher App. C).
+"""Retrieval check of a motion feature (docs/method.md "Evaluation"; MotionMatcher App. C).
 
 Each video in a set is used once as a query. Its positives are the ``positive_fraction`` of the *other* videos with
 the smallest motion discrepancy to it; the other videos are ranked by feature distance to the query and the

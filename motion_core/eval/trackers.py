@@ -1,4 +1,4 @@
-"""Point trackers for the motion-discrepancy metric (METHOD.md "Evaluation").
+"""Point trackers for the motion-discrepancy metric (docs/method.md "Evaluation").
 
 The paper tracks a regular grid of points with CoTracker3. Its weights cannot be fetched here, so two trackers
 share one interface ``fn(frames, grid=...) -> (tracks, valid)``:
