@@ -70,7 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=d.train.seed, help="seed of LoRA init, timesteps and noise")
     g.add_argument("--checkpoint-every", type=int, default=d.train.checkpoint_every, help="steps between checkpoints")
     g.add_argument("--precision", default=d.train.precision, choices=["auto", "fp32", "bf16", "fp16"],
-                   help="denoiser precision (the extractor always runs in fp32)")
+                   help="denoiser precision (the extractor always runs in fp32); auto = bf16 on a GPU that has "
+                   "it, else fp16 on a GPU, fp32 on the CPU")
+    g.add_argument("--grad-checkpointing", default=d.train.grad_checkpointing, choices=["auto", "on", "off"],
+                   help="recompute UNet blocks in backward to save memory (auto = on for CUDA)")
     g.add_argument("--no-resume", action="store_true", help="start over even if the run folder has a checkpoint")
 
     i = sub.add_parser("invert", help="DDIM-invert a reference clip with the base model",
@@ -145,6 +148,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = RunConfig(video=vcfg)
     cfg.train.steps, cfg.train.learning_rate, cfg.train.seed = args.steps, args.lr, args.seed
     cfg.train.checkpoint_every, cfg.train.precision = args.checkpoint_every, args.precision
+    cfg.train.grad_checkpointing = args.grad_checkpointing
     cfg.lora.rank = args.rank
     cfg.loss = LossConfig(objective=args.objective, lambda_ca=args.lambda_ca, lambda_tsa=args.lambda_tsa)
     cfg.validate()

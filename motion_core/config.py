@@ -149,6 +149,10 @@ class TrainConfig(_Base):
     # in fp32 (METHOD.md, "Numerical precision"). "auto" = bf16 on CUDA when supported, else fp32.
     precision: str = "auto"
     max_grad_norm: float | None = 1.0
+    # Recompute each UNet block's activations in backward instead of keeping them (checkpointing.py): measured
+    # on Zeroscope's architecture it cuts a training step's peak memory severalfold (docs/performance.md) for
+    # about one more forward pass of time. "auto" = on for CUDA, off on the CPU.
+    grad_checkpointing: str = "auto"
 
     def validate(self) -> None:
         _check(1 <= self.steps <= 100_000, f"steps must be in [1, 100000], got {self.steps}")
@@ -157,6 +161,8 @@ class TrainConfig(_Base):
         _check(self.checkpoint_every >= 1, "checkpoint_every must be >= 1")
         _check(self.precision in ("auto", "fp32", "bf16", "fp16"),
                f"precision must be auto/fp32/bf16/fp16, got {self.precision!r}")
+        _check(self.grad_checkpointing in ("auto", "on", "off"),
+               f"grad_checkpointing must be auto/on/off, got {self.grad_checkpointing!r}")
 
 
 @dataclass
