@@ -9,7 +9,7 @@ import torch
 
 from motion_core.config import RunConfig
 from motion_core.lora_io import load_lora, lora_state_dict
-from motion_core.models import build_tiny_model
+from motion_core.models import build_tiny_model, encode_video
 from motion_core.train import NonFiniteLossError, train_lora
 
 
@@ -169,3 +169,26 @@ def test_adam_steps_do_not_depend_on_the_motion_losss_scale(frames, tmp_path):
         bs.append(torch.cat([v.flatten() for k, v in sorted(state.items()) if "lora_B" in k]))  # B starts at 0
     assert bs[0].abs().max() > 0  # the LoRA did move
     assert float((bs[0] - bs[1]).norm() / bs[1].norm()) < 0.1  # measured: 0.05 (eps 1e-12), 0.91 (eps 1e-8)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_training_gives_the_model_its_own_weight_dtype_back(frames, tmp_path, precision):
+    # Half base weights stay half during a bf16 run except the extractor's path (fp32, for a precise motion signal);
+    # an fp32 run upcasts everything. Either way inversion and sampling afterwards run at the model's own dtype.
+    model = build_tiny_model()
+    z0 = encode_video(model, frames)
+    model.unet.to(torch.bfloat16)
+    seen = []
+
+    def look(p) -> None:
+        u = model.unet
+        seen.append((u.conv_in.weight.dtype, u.down_blocks[0].resnets[0].conv1.weight.dtype, u.conv_out.weight.dtype))
+
+    cfg = _cfg(steps=2)
+    cfg.train.precision = precision
+    res = train_lora(model, z0, "a red circle", tmp_path, cfg, callback=look)
+    assert res.steps_done == 2 and all(r["loss"] > 0 for r in res.losses)
+    during = (torch.float32, torch.float32, torch.bfloat16 if precision == "bf16" else torch.float32)
+    assert seen[0] == during
+    for n, p in model.unet.named_parameters():
+        assert p.dtype == (torch.float32 if "lora_" in n else torch.bfloat16), n
