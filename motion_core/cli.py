@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from .config import ConfigError, LossConfig, RunConfig, SampleConfig, VideoConfig
+from .config import ConfigError, RunConfig, SampleConfig, VideoConfig
 
 REF_LATENTS = "reference_latents.pt"
 
@@ -58,10 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default=None, help="run folder (default: runs/<video name>)")
     _add_model_args(t)
     _add_video_args(t)
-    g = t.add_argument_group("training (defaults from METHOD.md)")
-    g.add_argument("--steps", type=int, default=d.train.steps, help="optimisation steps")
-    g.add_argument("--lr", type=float, default=d.train.learning_rate, help="AdamW learning rate")
-    g.add_argument("--rank", type=int, default=d.lora.rank, help="LoRA rank")
+    g = t.add_argument_group("training (defaults: the model's own, else METHOD.md's)")
+    g.add_argument("--steps", type=int, default=None, help=f"optimisation steps (METHOD.md: {d.train.steps})")
+    g.add_argument("--lr", type=float, default=None, help=f"AdamW learning rate (METHOD.md: {d.train.learning_rate})")
+    g.add_argument("--adam-eps", type=float, default=None,
+                   help="Adam's eps (Zeroscope: the release's 1e-8; a model without its own: 1e-12)")
+    g.add_argument("--rank", type=int, default=None, help=f"LoRA rank (METHOD.md: {d.lora.rank})")
     g.add_argument("--objective", default=d.loss.objective, choices=["motion", "ddpm", "frame-diff", "residual"],
                    help="motion = MotionMatcher; the others are the baselines")
     g.add_argument("--lambda-ca", type=float, default=d.loss.lambda_ca, help="weight of the cross-attention maps")
@@ -81,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("video", help="reference clip")
     i.add_argument("--out", required=True, help="file to write (.pt)")
     i.add_argument("--steps", type=int, default=None, help="inversion steps (default: the sampling steps)")
+    _add_inversion_arg(i)
     _add_model_args(i)
     _add_video_args(i)
 
@@ -105,12 +108,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--num-videos", type=int, default=1, help="videos to make (seeds seed, seed+1, ...)")
     s.add_argument("--base", action="store_true", help="also render the base model for the same seeds and beta")
     s.add_argument("--gif", action="store_true", help="also write GIFs")
+    _add_inversion_arg(s)
     _add_model_args(s)
     _add_video_args(s)
 
     e = sub.add_parser("eval", help="evaluate objectives side by side (see docs/results.md)", add_help=False)
     e.add_argument("rest", nargs=argparse.REMAINDER)
     return ap
+
+
+def _add_inversion_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--invert-with-lora", default=None, action=argparse.BooleanOptionalAction,
+                   help="DDIM-invert with the LoRA on (release) or off (default: the model's own choice; on for "
+                   "Zeroscope)")
 
 
 def _video_cfg(args: argparse.Namespace, model) -> VideoConfig:
@@ -145,13 +155,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     model = _load(args)
     vcfg = _video_cfg(args, model)
     frames = read_video(args.video, vcfg)
-    cfg = RunConfig(video=vcfg)
-    cfg.train.steps, cfg.train.learning_rate, cfg.train.seed = args.steps, args.lr, args.seed
-    cfg.train.checkpoint_every, cfg.train.precision = args.checkpoint_every, args.precision
-    cfg.train.grad_checkpointing = args.grad_checkpointing
-    cfg.lora.rank = args.rank
-    cfg.loss = LossConfig(objective=args.objective, lambda_ca=args.lambda_ca, lambda_tsa=args.lambda_tsa)
-    cfg.validate()
+    given = {"train": {"steps": args.steps, "learning_rate": args.lr, "adam_eps": args.adam_eps},
+             "lora": {"rank": args.rank}}
+    overrides = {sec: {k: v for k, v in kv.items() if v is not None} for sec, kv in given.items()}
+    overrides["train"].update(seed=args.seed, checkpoint_every=args.checkpoint_every, precision=args.precision,
+                              grad_checkpointing=args.grad_checkpointing)
+    overrides["loss"] = {"objective": args.objective, "lambda_ca": args.lambda_ca, "lambda_tsa": args.lambda_tsa}
+    overrides["video"] = vcfg.to_dict()
+    cfg = RunConfig.for_model(model, overrides)  # the model's own defaults, then what was given here
     out = Path(args.out or Path("runs") / Path(args.video).stem)
     out.mkdir(parents=True, exist_ok=True)
     write_mp4(frames, out / "reference.mp4", fps=vcfg.fps)
@@ -184,7 +195,7 @@ def cmd_invert(args: argparse.Namespace) -> int:
     steps = args.steps or int(model.sample_defaults.get("num_inference_steps", SampleConfig().num_inference_steps))
     z0 = encode_video(model, read_video(args.video, _video_cfg(args, model)))
     bar = _bar(steps, "inverting")
-    eps_inv = invert(model, z0, steps, callback=lambda i, n, t: bar.update(1))
+    eps_inv = invert(model, z0, steps, callback=lambda i, n, t: bar.update(1), with_lora=args.invert_with_lora)
     bar.close()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -229,7 +240,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         bar = _bar(cfg.num_inference_steps, "inverting")
         cache = (run / "cache") if run else None
         eps_inv = invert_cached(model, z0.to(model.device), cfg.num_inference_steps, cache,
-                                callback=lambda i, n, t: bar.update(1))
+                                callback=lambda i, n, t: bar.update(1), with_lora=args.invert_with_lora)
         bar.close()
     if eps_inv is None:
         raise SystemExit("sample needs a reference: --run with a reference, --video, or --inverted")

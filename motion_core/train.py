@@ -121,6 +121,7 @@ def train_lora(
     """
     cfg = cfg or RunConfig()
     cfg.validate()
+    cfg.fill_from_model(model)  # settings left to the model (Adam eps ...) from its sidecar; recorded below
     if not caption or not caption.strip():
         raise ValueError("the caption is empty: describe the reference video, e.g. 'a red circle on blue'")
     out = Path(out_dir)
