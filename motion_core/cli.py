@@ -112,6 +112,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(s)
     _add_video_args(s)
 
+    pf = sub.add_parser("preflight", help="predict the peak memory of training and sampling before a run",
+                        description="Print a JSON line with train_peak_gb and sample_peak_gb, then a sentence. "
+                        "Reads only the model's configs (a model not on disk is predicted from Zeroscope's).")
+    pf.add_argument("--model", default="zeroscope-config",
+                    help="hub id or folder (default: Zeroscope's architecture, built from its config)")
+    pf.add_argument("--frames", type=int, default=16, help="frames of the reference clip")
+    pf.add_argument("--size", type=int, default=384, help="height = width in pixels")
+    pf.add_argument("--device", default="cuda", help="the device the run will use (cuda, cpu)")
+    pf.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                    help="training precision, as for train")
+    pf.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
+                    help="weight dtype the model is loaded with (auto: fp16 on a GPU)")
+    pf.add_argument("--grad-checkpointing", default="auto", choices=["auto", "on", "off"], help="as for train")
+    pf.add_argument("--memory-gb", type=float, default=None,
+                    help="the device's memory (default: read from the GPU if one is visible)")
+    pf.add_argument("--objective", default="motion", choices=["motion", "ddpm"], help="training objective")
+
     e = sub.add_parser("eval", help="evaluate objectives side by side (see docs/results.md)", add_help=False)
     e.add_argument("rest", nargs=argparse.REMAINDER)
     return ap
@@ -264,6 +281,16 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_preflight(args: argparse.Namespace) -> int:
+    from .preflight import predict
+
+    p = predict(args.model, args.frames, args.size, args.device, args.precision, args.grad_checkpointing,
+                args.dtype, args.memory_gb, args.objective)
+    print(p.to_json())
+    print(p.advice)
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     try:
         from .eval.protocol import main as eval_main
@@ -281,7 +308,8 @@ def main(argv: list[str] | None = None) -> int:
     from .video import VideoError
 
     try:
-        return {"train": cmd_train, "invert": cmd_invert, "sample": cmd_sample, "eval": cmd_eval}[args.command](args)
+        return {"train": cmd_train, "invert": cmd_invert, "sample": cmd_sample, "preflight": cmd_preflight,
+                "eval": cmd_eval}[args.command](args)
     except (ConfigError, VideoError, ModelLoadError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
