@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from diffusers.models.attention_processor import Attention
 
-from .checkpointing import block_of, blocks_before, checkpointed
+from .checkpointing import block_of, blocks_before, checkpoint_units, checkpointed
 from .models import T2VModel
 
 
@@ -174,7 +174,8 @@ class MotionFeatureExtractor:
 
     Installing it replaces the processors of the captured layers only; ``remove()`` restores them. With
     ``checkpointing`` on, a pass that carries gradient recomputes the blocks before the last capture block in
-    backward; that block itself is never checkpointed, since its forward is abandoned half-way.
+    backward (layer by layer, checkpointing.py); that block itself is never checkpointed, since its forward is
+    abandoned half-way.
     """
 
     def __init__(self, model: T2VModel, blocks: tuple[str, ...] | None = None, checkpointing: bool = False) -> None:
@@ -223,8 +224,8 @@ class MotionFeatureExtractor:
         self.store.active = True
         early = self.path[-1]  # the block whose early exit ends the pass
         try:
-            with (self._frozen(), checkpointed(self.unet, blocks_before(self.unet, early), self.checkpointing,
-                                               recompute_ctx=self._frozen)):
+            units = checkpoint_units(self.unet, blocks_before(self.unet, early))
+            with self._frozen(), checkpointed(self.unet, units, self.checkpointing, recompute_ctx=self._frozen):
                 self.unet(latents.to(dtype), timesteps, encoder_hidden_states=text_emb.to(dtype), return_dict=False)
             raise RuntimeError("the UNet finished without reaching every captured layer")  # pragma: no cover
         except _StopForward:

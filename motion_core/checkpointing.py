@@ -1,12 +1,15 @@
-"""Gradient checkpointing for UNet3D, one block at a time.
+"""Gradient checkpointing for UNet3D, block by block, one layer of a block at a time.
 
-diffusers' ``UNet3DConditionModel`` refuses ``enable_gradient_checkpointing()`` (STACK.md), so blocks are wrapped
-here: while ``checkpointed(unet, names)`` is active, each named block's ``forward`` runs under
-``torch.utils.checkpoint`` (non-reentrant), which keeps only the block's inputs and recomputes its activations
-during backward. The recomputation calls every attention processor of the block again, the motion extractor's
+diffusers' ``UNet3DConditionModel`` refuses ``enable_gradient_checkpointing()`` (STACK.md), so modules are wrapped
+here: while ``checkpointed(unet, names)`` is active, each named module's ``forward`` runs under
+``torch.utils.checkpoint`` (non-reentrant), which keeps only the module's inputs and recomputes its activations
+during backward. ``checkpoint_units`` splits each block into its layers (every resnet, temporal convolution,
+spatial and temporal transformer): with whole blocks the largest recomputation (the three layers of the
+320-channel block at full resolution) set the peak, about 0.34 MB per latent position on Zeroscope
+(docs/performance.md). The recomputation calls every attention processor of the block again, the motion extractor's
 capture processors included, so those store maps only while their store is active (attention.py).
 
-    with checkpointed(model.unet, unet_blocks(model.unet)):
+    with checkpointed(model.unet, checkpoint_units(model.unet, unet_blocks(model.unet))):
         eps = model.unet(z_t, t, encoder_hidden_states=text).sample
     loss(eps).backward()
 
@@ -31,6 +34,21 @@ def unet_blocks(unet: torch.nn.Module) -> list[str]:
     if getattr(unet, "mid_block", None) is not None:
         names.append("mid_block")
     return names + [f"up_blocks.{i}" for i in range(len(unet.up_blocks))]
+
+
+LAYER_LISTS = ("resnets", "temp_convs", "attentions", "temp_attentions")
+
+
+def checkpoint_units(unet: torch.nn.Module, blocks: list[str]) -> list[str]:
+    """What to checkpoint for a pass through ``blocks``: ``transformer_in`` (the full-resolution temporal
+    transformer before the first block) and every layer of each block; a block's down- or upsampler stays as is
+    (one convolution)."""
+    units = ["transformer_in"] if blocks and getattr(unet, "transformer_in", None) is not None else []
+    for b in blocks:
+        block = unet.get_submodule(b)
+        for lst in LAYER_LISTS:
+            units += [f"{b}.{lst}.{i}" for i in range(len(getattr(block, lst, None) or []))]
+    return units
 
 
 def block_of(unet: torch.nn.Module, name: str) -> str:

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .attention import MotionFeatureExtractor
-from .checkpointing import checkpointed, unet_blocks
+from .checkpointing import checkpoint_units, checkpointed, unet_blocks
 from .config import LossConfig
 from .ddim import abar_at, add_noise, v_t
 from .models import T2VModel
@@ -55,7 +55,7 @@ def predict_noise(ctx: ObjectiveContext, z_t: torch.Tensor, t: torch.Tensor, tex
     amp = (torch.autocast(device_type=z_t.device.type, dtype=ctx.amp_dtype) if ctx.amp_dtype
            else contextlib.nullcontext())
     dtype = unet.conv_in.weight.dtype
-    with amp, checkpointed(unet, unet_blocks(unet), ctx.grad_checkpointing):
+    with amp, checkpointed(unet, checkpoint_units(unet, unet_blocks(unet)), ctx.grad_checkpointing):
         eps = unet(z_t.to(dtype), t, encoder_hidden_states=text.to(dtype), return_dict=False)[0]
     return eps.float()
 
