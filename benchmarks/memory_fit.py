@@ -139,11 +139,11 @@ def fit(files: list[str]) -> None:
     print_table()
 
 
-SETTINGS = (("before issue 16: fp32 weights, bf16 autocast", "bf16", "off", "fp32"),
-            ("+ checkpointing", "bf16", "on", "fp32"),
-            ("half weights (fp16, extractor path fp32), no checkpointing", "bf16", "off", "fp16"),
-            ("low-memory = GPU default now: half weights + checkpointing", "bf16", "on", "fp16"),
-            ("all fp32 (--precision fp32), checkpointing", "fp32", "on", "fp32"))
+SETTINGS = (("before issue 16: fp32 weights, bf16 autocast", "bf16", "off", "fp32", ""),
+            ("+ checkpointing", "bf16", "on", "fp32", ""),
+            ("half weights (fp16, extractor path fp32), no checkpointing", "bf16", "off", "fp16", ""),
+            ("half weights + checkpointing whole blocks (first version)", "bf16", "on", "fp16", "-block"),
+            ("low-memory = GPU default now: half weights + checkpointing", "bf16", "on", "fp16", ""))
 
 
 def print_table(frames: int = 16, size: int = 384) -> None:
@@ -153,12 +153,12 @@ def print_table(frames: int = 16, size: int = 384) -> None:
     print(f"Predicted peaks at {frames} x {size} x {size} on a GPU (GiB; weights of UNet, VAE and text encoder, "
           f"LoRA + Adam, step activations, + {GPU_OVERHEAD_GB} for the CUDA context and allocator slack)\n")
     print("| setting | motion step | DDPM step | inversion / guided sampling |\n|---|---|---|---|")
-    for label, prec, ckpt, dtype in SETTINGS:
+    for label, prec, ckpt, dtype, suffix in SETTINGS:
         cells, sample = [], ""
         for objective in ("motion", "ddpm"):
             try:
                 p = predict("zeroscope-config", frames, size, "cuda", prec, ckpt, dtype, objective=objective,
-                            advise=False)
+                            advise=False, fit_suffix=suffix)
                 cells.append(f"{p.train_peak_gb:.1f}")
                 sample = f"{p.sample_peak_gb:.1f}"
             except ValueError:

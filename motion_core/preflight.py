@@ -197,9 +197,9 @@ def _fits_for(arch: _Arch, kind: str, setting: str) -> tuple[float, float]:
     if not arch.zeroscope:
         return _fit_on_the_spot(arch.source, kind, setting)
     table = json.loads(TABLE.read_text())["fits"]
-    if kind == "train-ddpm" and setting.endswith("-ckpt"):
-        # With checkpointing the DDPM step's peak was the motion step's within 1 % at every size measured below
-        # 8 x 256 px and below it there (docs/performance.md): the motion fit serves as its upper bound.
+    if kind == "train-ddpm" and setting.endswith("-ckpt") and setting not in table.get(kind, {}):
+        # With checkpointing the DDPM step never peaked above the motion step (docs/performance.md): where it was
+        # not measured itself, the motion fit is its upper bound.
         kind = "train-motion"
     if kind not in table or setting not in table[kind]:
         raise ValueError(f"no measured fit for {kind} / {setting} in {TABLE.name}")
@@ -245,8 +245,12 @@ def device_memory_gb(device: str) -> float | None:
 
 def predict(source: str | None, frames: int = 16, size: int = 384, device: str = "cuda", precision: str = "auto",
             grad_checkpointing: str = "auto", dtype: str = "auto", device_gb: float | None = None,
-            objective: str = "motion", advise: bool = True) -> Prediction:
-    """Predicted peak GiB of a training step and of sampling (inversion, guided DDIM) for the model at this size."""
+            objective: str = "motion", advise: bool = True, fit_suffix: str = "") -> Prediction:
+    """Predicted peak GiB of a training step and of sampling (inversion, guided DDIM) for the model at this size.
+
+    ``fit_suffix`` picks another measured variant of the setting (``"-block"``: whole blocks checkpointed, the
+    first version; for docs/performance.md's table).
+    """
     from .checkpointing import resolve_checkpointing
     from .models import resolve_dtype
 
@@ -272,7 +276,7 @@ def predict(source: str | None, frames: int = 16, size: int = 384, device: str =
         unet_train = (n_path * 4 + (n_unet - n_path) * 2) if objective == "motion" else n_unet * 2
     others = (arch.vae_params + arch.text_params) * wsize
     lora = _lora_params(arch.unet)
-    a, b = _fits_for(arch, f"train-{objective}", setting)
+    a, b = _fits_for(arch, f"train-{objective}", setting + (fit_suffix if ckpt else ""))
     train = unet_train + others + lora * 12 + a + b * positions  # LoRA: weights + Adam's two moments (fp32)
     sw = "halfw" if wsize == 2 else "fp32w"
     acts = [fa + fb * positions for fa, fb in (_fits_for(arch, k, sw) for k in ("invert", "guided"))]
