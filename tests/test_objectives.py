@@ -136,3 +136,17 @@ def test_half_weights_with_an_fp32_extractor_path_keep_the_gradient():
     got = F.cosine_similarity(ref, _lora_grad(setup, torch.bfloat16, 600), dim=0)
     assert got >= 0.99, float(got)
     assert naive < 0.9, float(naive)
+
+
+def test_the_extractor_turns_tf32_off_inside_and_restores_it():
+    # On Ampere and later torch lets convolutions use TF32 (10-bit mantissa) by default; the extractor must not.
+    from motion_core.attention import no_tf32
+
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        with no_tf32():
+            assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before

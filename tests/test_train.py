@@ -192,3 +192,15 @@ def test_training_gives_the_model_its_own_weight_dtype_back(frames, tmp_path, pr
     assert seen[0] == during
     for n, p in model.unet.named_parameters():
         assert p.dtype == (torch.float32 if "lora_" in n else torch.bfloat16), n
+
+
+def test_auto_precision_is_fp16_on_a_gpu_without_bf16(monkeypatch):
+    # T4 / V100: an fp32 denoiser would double memory and time; fp16 runs with the trainer's GradScaler.
+    from motion_core.train import resolve_amp
+
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert resolve_amp("auto", cuda) == torch.float16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert resolve_amp("auto", cuda) == torch.bfloat16
+    assert resolve_amp("auto", torch.device("cpu")) is None and resolve_amp("fp32", cuda) is None
