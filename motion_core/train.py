@@ -138,13 +138,9 @@ def train_lora(
     #    the capture block), cast to fp32: the motion signal is the difference of two extractor passes on inputs
     #    that differ by a few thousandths (METHOD.md), which half precision rounds away. Every weight gets its own
     #    dtype back when training ends, so inversion and sampling afterwards run at the model's speed.
+    #    (The casts happen right before the loop, inside whose ``finally`` the dtypes are restored.)
     amp = resolve_amp(tc.precision, dev)
-    own_dtypes = [(p, p.dtype) for p in model.unet.parameters()]
-    if amp is None:
-        _cast_base(model.unet, None, torch.float32)
-    elif lc.objective == "motion":
-        _cast_base(model.unet, extractor_path(model.unet, lc.capture_blocks or model.capture_blocks), torch.float32)
-    ckpt_blocks = resolve_checkpointing(tc.grad_checkpointing, dev)
+    grad_ckpt = resolve_checkpointing(tc.grad_checkpointing, dev)
 
     # 2. The reference's latents and caption embedding, computed once.
     if reference.ndim == 4:
@@ -174,8 +170,8 @@ def train_lora(
     scaler = torch.amp.GradScaler(dev.type) if amp == torch.float16 else None
 
     objective = get_objective(lc.objective)
-    extractor = MotionFeatureExtractor(model, lc.capture_blocks, ckpt_blocks) if lc.objective == "motion" else None
-    ctx = ObjectiveContext(model, lc, extractor, amp, gen, ckpt_blocks)
+    extractor = MotionFeatureExtractor(model, lc.capture_blocks, grad_ckpt) if lc.objective == "motion" else None
+    ctx = ObjectiveContext(model, lc, extractor, amp, gen, grad_ckpt)
     lo, hi = lc.t_range(model.num_train_timesteps)
 
     def checkpoint() -> None:
@@ -185,6 +181,11 @@ def train_lora(
             state["cuda_rng"] = torch.cuda.get_rng_state(dev)
         _atomic_save(state, ckpt_path)
 
+    own_dtypes = [(p, p.dtype) for p in model.unet.parameters() if not p.requires_grad]  # frozen ones: step 1
+    if amp is None:
+        _cast_base(model.unet, None, torch.float32)
+    elif lc.objective == "motion":
+        _cast_base(model.unet, extractor_path(model.unet, lc.capture_blocks or model.capture_blocks), torch.float32)
     lora_train_mode(model.unet)
     stop_at = tc.steps if max_steps_this_call is None else min(tc.steps, step + max_steps_this_call)
     cancelled = False
