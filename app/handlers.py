@@ -298,6 +298,14 @@ class MotionApp:
         if cfg.loss.objective not in OBJECTIVE_NAMES:
             raise ConfigError(f"objective must be one of {', '.join(OBJECTIVE_NAMES)}, got {objective!r}")
         cfg.validate()
+        from motion_core.preflight import MemoryFitError, check_run  # issue 16: refuse what cannot fit the GPU
+
+        try:
+            fit = check_run(source, cfg)
+        except MemoryFitError as err:
+            raise JobError(str(err)) from err
+        if fit is not None:
+            log.info("preflight: %s", fit.advice)
         src = self.store.check_video_upload(video)
         name = "reference" + src.suffix.lower()
         work = _work()

@@ -7,8 +7,8 @@
 ``zeroscope-config`` builds Zeroscope's UNet3D architecture from its config with random weights (no download):
 enough for speed and memory. The two objectives alternate step by step so that both see the same machine load;
 the ratio is motion / ddpm seconds per step (target <= 1.5: the extra work is two truncated forward passes and
-one truncated backward). Peak memory: CUDA's allocator peak on a GPU, the process's peak RSS increase on a CPU.
-Prints a Markdown table; not a test.
+one truncated backward). Peak memory: CUDA's allocator peak on a GPU; on a CPU torch's allocation records
+(motion_core/memtrack.py). Prints a Markdown table; not a test.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -27,50 +26,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from motion_core.attention import MotionFeatureExtractor  # noqa: E402
 from motion_core.config import LoraConfig, LossConfig  # noqa: E402
 from motion_core.lora_io import add_lora  # noqa: E402
-from motion_core.models import T2VModel, UNet3DWithPeft, build_tiny_model, load_model  # noqa: E402
+from motion_core.memtrack import cpu_peak_bytes  # noqa: E402
+from motion_core.models import T2VModel, build_tiny_model, load_model, zeroscope_architecture  # noqa: E402
 from motion_core.objectives import ObjectiveContext, get_objective  # noqa: E402
+from motion_core.preflight import prepare  # noqa: E402
 from motion_core.train import resolve_amp  # noqa: E402
 
 
 def zeroscope_like(device: torch.device) -> T2VModel:
     """Zeroscope v2 576w's UNet3D from its published config (STACK.md), random weights."""
-    from diffusers import DDIMScheduler
-
-    unet = UNet3DWithPeft(
-        in_channels=4, out_channels=4, block_out_channels=(320, 640, 1280, 1280), layers_per_block=2,
-        down_block_types=("CrossAttnDownBlock3D",) * 3 + ("DownBlock3D",),
-        up_block_types=("UpBlock3D",) + ("CrossAttnUpBlock3D",) * 3,
-        cross_attention_dim=1024, attention_head_dim=64, norm_num_groups=32,
-    ).to(device)
-    unet.requires_grad_(False)
-    sched = DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
-                          beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False, steps_offset=1)
-    return T2VModel(unet, None, None, None, sched, "zeroscope-config", ("down_blocks.2",))  # type: ignore[arg-type]
-
-
-class PeakRSS:
-    """Samples the process RSS every few ms (CPU peak memory of a phase)."""
-
-    def __init__(self) -> None:
-        import psutil
-
-        self.proc = psutil.Process()
-        self.peak = self.base = self.proc.memory_info().rss
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.proc.memory_info().rss)
-            time.sleep(0.003)
-
-    def __enter__(self) -> PeakRSS:
-        self._t.start()
-        return self
-
-    def __exit__(self, *a: object) -> None:
-        self._stop.set()
-        self._t.join()
+    return zeroscope_architecture(device)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -82,6 +47,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--size", type=int, default=None, help="pixel height = width (default: the model's)")
     ap.add_argument("--rank", type=int, default=32)
     ap.add_argument("--steps", type=int, default=6, help="timed steps per objective (after 2 warm-up steps)")
+    ap.add_argument("--grad-checkpointing", default="off", choices=["on", "off"])
+    ap.add_argument("--half-weights", action="store_true",
+                    help="bf16 frozen weights, the extractor's path in fp32 (as train_lora with autocast)")
     args = ap.parse_args(argv)
 
     dev = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
@@ -93,6 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         model = load_model(None if args.model == "default" else args.model, device=dev, dtype="fp32")
     model.unet.to(dev, torch.float32)
+    ckpt = args.grad_checkpointing == "on"
     vd = model.video_defaults
     frames = args.frames or int(vd.get("num_frames", 16))
     size = args.size or int(vd.get("height", 384))
@@ -101,7 +70,9 @@ def main(argv: list[str] | None = None) -> None:
     cross = int(model.unet.config.cross_attention_dim)
     amp = resolve_amp(args.precision, dev)
     params = add_lora(model, LoraConfig(rank=args.rank, dropout=0.0))
-    extractor = MotionFeatureExtractor(model)
+    if args.half_weights:
+        prepare(model, True, amp is not None)
+    extractor = MotionFeatureExtractor(model, checkpointing=ckpt)
     g = torch.Generator().manual_seed(0)
     z0 = torch.randn(1, 4, frames, h, h, generator=g).to(dev)
     text = torch.randn(1, 77, cross, generator=g).to(dev)
@@ -109,7 +80,8 @@ def main(argv: list[str] | None = None) -> None:
     peaks: dict[str, float] = {}
 
     def step(name: str) -> float:
-        ctx = ObjectiveContext(model, LossConfig(objective=name), extractor if name == "motion" else None, amp)
+        ctx = ObjectiveContext(model, LossConfig(objective=name), extractor if name == "motion" else None, amp,
+                               None, ckpt)
         t = torch.tensor([700], device=dev)
         eps = torch.randn(z0.shape, generator=g).to(dev)
         if dev.type == "cuda":
@@ -131,9 +103,7 @@ def main(argv: list[str] | None = None) -> None:
             step(name)
             peaks[name] = torch.cuda.max_memory_allocated() / 2**30
         else:
-            with PeakRSS() as m:
-                step(name)
-            peaks[name] = (m.peak - m.base) / 2**30
+            peaks[name] = cpu_peak_bytes(lambda name=name: step(name))[0] / 2**30
     for _ in range(args.steps):  # alternate so both see the same load
         for name in times:
             times[name].append(step(name))
@@ -141,8 +111,9 @@ def main(argv: list[str] | None = None) -> None:
     med = {k: statistics.median(v) for k, v in times.items()}
     where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"model {model.source}, {frames} frames x {size} x {size} (latent {h} x {h}), LoRA rank {args.rank}, "
-          f"denoiser precision {amp or torch.float32}, {where}\n")
-    mem = "peak GPU memory (GiB)" if dev.type == "cuda" else "peak RSS increase (GiB)"
+          f"denoiser precision {amp or torch.float32}, checkpointing {args.grad_checkpointing}, half weights "
+          f"{args.half_weights}, {where}\n")
+    mem = "peak GPU memory (GiB)" if dev.type == "cuda" else "step peak above weights (GiB, allocation records)"
     print(f"| objective | s / step (median of {args.steps}) | steps / s | {mem} |")
     print("|---|---|---|---|")
     for k in times:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 from diffusers.models.attention_processor import Attention
 
+from .checkpointing import block_of, blocks_before, checkpoint_units, checkpointed
 from .models import T2VModel
 
 
@@ -126,6 +127,30 @@ def capture_layer_names(model: T2VModel, blocks: tuple[str, ...] | None = None) 
     return names
 
 
+def extractor_path(unet: torch.nn.Module, blocks: tuple[str, ...]) -> list[str]:
+    """The UNet modules with weights that the extractor runs through, in order: the stem, then every block up to and
+    including the last capture block. Only these need fp32 weights for a precise motion signal."""
+    last = max(blocks, key=lambda b: len(blocks_before(unet, b)))
+    stem = [n for n in ("conv_in", "time_embedding", "transformer_in") if getattr(unet, n, None) is not None]
+    return stem + blocks_before(unet, last) + [block_of(unet, last)]
+
+
+@contextlib.contextmanager
+def no_tf32() -> Iterator[None]:
+    """Full fp32 matmuls and convolutions inside the body; the caller's TF32 settings restored after.
+
+    TF32 keeps 10 mantissa bits, the precision docs/method.md measured as burying the motion signal; torch lets cuDNN
+    convolutions use it by default on Ampere and later. No effect on the CPU.
+    """
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
 @contextlib.contextmanager
 def lora_disabled(module: torch.nn.Module) -> Iterator[None]:
     """Run ``module`` as the pre-trained model: every PEFT adapter layer bypassed.
@@ -147,13 +172,18 @@ def lora_disabled(module: torch.nn.Module) -> Iterator[None]:
 class MotionFeatureExtractor:
     """M: the frozen UNet (LoRA off) read at the capture block(s), stopped right after the last captured layer.
 
-    Installing it replaces the processors of the captured layers only; ``remove()`` restores them.
+    Installing it replaces the processors of the captured layers only; ``remove()`` restores them. With
+    ``checkpointing`` on, a pass that carries gradient recomputes the blocks before the last capture block in
+    backward (layer by layer, checkpointing.py); that block itself is never checkpointed, since its forward is
+    abandoned half-way.
     """
 
-    def __init__(self, model: T2VModel, blocks: tuple[str, ...] | None = None) -> None:
+    def __init__(self, model: T2VModel, blocks: tuple[str, ...] | None = None, checkpointing: bool = False) -> None:
         self.model = model
         self.unet = model.unet
         self.blocks = tuple(blocks or model.capture_blocks)
+        self.checkpointing = checkpointing
+        self.path = extractor_path(self.unet, self.blocks)
         self.layers = capture_layer_names(model, self.blocks)
         self.store = _Store()
         self._old: dict[str, object] = {}
@@ -176,18 +206,26 @@ class MotionFeatureExtractor:
             self.unet.get_submodule(name).set_processor(proc)
         self._hooks, self._old = [], {}
 
+    @contextlib.contextmanager
+    def _frozen(self) -> Iterator[None]:
+        """The pre-trained UNet at full precision: LoRA off, autocast off, TF32 off (also for recomputations)."""
+        with lora_disabled(self.unet), torch.autocast(device_type=self.unet.device.type, enabled=False), no_tf32():
+            yield
+
     def __call__(self, latents: torch.Tensor, timesteps: torch.Tensor, text_emb: torch.Tensor) -> MotionFeatures:
         """Features of ``latents`` ``(B, C, F, h, w)`` at ``timesteps`` ``(B,)`` given text ``(B, T, D)``.
 
-        Runs in fp32 with autocast off (the extractor must resolve differences of a few thousandths); gradients
-        flow to ``latents`` when the caller has grad enabled.
+        Runs with autocast and TF32 off, at the dtype of the path's weights (fp32 during training: the extractor
+        must resolve differences of a few thousandths); gradients flow to ``latents`` when grad mode is on.
         """
         b, _, f = latents.shape[:3]
-        dtype = self.unet.dtype
+        dtype = self.unet.conv_in.weight.dtype
         self.store.reset()
         self.store.active = True
+        early = self.path[-1]  # the block whose early exit ends the pass
         try:
-            with lora_disabled(self.unet), torch.autocast(device_type=latents.device.type, enabled=False):
+            units = checkpoint_units(self.unet, blocks_before(self.unet, early))
+            with self._frozen(), checkpointed(self.unet, units, self.checkpointing, recompute_ctx=self._frozen):
                 self.unet(latents.to(dtype), timesteps, encoder_hidden_states=text_emb.to(dtype), return_dict=False)
             raise RuntimeError("the UNet finished without reaching every captured layer")  # pragma: no cover
         except _StopForward:

@@ -26,7 +26,6 @@ from typing import Any
 # second; each command imports what it needs (torch alone takes seconds to import).
 from .config import (
     ConfigError,
-    LossConfig,
     RunConfig,
     SampleConfig,
     VideoConfig,
@@ -84,10 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default=None, help="run folder (default: runs/<video name>)")
     _add_model_args(t)
     _add_video_args(t)
-    g = t.add_argument_group("training (defaults from docs/method.md)")
-    g.add_argument("--steps", type=int, default=d.train.steps, help="optimisation steps")
-    g.add_argument("--lr", type=float, default=d.train.learning_rate, help="AdamW learning rate")
-    g.add_argument("--rank", type=int, default=d.lora.rank, help="LoRA rank")
+    g = t.add_argument_group("training (defaults: the model's own, else docs/method.md's)")
+    g.add_argument("--steps", type=int, default=None,
+                   help=f"optimisation steps (default: the model's own, else {d.train.steps})")
+    g.add_argument("--lr", type=float, default=None,
+                   help=f"AdamW learning rate (default: the model's own, else {d.train.learning_rate})")
+    g.add_argument("--adam-eps", type=float, default=None,
+                   help="Adam's eps (default: the model's own; Zeroscope: the release's 1e-8, else 1e-12)")
+    g.add_argument("--rank", type=int, default=None, help=f"LoRA rank (default: the model's own, else {d.lora.rank})")
     g.add_argument("--objective", default=d.loss.objective, choices=["motion", "ddpm", "frame-diff", "residual"],
                    help="motion = MotionMatcher; the others are the baselines")
     g.add_argument("--lambda-ca", type=float, default=d.loss.lambda_ca, help="weight of the cross-attention maps")
@@ -97,7 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seed of LoRA init, timesteps and noise (-1: a random one, printed)")
     g.add_argument("--checkpoint-every", type=int, default=d.train.checkpoint_every, help="steps between checkpoints")
     g.add_argument("--precision", default=d.train.precision, choices=["auto", "fp32", "bf16", "fp16"],
-                   help="denoiser precision (the extractor always runs in fp32)")
+                   help="denoiser precision (the extractor always runs in fp32); auto = bf16 on a GPU that has "
+                   "it, else fp16 on a GPU, fp32 on the CPU")
+    g.add_argument("--grad-checkpointing", default=d.train.grad_checkpointing, choices=["auto", "on", "off"],
+                   help="recompute UNet blocks in backward to save memory (auto = on for CUDA)")
     g.add_argument("--no-resume", action="store_true", help="start over even if the run folder has a checkpoint")
 
     i = sub.add_parser("invert", help="DDIM-invert a reference clip with the base model",
@@ -106,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("video", help="reference clip")
     i.add_argument("--out", required=True, help="file to write (.pt)")
     i.add_argument("--steps", type=int, default=None, help="inversion steps (default: the sampling steps)")
+    _add_inversion_arg(i)
     _add_model_args(i)
     _add_video_args(i)
 
@@ -134,12 +141,36 @@ def build_parser() -> argparse.ArgumentParser:
                    help="measure each video's motion against the reference and print the motion report (motion "
                         "discrepancy of the LoRA and base videos, a sentence, CLIP scores where a CLIP model is on "
                         "disk); also renders the base model (as --base) and writes report.json and report_*.png")
+    _add_inversion_arg(s)
     _add_model_args(s)
     _add_video_args(s)
+
+    pf = sub.add_parser("preflight", help="predict the peak memory of training and sampling before a run",
+                        description="Print a JSON line with train_peak_gb and sample_peak_gb, then a sentence. "
+                        "Reads only the model's configs (a model not on disk is predicted from Zeroscope's).")
+    pf.add_argument("--model", default="zeroscope-config",
+                    help="hub id or folder (default: Zeroscope's architecture, built from its config)")
+    pf.add_argument("--frames", type=int, default=16, help="frames of the reference clip")
+    pf.add_argument("--size", type=int, default=384, help="height = width in pixels")
+    pf.add_argument("--device", default="cuda", help="the device the run will use (cuda, cpu)")
+    pf.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                    help="training precision, as for train")
+    pf.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
+                    help="weight dtype the model is loaded with (auto: fp16 on a GPU)")
+    pf.add_argument("--grad-checkpointing", default="auto", choices=["auto", "on", "off"], help="as for train")
+    pf.add_argument("--memory-gb", type=float, default=None,
+                    help="the device's memory (default: read from the GPU if one is visible)")
+    pf.add_argument("--objective", default="motion", choices=["motion", "ddpm"], help="training objective")
 
     e = sub.add_parser("eval", help="evaluate objectives side by side (see docs/results.md)", add_help=False)
     e.add_argument("rest", nargs=argparse.REMAINDER)
     return ap
+
+
+def _add_inversion_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--invert-with-lora", default=None, action=argparse.BooleanOptionalAction,
+                   help="DDIM-invert with the LoRA on (release) or off (default: the model's own choice; on for "
+                   "Zeroscope)")
 
 
 def _video_cfg(args: argparse.Namespace, model) -> VideoConfig:
@@ -207,19 +238,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     seed = resolve_seed(args.seed)
     if seed != args.seed:
         print(f"seed: {seed} (drawn at random)", file=sys.stderr)
-    cfg = RunConfig()
-    cfg.train.steps, cfg.train.learning_rate, cfg.train.seed = args.steps, args.lr, seed
-    cfg.train.checkpoint_every, cfg.train.precision = args.checkpoint_every, args.precision
-    cfg.lora.rank = args.rank
-    cfg.loss = LossConfig(objective=args.objective, lambda_ca=args.lambda_ca, lambda_tsa=args.lambda_tsa)
-    cfg.validate()
+    given = {"train": {"steps": args.steps, "learning_rate": args.lr, "adam_eps": args.adam_eps},
+             "lora": {"rank": args.rank}}
+    overrides = {sec: {k: v for k, v in kv.items() if v is not None} for sec, kv in given.items()}
+    overrides["train"].update(seed=seed, checkpoint_every=args.checkpoint_every, precision=args.precision,
+                              grad_checkpointing=args.grad_checkpointing)
+    overrides["loss"] = {"objective": args.objective, "lambda_ca": args.lambda_ca, "lambda_tsa": args.lambda_tsa}
+    RunConfig.for_model(None, overrides)  # range checks of what was given, before any model is loaded
     _check_video_args(args, args.video)
     # 2. The model, then the clip at the model's size.
     model = _load(args)
     vcfg = _video_cfg(args, model)
     frames = read_video(args.video, vcfg)
-    cfg.video = vcfg
-    cfg.validate()
+    overrides["video"] = vcfg.to_dict()
+    cfg = RunConfig.for_model(model, overrides)  # the model's own defaults, then what was given here
     out = Path(args.out or Path("runs") / Path(args.video).stem)
     out.mkdir(parents=True, exist_ok=True)
     write_mp4(frames, out / "reference.mp4", fps=vcfg.fps)
@@ -275,7 +307,8 @@ def cmd_invert(args: argparse.Namespace) -> int:
     SampleConfig(num_inference_steps=steps).validate()
     z0 = encode_video(model, read_video(args.video, _video_cfg(args, model)))
     with _progress(steps, "inverting") as bar:
-        eps_inv = invert(model, z0, steps, callback=lambda i, n, t: bar.update(1))
+        eps_inv = invert(model, z0, steps, callback=lambda i, n, t: bar.update(1),
+                         with_lora=args.invert_with_lora)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"eps_inv": eps_inv.cpu(), "steps": steps, "model": model.name}, out)
@@ -357,7 +390,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
         cache = (run / "cache") if run else None
         with _progress(cfg.num_inference_steps, "inverting") as bar:
             eps_inv = invert_cached(model, z0.to(model.device), cfg.num_inference_steps, cache,
-                                    callback=lambda i, n, t: bar.update(1))
+                                    callback=lambda i, n, t: bar.update(1),
+                                    with_lora=args.invert_with_lora)
+    if eps_inv is None:
+        raise SystemExit("sample needs a reference: --run with a reference, --video, or --inverted")
     out = Path(args.out or ((run / "samples") if run else "samples"))
     fps = float(model.video_defaults.get("fps", 8.0))
     variants = [("lora", True)] + ([("base", False)] if args.base or args.report else [])
@@ -395,6 +431,16 @@ def _print_reports(reference: Any, made: dict[str, Any], prompt: str, out: Path)
     (out / "report.json").write_text(json.dumps(reports, indent=2))
 
 
+def cmd_preflight(args: argparse.Namespace) -> int:
+    from .preflight import predict
+
+    p = predict(args.model, args.frames, args.size, args.device, args.precision, args.grad_checkpointing,
+                args.dtype, args.memory_gb, args.objective)
+    print(p.to_json())
+    print(p.advice)
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     try:
         from .eval.protocol import main as eval_main
@@ -412,7 +458,8 @@ def main(argv: list[str] | None = None) -> int:
     from .video import VideoError
 
     try:
-        return {"train": cmd_train, "invert": cmd_invert, "sample": cmd_sample, "eval": cmd_eval}[args.command](args)
+        return {"train": cmd_train, "invert": cmd_invert, "sample": cmd_sample, "preflight": cmd_preflight,
+                "eval": cmd_eval}[args.command](args)
     except (ConfigError, VideoError, ModelLoadError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

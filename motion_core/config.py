@@ -16,6 +16,12 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
+# Adam's eps for a model whose sidecar does not choose one. Not torch's 1e-8: the motion loss's gradients are
+# ~1e-10 per element on the embedded model (2000 x an MSE of attention maps), so eps = 1e-8 would dominate Adam's
+# denominator and shrink every step by |g| / eps, tying the real learning rate to the loss's arbitrary scale.
+# 1e-12 keeps the step what lr says.
+DEFAULT_ADAM_EPS = 1e-12
+
 
 class ConfigError(ValueError):
     """A setting is out of its sensible range; the message names the setting and the range."""
@@ -224,16 +230,19 @@ class TrainConfig(_Base):
     learning_rate: float = 5e-4  # paper: 5e-4
     weight_decay: float = 1e-2  # release: AdamW, weight decay 1e-2, constant learning rate
     adam_betas: tuple[float, float] = (0.9, 0.999)
-    # Not torch's 1e-8: the motion loss's gradients are ~1e-10 per element (2000 x an MSE of attention maps;
-    # measured on the embedded model), so eps = 1e-8 would dominate Adam's denominator and shrink every step by
-    # |g| / eps, tying the real learning rate to the loss's arbitrary scale. 1e-12 keeps the step what lr says.
-    adam_eps: float = 1e-12
+    # None = the model's own (RunConfig.for_model): Zeroscope gets the release's 1e-8 (the paper's numbers were
+    # made with it); a model that says nothing gets DEFAULT_ADAM_EPS.
+    adam_eps: float | None = None
     seed: int = 0
     checkpoint_every: int = 50  # release: a checkpoint every 50 steps
     # "fp32" everywhere, or "bf16"/"fp16": the denoiser under autocast while v_t and the feature extractor stay
     # in fp32 (docs/method.md, "Precision"). "auto" = bf16 on CUDA when supported, else fp32.
     precision: str = "auto"
     max_grad_norm: float | None = 1.0
+    # Recompute each UNet block's activations in backward instead of keeping them (checkpointing.py): measured
+    # on Zeroscope's architecture it cuts a training step's peak memory severalfold (docs/performance.md) for
+    # about one more forward pass of time. "auto" = on for CUDA, off on the CPU.
+    grad_checkpointing: str = "auto"
 
     def validate(self) -> None:
         _check(1 <= self.steps <= 100_000, f"steps must be in [1, 100000], got {self.steps}")
@@ -244,6 +253,8 @@ class TrainConfig(_Base):
                f"seed must be in [0, {SEED_MAX}] (resolve -1 with resolve_seed first), got {self.seed}")
         _check(self.precision in ("auto", "fp32", "bf16", "fp16"),
                f"precision must be auto/fp32/bf16/fp16, got {self.precision!r}")
+        _check(self.grad_checkpointing in ("auto", "on", "off"),
+               f"grad_checkpointing must be auto/on/off, got {self.grad_checkpointing!r}")
 
 
 @dataclass
@@ -258,6 +269,9 @@ class SampleConfig(_Base):
     negative_prompt: str = ""
     seed: int | None = None  # None -> a random seed, reported back
     num_videos: int = 1
+    # DDIM-invert the reference with the LoRA on (release, as MotionDirector) or with the base model. None = the
+    # model's own choice (RunConfig.for_model): on for Zeroscope, off for a model that says nothing.
+    invert_with_lora: bool | None = None
 
     def validate(self) -> None:
         _check(1 <= self.num_inference_steps <= 1000, f"steps must be in [1, 1000], got {self.num_inference_steps}")
@@ -282,6 +296,44 @@ class RunConfig(_Base):
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+
+    @classmethod
+    def for_model(cls, model: Any, overrides: dict[str, Any] | None = None) -> RunConfig:
+        """The one place a model's own defaults enter a run: docs/method.md's defaults, then the model's (its sidecar's
+        ``video``, ``train`` and ``sample`` sections, or the built-in ones models.py keeps for Zeroscope), then
+        ``overrides`` (a nested dict like ``to_dict()``'s: what the user set, which always wins).
+
+        The sidecar's ``train`` section is flat: each key is a field of TrainConfig, LoraConfig or LossConfig
+        (``{"adam_eps": 1e-8, "learning_rate": 5e-4, "rank": 32, "temporal_targets": ["attn1"]}``).
+        """
+        d = cls().to_dict()
+        d["video"].update(getattr(model, "video_defaults", None) or {})
+        d["sample"].update(getattr(model, "sample_defaults", None) or {})
+        owners = {f.name: sec for sec, c in (("train", TrainConfig), ("lora", LoraConfig), ("loss", LossConfig))
+                  for f in dataclasses.fields(c)}
+        for k, v in (getattr(model, "train_defaults", None) or {}).items():
+            if k not in owners:
+                raise ConfigError(f"the model's train defaults name an unknown setting {k!r}; known: {sorted(owners)}")
+            d[owners[k]][k] = v
+        for sec, v in (overrides or {}).items():
+            if isinstance(v, dict):
+                d.setdefault(sec, {}).update(v)
+            else:
+                d[sec] = v
+        if d["train"]["adam_eps"] is None:
+            d["train"]["adam_eps"] = DEFAULT_ADAM_EPS
+        if d["sample"]["invert_with_lora"] is None:
+            d["sample"]["invert_with_lora"] = False
+        return cls.from_dict(d)
+
+    def fill_from_model(self, model: Any) -> RunConfig:
+        """Set every "None = the model's choice" setting from ``for_model(model)``, in place; returns self."""
+        own = RunConfig.for_model(model)
+        for sec, name in (("train", "adam_eps"), ("sample", "invert_with_lora"), ("loss", "capture_blocks"),
+                          ("loss", "t_min"), ("loss", "t_max")):
+            if getattr(getattr(self, sec), name) is None:
+                setattr(getattr(self, sec), name, getattr(getattr(own, sec), name))
+        return self
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> RunConfig:

@@ -63,6 +63,7 @@ class T2VModel:
     video_defaults: dict[str, Any] = field(default_factory=dict)  # num_frames, fps, height, width
     weight_dtype: torch.dtype = torch.float32
     sample_defaults: dict[str, Any] = field(default_factory=dict)  # e.g. fewer DDIM steps for a small CPU model
+    train_defaults: dict[str, Any] = field(default_factory=dict)  # e.g. Adam eps (read by RunConfig.for_model)
 
     @property
     def device(self) -> torch.device:
@@ -96,6 +97,49 @@ def model_name(source: str | os.PathLike) -> str:
     """A hub id as it is; a local folder by its name only (a LoRA's records travel; the server's paths must not)."""
     source = str(source)
     return Path(source).name if os.path.isdir(source) or os.path.isabs(source) else source
+
+
+# Zeroscope v2 576w's UNet3D (STACK.md): enough to build the architecture with random weights, no download.
+ZEROSCOPE_UNET_CONFIG: dict[str, Any] = {
+    "in_channels": 4, "out_channels": 4, "block_out_channels": (320, 640, 1280, 1280), "layers_per_block": 2,
+    "down_block_types": ("CrossAttnDownBlock3D",) * 3 + ("DownBlock3D",),
+    "up_block_types": ("UpBlock3D",) + ("CrossAttnUpBlock3D",) * 3,
+    "cross_attention_dim": 1024, "attention_head_dim": 64, "norm_num_groups": 32,
+}
+
+
+# The release's training and inversion choices (docs/method.md), for Zeroscope-architecture models, which ship no
+# sidecar: Adam eps 1e-8 (MotionDirector's config) and DDIM inversion with the LoRA on.
+ZEROSCOPE_DEFAULTS: dict[str, dict[str, Any]] = {"train": {"adam_eps": 1e-8}, "sample": {"invert_with_lora": True}}
+
+
+def is_zeroscope_architecture(unet_config: Any) -> bool:
+    """Zeroscope v1/v2 and ModelScope T2V share this UNet (STACK.md)."""
+    return (tuple(unet_config.block_out_channels) == ZEROSCOPE_UNET_CONFIG["block_out_channels"]
+            and int(unet_config.layers_per_block) == 2 and int(unet_config.cross_attention_dim) == 1024)
+
+
+def builtin_sidecar(unet_config: Any) -> dict[str, Any]:
+    """Sidecar sections for a model that has none: the release's values for Zeroscope's architecture, else none."""
+    return {k: dict(v) for k, v in ZEROSCOPE_DEFAULTS.items()} if is_zeroscope_architecture(unet_config) else {}
+
+
+def zeroscope_scheduler() -> DDIMScheduler:
+    """Zeroscope's DDIM schedule: scaled-linear betas 0.00085 -> 0.012, epsilon prediction (STACK.md)."""
+    return DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                         clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon")
+
+
+def zeroscope_architecture(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> T2VModel:
+    """Zeroscope's UNet3D from its config with random weights, and its scheduler (no VAE, no text encoder).
+
+    For speed and memory measurements only (benchmarks, preflight): the outputs mean nothing.
+    """
+    unet = UNet3DWithPeft(**ZEROSCOPE_UNET_CONFIG).to(device, dtype)
+    unet.eval().requires_grad_(False)
+    return T2VModel(unet, None, None, None, zeroscope_scheduler(), "zeroscope-config",  # type: ignore[arg-type]
+                    ("down_blocks.2",), {"num_frames": 16, "fps": 8.0, "height": 384, "width": 384}, dtype,
+                    dict(ZEROSCOPE_DEFAULTS["sample"]), dict(ZEROSCOPE_DEFAULTS["train"]))
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -201,8 +245,11 @@ def load_model(
             unet.get_submodule(b)
         except AttributeError as err:
             raise ModelLoadError(f"{SIDECAR} names capture block {b!r}, which this UNet does not have") from err
+    for k, v in builtin_sidecar(unet.config).items():  # per section: what the sidecar says wins
+        sidecar.setdefault(k, v)
     return T2VModel(unet, vae, text_encoder, tokenizer, scheduler, source, blocks,
-                    dict(sidecar.get("video", {})), wdtype, dict(sidecar.get("sample", {})))
+                    dict(sidecar.get("video", {})), wdtype, dict(sidecar.get("sample", {})),
+                    dict(sidecar.get("train", {})))
 
 
 def _maybe_xformers(unet: UNet3DConditionModel, dev: torch.device) -> None:
@@ -262,6 +309,8 @@ def save_model(model: T2VModel, folder: str | os.PathLike, extra_sidecar: dict[s
     write_pipeline_index(folder)
     side = {"capture_blocks": list(model.capture_blocks), "video": model.video_defaults,
             "sample": model.sample_defaults}
+    if model.train_defaults:  # only when the model has its own: a sidecar without it keeps docs/method.md's defaults
+        side["train"] = model.train_defaults
     side.update(extra_sidecar or {})
     (folder / SIDECAR).write_text(json.dumps(side, indent=2))
     return folder

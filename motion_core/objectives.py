@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .attention import MotionFeatureExtractor
+from .checkpointing import checkpoint_units, checkpointed, unet_blocks
 from .config import LossConfig
 from .ddim import abar_at, add_noise, v_t
 from .models import T2VModel
@@ -42,15 +43,20 @@ class ObjectiveContext:
     extractor: MotionFeatureExtractor | None = None  # needed by "motion" only
     amp_dtype: torch.dtype | None = None  # autocast dtype for the denoiser; None = full precision
     generator: torch.Generator | None = None  # for objectives with their own randomness (anchor frame)
+    grad_checkpointing: bool = False  # recompute each UNet block's activations in backward (checkpointing.py)
 
 
 def predict_noise(ctx: ObjectiveContext, z_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-    """The LoRA denoiser's noise estimate, under autocast if asked, returned in fp32."""
+    """The LoRA denoiser's noise estimate, under autocast if asked, returned in fp32.
+
+    Inputs go in at the dtype of ``conv_in``: the weights may be mixed (half, with the extractor's path in fp32).
+    """
     unet = ctx.model.unet
     amp = (torch.autocast(device_type=z_t.device.type, dtype=ctx.amp_dtype) if ctx.amp_dtype
            else contextlib.nullcontext())
-    with amp:
-        eps = unet(z_t.to(unet.dtype), t, encoder_hidden_states=text.to(unet.dtype), return_dict=False)[0]
+    dtype = unet.conv_in.weight.dtype
+    with amp, checkpointed(unet, checkpoint_units(unet, unet_blocks(unet)), ctx.grad_checkpointing):
+        eps = unet(z_t.to(dtype), t, encoder_hidden_states=text.to(dtype), return_dict=False)[0]
     return eps.float()
 
 

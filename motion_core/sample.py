@@ -1,6 +1,6 @@
 """DDIM inversion and sampling loops (paper App. F), owned here rather than borrowed from a deprecated pipeline.
 
-    eps_inv = invert(model, z0, num_steps=75)                         # base model, empty prompt, no guidance
+    eps_inv = invert(model, z0, num_steps=75)           # empty prompt, no guidance; LoRA on or off as the model says
     out = sample(model, "a green star on a dotted background", SampleConfig(beta=0.3, seed=1), eps_inv=eps_inv)
 
 Sampling starts from ``z_T = sqrt(beta) eps_inv + sqrt(1 - beta) eps`` and runs eta = 0 DDIM with classifier-free
@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 
 from .attention import lora_disabled
-from .config import SampleConfig, check_text
+from .config import RunConfig, SampleConfig, check_text
 from .ddim import abar_at, blend_noise, ddim_move, inversion_timesteps, sampling_timesteps
-from .lora_io import has_lora, lora_scale
+from .lora_io import has_lora, lora_scale, lora_state_dict
 from .models import T2VModel, decode_latents, encode_prompt
 
 StepCallback = Callable[[int, int, int], None]
@@ -42,17 +42,29 @@ def _model_t(t: int) -> int:
     return max(t, 0)  # the final level (-1) is evaluated as t = 0, as diffusers' inverse scheduler does
 
 
+def inversion_uses_lora(model: T2VModel, with_lora: bool | None = None) -> bool:
+    """Whether inversion runs with the model's LoRA at scale 1: ``with_lora``, else the model's own choice
+    (``RunConfig.for_model``: on for Zeroscope as in the release, off for a model that says nothing)."""
+    if with_lora is None:
+        with_lora = bool(RunConfig.for_model(model).sample.invert_with_lora)
+    return with_lora and has_lora(model)
+
+
 @torch.no_grad()
 def invert(model: T2VModel, z0: torch.Tensor, num_steps: int = 75, callback: StepCallback | None = None,
-           prompt: str = "") -> torch.Tensor:
-    """DDIM-invert latents ``(1, C, F, h, w)`` to ``eps_inv`` with the base model (LoRA off), no guidance."""
+           prompt: str = "", with_lora: bool | None = None) -> torch.Tensor:
+    """DDIM-invert latents ``(1, C, F, h, w)`` to ``eps_inv``, empty prompt, no guidance.
+
+    The LoRA (if the model has one) is on at scale 1 or off as ``inversion_uses_lora`` decides.
+    """
     if z0.ndim != 5:
         raise ValueError(f"latents must be (B, C, F, h, w), got {tuple(z0.shape)}")
+    lora_ctx = lora_scale(model, 1.0) if inversion_uses_lora(model, with_lora) else lora_disabled(model.unet)
     sched = model.scheduler
     text = encode_prompt(model, [prompt] * z0.shape[0])
     x = z0.float().to(model.device)
     steps = inversion_timesteps(sched, num_steps)
-    with lora_disabled(model.unet):
+    with lora_ctx:
         for i, (t_from, t_to) in enumerate(steps):
             eps = _unet(model, x, _model_t(t_from), text)
             x = ddim_move(x, eps, abar_at(sched, t_from), abar_at(sched, t_to))
@@ -67,25 +79,31 @@ def _unet(model: T2VModel, x: torch.Tensor, t: int, text: torch.Tensor) -> torch
     return unet(x.to(unet.dtype), tt, encoder_hidden_states=text.to(unet.dtype), return_dict=False)[0].float()
 
 
-def _cache_key(model: T2VModel, z0: torch.Tensor, num_steps: int) -> str:
+def _cache_key(model: T2VModel, z0: torch.Tensor, num_steps: int, with_lora: bool) -> str:
     h = hashlib.sha256()
     h.update(z0.detach().float().cpu().contiguous().numpy().tobytes())
     h.update(f"{model.fingerprint()}|{model.source}|{num_steps}".encode())
+    if with_lora:  # the LoRA's weights change the inversion: they are part of the key (keys without stay as before)
+        h.update(b"lora")
+        for k, v in sorted(lora_state_dict(model).items()):
+            h.update(k.encode())
+            h.update(v.detach().float().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:24]
 
 
 def invert_cached(model: T2VModel, z0: torch.Tensor, num_steps: int, cache_dir: str | os.PathLike | None,
-                  callback: StepCallback | None = None) -> torch.Tensor:
-    """``invert`` with an on-disk cache keyed by (latents, model, steps); ``cache_dir=None`` disables it."""
+                  callback: StepCallback | None = None, with_lora: bool | None = None) -> torch.Tensor:
+    """``invert`` with an on-disk cache keyed by (latents, model, steps, LoRA if used); ``cache_dir=None``: none."""
+    with_lora = inversion_uses_lora(model, with_lora)
     if cache_dir is None:
-        return invert(model, z0, num_steps, callback)
-    path = Path(cache_dir) / f"inv-{_cache_key(model, z0, num_steps)}.pt"
+        return invert(model, z0, num_steps, callback, with_lora=with_lora)
+    path = Path(cache_dir) / f"inv-{_cache_key(model, z0, num_steps, with_lora)}.pt"
     if path.is_file():
         try:
             return torch.load(path, map_location=model.device, weights_only=True)
         except Exception:  # a damaged cache entry is recomputed, never trusted
             path.unlink(missing_ok=True)
-    eps_inv = invert(model, z0, num_steps, callback)
+    eps_inv = invert(model, z0, num_steps, callback, with_lora=with_lora)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save(eps_inv.cpu(), tmp)

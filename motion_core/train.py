@@ -23,7 +23,8 @@ from typing import Any
 
 import torch
 
-from .attention import MotionFeatureExtractor
+from .attention import MotionFeatureExtractor, extractor_path
+from .checkpointing import resolve_checkpointing
 from .config import RunConfig, check_text
 from .lora_io import ADAPTER, add_lora, lora_state_dict, save_lora
 from .models import T2VModel, encode_prompt, encode_video
@@ -71,11 +72,25 @@ class TrainResult:
 
 
 def resolve_amp(precision: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype for the denoiser: None = fp32. "auto" = bf16 on a CUDA GPU that has it, else fp32."""
+    """Autocast dtype for the denoiser: None = fp32.
+
+    "auto": bf16 on a CUDA GPU that has it; fp16 (with the trainer's GradScaler) on one that does not (T4, V100),
+    where an fp32 denoiser would double the memory and time; fp32 on the CPU, where half precision is not faster.
+    """
     if precision == "auto":
-        ok = device.type == "cuda" and torch.cuda.is_bf16_supported()
-        return torch.bfloat16 if ok else None
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def _cast_base(unet: torch.nn.Module, names: list[str] | None, dtype: torch.dtype) -> None:
+    """Cast the frozen (non-LoRA) weights of the named submodules (None: all) to ``dtype``, in place."""
+    mods = [unet] if names is None else [unet.get_submodule(n) for n in names]
+    for mod in mods:
+        for n, p in mod.named_parameters():
+            if "lora_" not in n and p.dtype != dtype:
+                p.data = p.data.to(dtype)
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
@@ -118,6 +133,7 @@ def train_lora(
     """
     cfg = cfg or RunConfig()
     cfg.validate()
+    cfg.fill_from_model(model)  # settings left to the model (Adam eps ...) from its sidecar; recorded below
     caption = check_text(caption, "caption")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -128,10 +144,14 @@ def train_lora(
     dev = model.device
     tc, lc = cfg.train, cfg.loss
 
-    # 1. Precision: LoRA and master weights in fp32; the denoiser may run under autocast (see resolve_amp).
-    if model.unet.dtype != torch.float32:
-        model.unet.to(torch.float32)  # half base weights cannot host an fp32 extractor; upcast once
+    # 1. Precision. LoRA weights train in fp32. Without autocast the whole UNet runs in fp32. With autocast the
+    #    frozen weights stay as loaded (half on a GPU) except the motion extractor's path (stem and blocks up to
+    #    the capture block), cast to fp32: the motion signal is the difference of two extractor passes on inputs
+    #    that differ by a few thousandths (docs/method.md), which half precision rounds away. Every weight gets its own
+    #    dtype back when training ends, so inversion and sampling afterwards run at the model's speed.
+    #    (The casts happen right before the loop, inside whose ``finally`` the dtypes are restored.)
     amp = resolve_amp(tc.precision, dev)
+    grad_ckpt = resolve_checkpointing(tc.grad_checkpointing, dev)
 
     # 2. The reference's latents and caption embedding, computed once.
     if reference.ndim == 4:
@@ -153,7 +173,7 @@ def train_lora(
     step, losses = 0, []
     ckpt_path = out / CHECKPOINT
     if resume and ckpt_path.is_file():
-        step, losses = _load_checkpoint(ckpt_path, model, opt, gen, tc.steps)
+        step, losses = _load_checkpoint(ckpt_path, model, opt, gen, tc.steps, dev)
         if callback is not None:
             callback(Progress(step, tc.steps, losses[-1]["loss"] if losses else math.nan, {}, 0.0, math.nan,
                               "resuming"))
@@ -167,17 +187,24 @@ def train_lora(
     scaler = torch.amp.GradScaler(dev.type) if amp == torch.float16 else None
 
     objective = get_objective(lc.objective)
-    extractor = MotionFeatureExtractor(model, lc.capture_blocks) if lc.objective == "motion" else None
-    ctx = ObjectiveContext(model, lc, extractor, amp, gen)
+    extractor = MotionFeatureExtractor(model, lc.capture_blocks, grad_ckpt) if lc.objective == "motion" else None
+    ctx = ObjectiveContext(model, lc, extractor, amp, gen, grad_ckpt)
     lo, hi = lc.t_range(model.num_train_timesteps)
 
     def checkpoint() -> None:
         nonlocal ckpt_step
         ckpt_step = step
-        _atomic_save({"step": step, "lora": lora_state_dict(model), "optimizer": opt.state_dict(),
-                      "generator": gen.get_state(), "torch_rng": torch.get_rng_state(), "losses": losses},
-                     ckpt_path)
+        state = {"step": step, "lora": lora_state_dict(model), "optimizer": opt.state_dict(),
+                 "generator": gen.get_state(), "torch_rng": torch.get_rng_state(), "losses": losses}
+        if dev.type == "cuda":  # LoRA dropout on a GPU draws from the device's stream: a resume must continue it
+            state["cuda_rng"] = torch.cuda.get_rng_state(dev)
+        _atomic_save(state, ckpt_path)
 
+    own_dtypes = [(p, p.dtype) for p in model.unet.parameters() if not p.requires_grad]  # frozen ones: step 1
+    if amp is None:
+        _cast_base(model.unet, None, torch.float32)
+    elif lc.objective == "motion":
+        _cast_base(model.unet, extractor_path(model.unet, lc.capture_blocks or model.capture_blocks), torch.float32)
     lora_train_mode(model.unet)
     stop_at = tc.steps if max_steps_this_call is None else min(tc.steps, step + max_steps_this_call)
     cancelled = False
@@ -227,6 +254,9 @@ def train_lora(
             extractor.remove()
         for p in params:
             p.grad = None
+        for p, dtype in own_dtypes:  # the model's own weight dtypes back (step 1)
+            if p.dtype != dtype:
+                p.data = p.data.to(dtype)
 
     lora_path = None
     if step < tc.steps:
@@ -246,7 +276,8 @@ def train_lora(
     return TrainResult(out, lora_path, step, cancelled, losses, time.perf_counter() - t_start)
 
 
-def _load_checkpoint(path: Path, model: T2VModel, opt: torch.optim.Optimizer, gen: torch.Generator, total: int):
+def _load_checkpoint(path: Path, model: T2VModel, opt: torch.optim.Optimizer, gen: torch.Generator, total: int,
+                     dev: torch.device) -> tuple[int, list]:
     """Restore a run from its checkpoint; any problem is a ``CheckpointError`` naming the file, never a traceback.
 
     ``weights_only=True`` refuses foreign pickles (no code runs); the contents are checked before they are used,
@@ -285,4 +316,6 @@ def _load_checkpoint(path: Path, model: T2VModel, opt: torch.optim.Optimizer, ge
     set_peft_model_state_dict(model.unet, sd, adapter_name=ADAPTER)
     gen.set_state(gen_state)
     torch.set_rng_state(rng_state)
+    if dev.type == "cuda" and "cuda_rng" in state:
+        torch.cuda.set_rng_state(state["cuda_rng"], dev)
     return int(step), list(losses)

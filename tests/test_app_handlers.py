@@ -522,3 +522,21 @@ def test_readme_names_the_button_as_the_page_does_and_its_screenshots_exist():
     assert f"*{label}*" in readme
     shots = set(re.findall(r"docs/screenshots/[\w-]+\.(?:png|jpg)", readme))
     assert shots and all((REPO / s).is_file() for s in shots), shots
+
+
+def test_a_training_run_that_cannot_fit_the_gpu_is_refused_with_one_that_does(make_app, clip, monkeypatch):
+    # Issue 16: the app asks preflight before it queues a run (on a GPU); the message names a setting that fits.
+    import motion_core.preflight as preflight
+
+    seen = {}
+
+    def fake_check(source, cfg, device_gb=None):
+        seen["frames"], seen["size"] = cfg.video.num_frames, cfg.video.height
+        raise preflight.MemoryFitError("needs about 51.5 GB: does not fit the device's 24 GB. This fits: "
+                                       "--grad-checkpointing on")
+
+    monkeypatch.setattr(preflight, "check_run", fake_check)
+    app = make_app()
+    with pytest.raises(JobError, match="This fits: --grad-checkpointing on"):
+        app.submit_train(str(clip), "a red square", None, 2, 5e-4, 4, 2000, 2000, 0, "motion")
+    assert seen["frames"] > 0 and seen["size"] > 0  # the run's own video size was checked

@@ -101,7 +101,8 @@ def test_help_is_fast_and_shows_defaults():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, "torch or diffusers was imported for --help" + res.stderr
     text = " ".join(res.stdout.split())
-    for shown in ("optimisation steps (default: 400)", "AdamW learning rate (default: 0.0005)",
+    for shown in ("optimisation steps (default: the model's own, else 400)",
+                  "AdamW learning rate (default: the model's own, else 0.0005)",
                   "LoRA strength (default: 1.0)", "(default: motion)",
                   "offset into the clip in seconds (default: 0.0)"):
         assert shown in text, shown

@@ -109,3 +109,44 @@ def test_unknown_objective_is_refused():
 
     with pytest.raises(ValueError, match="unknown objective"):
         get_objective("l2-magic")
+
+
+def test_half_weights_with_an_fp32_extractor_path_keep_the_gradient():
+    """bf16 base weights, the extractor's path cast to fp32 (as train_lora does): the LoRA gradient matches the
+    all-fp32 one; with the whole extractor in bf16 it does not (docs/method.md: rounding noise), which shows the test
+    can tell them apart."""
+    from motion_core.attention import extractor_path
+    from motion_core.train import _cast_base
+
+    model = build_tiny_model(seed=3, block_out_channels=(16, 32, 32))
+    params = add_lora(model, LoraConfig(rank=4, dropout=0.0))
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in params:
+            p.add_(torch.randn(p.shape, generator=g) * 0.1)
+    ex = MotionFeatureExtractor(model)
+    text = encode_prompt(model, "a red circle on a blue background")
+    z0 = torch.randn(1, 4, 8, 16, 16, generator=g)
+    setup = (model, params, ex, text, z0, g)
+    ref = _lora_grad(setup, None, 600)
+    _cast_base(model.unet, None, torch.bfloat16)
+    naive = F.cosine_similarity(ref, _lora_grad(setup, torch.bfloat16, 600), dim=0)
+    _cast_base(model.unet, extractor_path(model.unet, model.capture_blocks), torch.float32)
+    assert model.unet.conv_out.weight.dtype == torch.bfloat16 and model.unet.conv_in.weight.dtype == torch.float32
+    got = F.cosine_similarity(ref, _lora_grad(setup, torch.bfloat16, 600), dim=0)
+    assert got >= 0.99, float(got)
+    assert naive < 0.9, float(naive)
+
+
+def test_the_extractor_turns_tf32_off_inside_and_restores_it():
+    # On Ampere and later torch lets convolutions use TF32 (10-bit mantissa) by default; the extractor must not.
+    from motion_core.attention import no_tf32
+
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        with no_tf32():
+            assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before

@@ -9,7 +9,7 @@ import torch
 
 from motion_core.config import RunConfig
 from motion_core.lora_io import load_lora, lora_state_dict
-from motion_core.models import build_tiny_model
+from motion_core.models import build_tiny_model, encode_video
 from motion_core.train import NonFiniteLossError, train_lora
 
 
@@ -239,3 +239,38 @@ def test_a_resumed_run_says_so_and_its_rate_counts_only_new_steps(frames, tmp_pa
     first = next(p for p in seen if p.phase == "training")
     assert first.step == 5 and first.steps_per_sec == pytest.approx(1.0)  # 1 step in 1 s, not 5 steps in 1 s
     assert first.eta_sec == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_training_gives_the_model_its_own_weight_dtype_back(frames, tmp_path, precision):
+    # Half base weights stay half during a bf16 run except the extractor's path (fp32, for a precise motion signal);
+    # an fp32 run upcasts everything. Either way inversion and sampling afterwards run at the model's own dtype.
+    model = build_tiny_model()
+    z0 = encode_video(model, frames)
+    model.unet.to(torch.bfloat16)
+    seen = []
+
+    def look(p) -> None:
+        u = model.unet
+        seen.append((u.conv_in.weight.dtype, u.down_blocks[0].resnets[0].conv1.weight.dtype, u.conv_out.weight.dtype))
+
+    cfg = _cfg(steps=2)
+    cfg.train.precision = precision
+    res = train_lora(model, z0, "a red circle", tmp_path, cfg, callback=look)
+    assert res.steps_done == 2 and all(r["loss"] > 0 for r in res.losses)
+    during = (torch.float32, torch.float32, torch.bfloat16 if precision == "bf16" else torch.float32)
+    assert seen[0] == during
+    for n, p in model.unet.named_parameters():
+        assert p.dtype == (torch.float32 if "lora_" in n else torch.bfloat16), n
+
+
+def test_auto_precision_is_fp16_on_a_gpu_without_bf16(monkeypatch):
+    # T4 / V100: an fp32 denoiser would double memory and time; fp16 runs with the trainer's GradScaler.
+    from motion_core.train import resolve_amp
+
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert resolve_amp("auto", cuda) == torch.float16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert resolve_amp("auto", cuda) == torch.bfloat16
+    assert resolve_amp("auto", torch.device("cpu")) is None and resolve_amp("fp32", cuda) is None
