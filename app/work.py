@@ -365,7 +365,9 @@ class Worker:
         cfg = SampleConfig(num_inference_steps=int(p["steps"]), guidance_scale=float(p["guidance"]),
                            beta=float(p["beta"]), lora_scale=float(p["lora_strength"]),
                            negative_prompt=p.get("negative_prompt") or "", seed=p.get("seed"),
-                           num_videos=int(p["num_videos"]))
+                           num_videos=int(p["num_videos"]),
+                           # the model's own cut-off (its sidecar's sample section), else the release's 500
+                           lora_cutoff=int(model.sample_defaults.get("lora_cutoff", SampleConfig().lora_cutoff)))
         cfg.validate()
 
         # One progress bar for the whole request (inversion, LoRA videos, base videos, writing, motion report): each

@@ -132,8 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--steps", type=int, default=None, help="DDIM steps, 1 to 1000 (default: the model's, else 75)")
     s.add_argument("--guidance", type=float, default=None, help="classifier-free guidance (default: model's, else 12)")
     s.add_argument("--lora-scale", type=float, default=sd.lora_scale, help="LoRA strength")
-    s.add_argument("--lora-cutoff", type=int, default=sd.lora_cutoff,
-                   help="LoRA only while t >= this (release: 500; 0 = throughout)")
+    s.add_argument("--lora-cutoff", type=int, default=None,
+                   help=f"LoRA only while t >= this (default: the model's, else the release's {sd.lora_cutoff}; "
+                        "0 = throughout)")
     s.add_argument("--num-videos", type=int, default=1, help="videos to make (seeds seed, seed+1, ...)")
     s.add_argument("--base", action="store_true", help="also render the base model for the same seeds and beta")
     s.add_argument("--gif", action="store_true", help="also write GIFs")
@@ -320,7 +321,9 @@ def _sample_cfg(args: argparse.Namespace, defaults: dict[str, Any]) -> SampleCon
     cfg = SampleConfig(
         num_inference_steps=_steps(args.steps, defaults.get("num_inference_steps")),
         guidance_scale=args.guidance if args.guidance is not None else float(defaults.get("guidance_scale", 12.0)),
-        beta=args.beta, lora_scale=args.lora_scale, lora_cutoff=args.lora_cutoff,
+        beta=args.beta, lora_scale=args.lora_scale,
+        lora_cutoff=(args.lora_cutoff if args.lora_cutoff is not None
+                     else int(defaults.get("lora_cutoff", SampleConfig().lora_cutoff))),
         negative_prompt=check_text(args.negative_prompt, "negative prompt", required=False),
         seed=check_seed(args.seed), num_videos=args.num_videos,
     )

@@ -128,3 +128,45 @@ def test_ladder_summary_ratios():
     assert s["all"]["ratios"]["L3 lora/base beta=0"] == pytest.approx(0.25)  # the untracked sample is left out
     assert s["all"]["groups"]["L3 lora beta=0"]["untracked"] == 1
     assert s["held_out"]["ratios"] == {"L3 lora/base beta=0.3": pytest.approx(0.25)}
+
+
+def test_card_measures_a_model_and_writes_a_users_page(tmp_path):
+    from motion_core.shapes import card
+
+    model_dir, lad, flow = tmp_path / "m", tmp_path / "ladder", tmp_path / "flow"
+    recipe.main(["--out", str(model_dir), "--clips", "4", "--vae-minutes", "0.005", "--unet-minutes", "0.005",
+                 "--decoder-minutes", "0", "--threads", "1"])
+    side = json.loads((model_dir / "motion_matcher.json").read_text())
+    side["train"]["steps"] = 2  # the model's own training default, which the flow and the ladder use
+    side["sample"]["num_inference_steps"] = 2
+    (model_dir / "motion_matcher.json").write_text(json.dumps(side))
+    ladder.main(["--model", str(model_dir), "--out", str(lad), "--refs", "0", "--prompts", "1", "--seeds", "1",
+                 "--rungs", "L3", "--threads", "1"])
+    card.main(["--model", str(model_dir), "--out", str(flow), "--flow-only"])
+    flow_res = json.loads((flow / "results.json").read_text())["flow"]
+    assert flow_res["train_steps"] == 2 and flow_res["total_s"] > 0
+    card.main(["--model", str(model_dir), "--out", str(tmp_path / "card"), "--ladder", str(lad), "--flow", str(flow),
+               "--prompts", "2", "--write"])
+    res = json.loads((tmp_path / "card" / "results.json").read_text())
+    assert res["prompt_following"]["n"] == 2 and "trained" in res["ladder"]
+    text = (model_dir / "README.md").read_text()
+    for section in ("## What it draws", "## Quality", "## Model", "## Rebuild", "](transfer.png)",
+                    "recipe --replay assets/shapes-t2v/training_info.json", "| check | target | measured | met |",
+                    "L3: MotionMatcher LoRA / base distance, beta 0 (training families)", "default flow"):
+        assert section in text, section
+    assert (model_dir / "transfer.png").is_file()
+    rows = card.checks(res)
+    met = [r for r in rows if r[3]]
+    assert f"Targets met: {len(met)} of {len(rows)}" in text  # computed, never typed in
+
+
+def test_examples_follow_the_embedded_models_world(tmp_path):
+    from motion_core.shapes import examples
+
+    assert examples.model_world(tmp_path) == "shapes"  # no record: the first world
+    (tmp_path / "training_info.json").write_text(json.dumps({"info": {"world": "paths"}}))
+    assert examples.model_world(tmp_path) == "paths"
+    examples.main(["--out", str(tmp_path / "ex"), "--world", "paths", "--size", "32"])
+    listing = json.loads((tmp_path / "ex" / "examples.json").read_text())
+    assert [e["motion"] for e in listing] == [r[4] for r in ladder.REFERENCES[:6]]
+    assert listing[0]["caption"] == "a red circle on a plain grey background"
