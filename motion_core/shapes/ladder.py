@@ -82,8 +82,8 @@ def new_prompts(i: int, n: int) -> list[str]:
 
 
 def default_config(model: T2VModel) -> RunConfig:
-    """The model's training defaults (its sidecar's ``train`` section over the library's), as a user gets them."""
-    return RunConfig.for_model(model) if hasattr(RunConfig, "for_model") else RunConfig()
+    """The model's training and sampling defaults (its sidecar over the library's), as a user gets them."""
+    return RunConfig.for_model(model)
 
 
 def apply_overrides(cfg: RunConfig, scfg: SampleConfig, sets: list[str]) -> None:
@@ -245,7 +245,8 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     model = load_model(args.model)
-    args.cfg, args.scfg = default_config(model), SampleConfig()
+    args.cfg = default_config(model)
+    args.scfg = args.cfg.sample  # the model's sampling defaults (cut-off ...), as a user gets them
     if args.steps:
         args.cfg.train.steps = args.steps
     apply_overrides(args.cfg, args.scfg, args.set)
