@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import gradio as gr
@@ -233,6 +234,30 @@ class MotionApp:
         w = self._worker
         return _work().video_config_for(source, w.models if w else None, self.opts.max_upload_mb, lora_meta)
 
+    def run_defaults(self, source: str, vcfg: Any) -> RunConfig:
+        """A run's settings before the page's: the model's own training defaults (its sidecar's train section:
+        LoRA targets ...) over the library's, at the clip size ``vcfg``."""
+        own = _work().model_defaults(source)
+        return RunConfig.for_model(SimpleNamespace(video_defaults=vcfg.to_dict(), sample_defaults=own["sample"],
+                                                   train_defaults=own["train"]))
+
+    def memory_note(self, source: str) -> str:
+        """Preflight's prediction for training this model on this machine's GPU, shown before a run (issue 16);
+        empty where there is nothing to predict (no GPU, or a model without measured fits)."""
+        from motion_core.preflight import MemoryFitError, check_run
+
+        try:
+            fit = check_run(source, self.run_defaults(source, self.video_config(source)))
+        except MemoryFitError as err:
+            return f" **Will not fit this GPU:** {err}"
+        except Exception:  # a prediction is a courtesy: never let it break the page
+            return ""
+        if fit is None:
+            return ""
+        device = f" of this GPU's {fit.device_gb:.0f} GB" if fit.device_gb else ""
+        return (f" Predicted GPU memory: {fit.train_peak_gb:.1f} GB to train, {fit.sample_peak_gb:.1f} GB to "
+                f"sample{device} (`motion-matcher preflight`).")
+
     def estimate(self, choice: str | None, steps: Any) -> str:
         try:
             source = self.source_of(choice)
@@ -242,8 +267,8 @@ class MotionApp:
         rate = self.worker().speeds().get(source) if self._worker or self.runner.warmup_done.is_set() else None
         if rate:
             return (f"{n} steps: about **{fmt_seconds(n / rate)}** at this machine's last measured speed "
-                    f"({rate:.2f} steps/s), plus loading and writing.")
-        return f"{n} steps. The time per step is measured on the first run with this model."
+                    f"({rate:.2f} steps/s), plus loading and writing." + self.memory_note(source))
+        return f"{n} steps. The time per step is measured on the first run with this model." + self.memory_note(source)
 
     # -------------------------------------------------------------------------------------- examples
 
@@ -285,7 +310,8 @@ class MotionApp:
         caption = check_text(caption, "caption")
         source = self.source_of(model)
         vcfg = self.video_config(source)
-        cfg = RunConfig(model=source, caption=caption, video=vcfg)
+        cfg = self.run_defaults(source, vcfg)
+        cfg.model, cfg.caption = source, caption
         cfg.train.steps = _num(steps, "steps", 1, 100_000, integer=True)
         cfg.train.learning_rate = _num(learning_rate, "learning rate", 1e-7, 1.0)
         cfg.train.seed = resolve_seed(seed)  # -1: a random seed, recorded in the run's config

@@ -540,3 +540,41 @@ def test_a_training_run_that_cannot_fit_the_gpu_is_refused_with_one_that_does(ma
     with pytest.raises(JobError, match="This fits: --grad-checkpointing on"):
         app.submit_train(str(clip), "a red square", None, 2, 5e-4, 4, 2000, 2000, 0, "motion")
     assert seen["frames"] > 0 and seen["size"] > 0  # the run's own video size was checked
+
+
+def test_training_takes_the_models_own_defaults_under_the_pages_settings(tiny_model_dir, tmp_path, clip):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    side = json.loads((model / "motion_matcher.json").read_text())
+    side["train"] = {"conv_targets": ["temp_convs"], "learning_rate": 1e-3}
+    (model / "motion_matcher.json").write_text(json.dumps(side))
+    app = MotionApp(AppOptions(job_store=tmp_path / "jobs", model=str(model), preload=False)).start()
+    try:
+        job = app.submit_train(str(clip), "a red square", None, 2, 5e-4, 4, 2000, 2000, 0, "motion")
+        cfg = job.params["config"]
+        assert list(cfg["lora"]["conv_targets"]) == ["temp_convs"]  # the model's own LoRA targets
+        assert cfg["train"]["learning_rate"] == 5e-4  # what the page says wins over the model's default
+        assert wait_done(app, job.id).state == DONE
+    finally:
+        app.stop()
+
+
+def test_the_page_shows_the_predicted_gpu_memory_before_a_run(make_app, monkeypatch):
+    import motion_core.preflight as preflight
+
+    app = make_app()
+    monkeypatch.setattr(preflight, "check_run", lambda source, cfg, device_gb=None: preflight.Prediction(
+        9.13, 8.92, 24.0, "half weights + checkpointing", cfg.video.num_frames, cfg.video.height, True, "fits"))
+    text = app.estimate(None, 400)
+    assert "400 steps" in text
+    assert "Predicted GPU memory: 9.1 GB to train, 8.9 GB to sample of this GPU's 24 GB" in text
+
+    def too_big(source, cfg, device_gb=None):
+        raise preflight.MemoryFitError("needs about 51.5 GB. This fits: --grad-checkpointing on")
+
+    monkeypatch.setattr(preflight, "check_run", too_big)
+    assert "**Will not fit this GPU:** needs about 51.5 GB. This fits" in app.estimate(None, 400)
+    monkeypatch.setattr(preflight, "check_run", lambda source, cfg, device_gb=None: None)  # no GPU here
+    assert "GPU" not in app.estimate(None, 400)
