@@ -53,14 +53,10 @@ FAMILIES: dict[str, float] = {"curve": 0.32, "arc": 0.18, "bounce": 0.12, "wiggl
 HELD_OUT: tuple[str, ...] = ("zigzag", "square", "figure8", "spiral")
 
 
-def _article(word: str) -> str:
-    return "an" if word[0] in "aeiou" else "a"
-
-
 def caption(spec: world.ClipSpec) -> str:
     """The plain caption (no motion words): the model draws motion from its prior, a LoRA pins it down."""
     o = spec.objects[0]
-    return f"{_article(o.colour)} {o.colour} {o.shape} on a {spec.background} {spec.bg_colour} background"
+    return f"{world._article(o.colour)} {o.colour} {o.shape} on a {spec.background} {spec.bg_colour} background"
 
 
 def _words() -> tuple[str, ...]:
@@ -93,12 +89,6 @@ def _warp(rng: np.random.Generator, u: np.ndarray) -> np.ndarray:
     a = float(rng.uniform(0.25, 0.6))  # pause from a to b
     b = min(a + float(rng.uniform(0.15, 0.35)), 0.95)
     return np.interp(u, [0.0, a, b, 1.0], [0.0, a / (1 - (b - a)), a / (1 - (b - a)), 1.0])
-
-
-def _fold(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    span = max(hi - lo, 1e-6)
-    v = np.mod(x - lo, 2 * span)
-    return lo + np.where(v <= span, v, 2 * span - v)
 
 
 def _fit(xy: np.ndarray, lo: np.ndarray, hi: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -136,7 +126,7 @@ def family_path(family: str, rng: np.random.Generator, frames: int, lo: np.ndarr
         start = rng.uniform(lo, hi)
         t = np.arange(frames)[:, None]
         raw = start + v * t * 2.5
-        xy = np.stack([_fold(raw[:, 0], lo[0], hi[0]), _fold(raw[:, 1], lo[1], hi[1])], axis=1)
+        xy = np.stack([world._fold(raw[:, 0], lo[0], hi[0]), world._fold(raw[:, 1], lo[1], hi[1])], axis=1)
         return xy, scale
     elif family == "wiggle":  # a line with a sinusoid across it
         d = rng.normal(size=2)
