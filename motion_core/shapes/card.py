@@ -59,14 +59,14 @@ def vae_psnr(model: T2VModel, n_clips: int = 40, seed: int = 10_000) -> float:
 
 def prompt_following(model: T2VModel, n: int = 40, seed: int = 20_000) -> dict:
     """The base model at beta 0 on the captions of n random clips: colour, shape, coherence, background."""
-    vd, sd = model.video_defaults, model.sample_defaults
+    vd = model.video_defaults
     shape = (int(vd["num_frames"]), int(vd["height"]) // model.vae_scale, int(vd["width"]) // model.vae_scale)
+    own = ladder.default_config(model).sample.to_dict()  # the model's steps and guidance
     rng = np.random.default_rng(seed)
     rows = []
     for i in range(n):
         prompt = paths.caption(paths.sample_spec(rng))
-        cfg = SampleConfig(num_inference_steps=int(sd.get("num_inference_steps", 25)),
-                           guidance_scale=float(sd.get("guidance_scale", 7.5)), beta=0.0, seed=seed + i)
+        cfg = SampleConfig.from_dict({**own, "beta": 0.0, "seed": seed + i})
         out = sample(model, prompt, cfg, latent_shape=shape, use_lora=False)
         rows.append(judge_clip(to_uint8(out.frames[0]), prompt))
     return following_scores(rows)
@@ -80,8 +80,9 @@ def flow_timing(model_dir: str) -> dict:
     t_load = time.perf_counter() - t_all
     clip = ladder.reference(0, model)
     frames = frames_from_array(clip.frames)
-    cfg = ladder.default_config(model)
-    scfg = SampleConfig.from_dict({**SampleConfig().to_dict(), **model.sample_defaults, "seed": 0})
+    cfg = ladder.default_config(model)  # the model's own training and sampling defaults
+    scfg = cfg.sample
+    scfg.seed = 0
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         res = train_lora(model, frames, clip.caption, Path(tmp) / "run", cfg)
@@ -102,7 +103,8 @@ def transfer_picture(model: T2VModel, ladder_dir: Path, path: Path, ref: int = 0
     clip = ladder.reference(ref, model)
     prompt = ladder.new_prompts(ref, 1)[0]
     load_lora(ladder_dir / f"ref{ref}" / "motion" / "lora.safetensors", model)
-    scfg = SampleConfig.from_dict({**SampleConfig().to_dict(), **model.sample_defaults, "beta": 0.0, "seed": 0})
+    scfg = ladder.default_config(model).sample
+    scfg.beta, scfg.seed = 0.0, 0
     shape = (clip.frames.shape[0], *(s // model.vae_scale for s in clip.frames.shape[1:3]))
     rows = [clip.frames]
     for use_lora in (True, False):
