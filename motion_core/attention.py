@@ -20,6 +20,7 @@ is the only one that knows which layers are captured.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -34,6 +35,24 @@ from .models import T2VModel
 class MotionFeatures:
     ca: torch.Tensor  # (B, F, H*W, T): cross-attention probabilities, averaged over heads and layers
     tsa: torch.Tensor  # (B, H*W, F, F): temporal self-attention probabilities, averaged over heads and layers
+    sizes: tuple[int, ...] = ()  # H*W of each capture block, in order (several blocks concatenate spatially)
+
+    def block(self, i: int = 0) -> MotionFeatures:
+        """The maps of the ``i``-th capture block alone."""
+        sizes = self.sizes or (self.ca.shape[2],)
+        lo = sum(sizes[:i])
+        hi = lo + sizes[i]
+        return MotionFeatures(self.ca[:, :, lo:hi], self.tsa[:, lo:hi], (sizes[i],))
+
+
+def feature_grid(hw: int, h: int, w: int) -> tuple[int, int] | None:
+    """The (rows, columns) of a map with ``hw`` positions read from ``h x w`` latents, or None when no whole
+    downsampling factor gives ``hw`` (each stride-2 UNet stage rounds up)."""
+    s = round(math.sqrt(h * w / max(hw, 1)))
+    if s < 1:
+        return None
+    rows, cols = -(-h // s), -(-w // s)
+    return (rows, cols) if rows * cols == hw else None
 
 
 class _StopForward(Exception):
@@ -199,7 +218,14 @@ class MotionFeatureExtractor:
         if self.store.active and self.store.count() == self.expected:
             raise _StopForward
 
+    def __enter__(self) -> MotionFeatureExtractor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
     def remove(self) -> None:
+        """Give the captured layers their own processors back (also done on leaving a ``with`` block)."""
         for h in self._hooks:
             h.remove()
         for name, proc in self._old.items():
@@ -239,4 +265,29 @@ class MotionFeatureExtractor:
             ca_maps.append(ca.reshape(b, f, ca.shape[-2], ca.shape[-1]))
             tsa_maps.append(tsa.reshape(b, -1, f, f))
         self.store.reset()
-        return MotionFeatures(ca=torch.cat(ca_maps, dim=2), tsa=torch.cat(tsa_maps, dim=1))
+        return MotionFeatures(ca=torch.cat(ca_maps, dim=2), tsa=torch.cat(tsa_maps, dim=1),
+                              sizes=tuple(m.shape[2] for m in ca_maps))
+
+
+@torch.no_grad()
+def reference_features(model: T2VModel, z0: torch.Tensor, caption: str | list[str] | torch.Tensor, t: int,
+                       blocks: tuple[str, ...] | None = None, noise: torch.Tensor | None = None,
+                       seed: int = 0) -> MotionFeatures:
+    """M's maps of a clean clip at one noise level: ``z_t = sqrt(abar_t) z0 + sqrt(1 - abar_t) eps`` (the forward
+    process, paper Eq. 1), then the capture block(s) read with the LoRA off.
+
+    ``z0``: latents ``(B, C, F, h, w)``; ``caption``: text, or its embedding ``(B, T, D)``; ``noise``: ``eps``, by
+    default drawn from ``seed`` on the CPU (the same maps on any device). The pictures of the app, the diagnosis
+    and the retrieval check all read features this way.
+    """
+    from .ddim import add_noise
+    from .models import encode_prompt
+
+    tt = torch.full((z0.shape[0],), int(t), dtype=torch.long)
+    eps = noise if noise is not None else torch.randn(z0.shape, generator=torch.Generator().manual_seed(seed))
+    z_t = add_noise(model.scheduler, z0.float(), eps.to(z0.device, torch.float32), tt.to(z0.device))
+    text = caption if isinstance(caption, torch.Tensor) else encode_prompt(model, caption)
+    if text.shape[0] != z0.shape[0]:  # one caption for a batch of clips
+        text = text.expand(z0.shape[0], -1, -1)
+    with MotionFeatureExtractor(model, blocks) as ext:
+        return ext(z_t.to(model.device), tt.to(model.device), text.float())

@@ -35,8 +35,6 @@ from .config import (
     resolve_seed,
 )
 
-REF_LATENTS = "reference_latents.pt"
-
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
     """Keeps the description's line breaks and appends "(default: ...)" to every flag's help, except where the help
@@ -126,12 +124,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default=None, help="output folder (default: <run>/samples or ./samples)")
     sd = SampleConfig()
     s.add_argument("--negative-prompt", default=sd.negative_prompt, help="what to steer away from")
-    s.add_argument("--beta", type=float, default=sd.beta,
-                   help="share of inverted noise: higher = closer motion, more of the reference's look leaks")
+    s.add_argument("--beta", type=float, default=None,
+                   help=f"share of inverted noise: higher = closer motion, more of the reference's look leaks "
+                        f"(default: the model's, else {sd.beta})")
     s.add_argument("--seed", type=int, default=None, help="seed (default or -1: a random one, printed)")
-    s.add_argument("--steps", type=int, default=None, help="DDIM steps, 1 to 1000 (default: the model's, else 75)")
-    s.add_argument("--guidance", type=float, default=None, help="classifier-free guidance (default: model's, else 12)")
-    s.add_argument("--lora-scale", type=float, default=sd.lora_scale, help="LoRA strength")
+    s.add_argument("--steps", type=int, default=None,
+                   help=f"DDIM steps, 1 to 1000 (default: the model's, else {sd.num_inference_steps})")
+    s.add_argument("--guidance", type=float, default=None,
+                   help=f"classifier-free guidance (default: the model's, else {sd.guidance_scale:g})")
+    s.add_argument("--lora-scale", type=float, default=None, help=f"LoRA strength (default: {sd.lora_scale})")
     s.add_argument("--lora-cutoff", type=int, default=None,
                    help=f"LoRA only while t >= this (default: the model's, else the release's {sd.lora_cutoff}; "
                         "0 = throughout)")
@@ -175,12 +176,8 @@ def _add_inversion_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _video_cfg(args: argparse.Namespace, model) -> VideoConfig:
-    vd = {**model.video_defaults}
-    for k, a in (("num_frames", "frames"), ("fps", "fps"), ("height", "height"), ("width", "width")):
-        if getattr(args, a) is not None:
-            vd[k] = getattr(args, a)
-    vd.update(start_sec=args.start, loop=args.loop)
-    return VideoConfig.from_dict(vd)
+    return VideoConfig.for_model(model, {"num_frames": args.frames, "fps": args.fps, "height": args.height,
+                                         "width": args.width, "start_sec": args.start, "loop": args.loop})
 
 
 def _check_video_args(args: argparse.Namespace, video: str | None) -> None:
@@ -228,11 +225,9 @@ def _warn_base_model(meta: dict[str, Any], model: Any, lora: str) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    import torch
-
-    from .models import encode_video
+    from .rundir import RunDir
     from .train import CheckpointError, train_lora
-    from .video import read_video, write_mp4
+    from .video import read_video
 
     # 1. Everything that needs no model, first: a bad clip or setting is refused in well under a second.
     caption = check_text(args.caption, "caption")
@@ -253,11 +248,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     frames = read_video(args.video, vcfg)
     overrides["video"] = vcfg.to_dict()
     cfg = RunConfig.for_model(model, overrides)  # the model's own defaults, then what was given here
-    out = Path(args.out or Path("runs") / Path(args.video).stem)
-    out.mkdir(parents=True, exist_ok=True)
-    write_mp4(frames, out / "reference.mp4", fps=vcfg.fps)
-    z0 = encode_video(model, frames)
-    torch.save(z0.cpu(), out / REF_LATENTS)
+    run = RunDir(args.out or Path("runs") / Path(args.video).stem)
+    out = run.path
+    z0 = run.prepare_reference(model, frames, fps=vcfg.fps)
 
     with _progress(cfg.train.steps, "training") as bar:
         def progress(p) -> None:
@@ -286,13 +279,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _steps(value: int | None, model_default: int | None) -> int:
-    """--steps as given (0 or less is refused by the config, not replaced), else the model's, else the paper's."""
-    if value is not None:
-        return value
-    return int(model_default or SampleConfig().num_inference_steps)
-
-
 def cmd_invert(args: argparse.Namespace) -> int:
     import torch
 
@@ -300,12 +286,10 @@ def cmd_invert(args: argparse.Namespace) -> int:
     from .sample import invert
     from .video import read_video
 
-    if args.steps is not None:
-        SampleConfig(num_inference_steps=args.steps).validate()
+    SampleConfig.for_model(None, {"num_inference_steps": args.steps})  # range check before the model loads
     _check_video_args(args, args.video)
     model = _load(args)
-    steps = _steps(args.steps, model.sample_defaults.get("num_inference_steps"))
-    SampleConfig(num_inference_steps=steps).validate()
+    steps = SampleConfig.for_model(model, {"num_inference_steps": args.steps}).num_inference_steps
     z0 = encode_video(model, read_video(args.video, _video_cfg(args, model)))
     with _progress(steps, "inverting") as bar:
         eps_inv = invert(model, z0, steps, callback=lambda i, n, t: bar.update(1),
@@ -317,18 +301,14 @@ def cmd_invert(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sample_cfg(args: argparse.Namespace, defaults: dict[str, Any]) -> SampleConfig:
-    cfg = SampleConfig(
-        num_inference_steps=_steps(args.steps, defaults.get("num_inference_steps")),
-        guidance_scale=args.guidance if args.guidance is not None else float(defaults.get("guidance_scale", 12.0)),
-        beta=args.beta, lora_scale=args.lora_scale,
-        lora_cutoff=(args.lora_cutoff if args.lora_cutoff is not None
-                     else int(defaults.get("lora_cutoff", SampleConfig().lora_cutoff))),
-        negative_prompt=check_text(args.negative_prompt, "negative prompt", required=False),
-        seed=check_seed(args.seed), num_videos=args.num_videos,
-    )
-    cfg.validate()
-    return cfg
+def _sample_cfg(args: argparse.Namespace, model) -> SampleConfig:
+    """The model's sampling defaults (``model`` None: the method's, for checks before the model loads), then the
+    flags given."""
+    return SampleConfig.for_model(model, {
+        "num_inference_steps": args.steps, "guidance_scale": args.guidance, "beta": args.beta,
+        "lora_scale": args.lora_scale, "lora_cutoff": args.lora_cutoff,
+        "negative_prompt": check_text(args.negative_prompt, "negative prompt", required=False),
+        "seed": check_seed(args.seed), "num_videos": args.num_videos})
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -336,21 +316,22 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     from .lora_io import load_lora, read_lora
     from .models import encode_video
+    from .rundir import RunDir
     from .sample import invert_cached, sample
     from .video import read_video, write_gif, write_mp4
 
     # 1. Inputs first, before the model loads: prompt, settings, the LoRA file, the reference.
     prompt = check_text(args.prompt, "prompt")
-    run = Path(args.run) if args.run else None
-    if run is not None and not run.is_dir():
-        raise ValueError(f"--run {run} is not a folder (give the --out folder of `train`)")
-    lora = args.lora or (str(run / "lora.safetensors") if run else None)
-    _sample_cfg(args, {})
+    run = RunDir(args.run) if args.run else None
+    if run is not None and not run.path.is_dir():
+        raise ValueError(f"--run {run.path} is not a folder (give the --out folder of `train`)")
+    lora = args.lora or (str(run.lora) if run else None)
+    _sample_cfg(args, None)
     if lora:
         read_lora(lora)  # LoraFileError: missing, damaged, NaN, oversized, not ours
     if args.inverted and not Path(args.inverted).is_file():
         raise ValueError(f"--inverted {args.inverted} does not exist")
-    has_ref = bool(args.inverted or args.video or (run and (run / REF_LATENTS).is_file()))
+    has_ref = bool(args.inverted or args.video or (run and run.reference_latents.is_file()))
     if not has_ref:
         raise ValueError("sample needs a reference: --run with a reference, --video, or --inverted")
     _check_video_args(args, args.video)
@@ -361,7 +342,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         print(f"LoRA: {lora} (objective {meta.get('objective')}, {meta.get('steps')} steps, "
               f"reference: {str(meta.get('caption'))[:80]!r})", file=sys.stderr)
         _warn_base_model(meta, model, lora)
-    cfg = _sample_cfg(args, model.sample_defaults)
+    cfg = _sample_cfg(args, model)
     if cfg.seed is None:
         cfg.seed = draw_seed()
         print(f"seed: {cfg.seed} (drawn at random)", file=sys.stderr)
@@ -379,8 +360,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     reference = None  # the clip as the model sees it, for --report
     if args.report and args.video:
         reference = read_video(args.video, _video_cfg(args, model))
-    elif args.report and run is not None and (run / "reference.mp4").is_file():
-        reference = read_video(run / "reference.mp4", _video_cfg(args, model))
+    elif args.report and run is not None and run.reference_video.is_file():
+        reference = read_video(run.reference_video, _video_cfg(args, model))
     elif args.report:
         print("note: --report needs the reference clip (--video, or a --run from `train`): no report",
               file=sys.stderr)
@@ -389,16 +370,16 @@ def cmd_sample(args: argparse.Namespace) -> int:
             z0 = encode_video(model, reference if reference is not None else
                               read_video(args.video, _video_cfg(args, model)))
         else:
-            z0 = torch.load(run / REF_LATENTS, map_location="cpu", weights_only=True)
-        cache = (run / "cache") if run else None
+            z0 = run.load_latents()
+        cache = run.inversion_cache if run else None
         with _progress(cfg.num_inference_steps, "inverting") as bar:
             eps_inv = invert_cached(model, z0.to(model.device), cfg.num_inference_steps, cache,
                                     callback=lambda i, n, t: bar.update(1),
                                     with_lora=args.invert_with_lora)
     if eps_inv is None:
         raise SystemExit("sample needs a reference: --run with a reference, --video, or --inverted")
-    out = Path(args.out or ((run / "samples") if run else "samples"))
-    fps = float(model.video_defaults.get("fps", 8.0))
+    out = Path(args.out or (run.samples if run else "samples"))
+    fps = VideoConfig.for_model(model).fps
     variants = [("lora", True)] + ([("base", False)] if args.base or args.report else [])
     made: dict[str, Any] = {}
     for name, use_lora in variants:

@@ -146,6 +146,14 @@ class VideoConfig(_Base):
     max_source_pixels: int = 4096 * 4096  # refuse absurd frame sizes
     max_file_mb: float = 500.0
 
+    @classmethod
+    def for_model(cls, model: Any, overrides: dict[str, Any] | None = None) -> VideoConfig:
+        """The clip size and rate ``model`` was made for (its sidecar; the paper's 16 x 384 x 384 at 8 fps for a
+        model that says nothing), then ``overrides`` (``None`` values: not given). ``model``: a ``T2VModel``,
+        ``models.ModelDefaults`` or None (the method's own defaults)."""
+        given = {k: v for k, v in (overrides or {}).items() if v is not None}
+        return RunConfig.for_model(model, {"video": given}).video
+
     def validate(self) -> None:
         _check(1 <= self.num_frames <= 128, f"num_frames must be in [1, 128], got {self.num_frames}")
         _check(0.5 <= self.fps <= 120, f"fps must be in [0.5, 120], got {self.fps}")
@@ -272,6 +280,13 @@ class SampleConfig(_Base):
     # DDIM-invert the reference with the LoRA on (release, as MotionDirector) or with the base model. None = the
     # model's own choice (RunConfig.for_model): on for Zeroscope, off for a model that says nothing.
     invert_with_lora: bool | None = None
+
+    @classmethod
+    def for_model(cls, model: Any, overrides: dict[str, Any] | None = None) -> SampleConfig:
+        """Sampling settings for ``model``: docs/method.md's, then the model's own (e.g. 25 DDIM steps and guidance
+        7.5 for the embedded CPU model), then ``overrides`` (``None`` values are ignored: "not given")."""
+        given = {k: v for k, v in (overrides or {}).items() if v is not None}
+        return RunConfig.for_model(model, {"sample": given}).sample
 
     def validate(self) -> None:
         _check(1 <= self.num_inference_steps <= 1000, f"steps must be in [1, 1000], got {self.num_inference_steps}")

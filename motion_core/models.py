@@ -18,6 +18,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import diffusers
@@ -115,8 +116,9 @@ ZEROSCOPE_DEFAULTS: dict[str, dict[str, Any]] = {"train": {"adam_eps": 1e-8}, "s
 
 def is_zeroscope_architecture(unet_config: Any) -> bool:
     """Zeroscope v1/v2 and ModelScope T2V share this UNet (STACK.md)."""
-    return (tuple(unet_config.block_out_channels) == ZEROSCOPE_UNET_CONFIG["block_out_channels"]
-            and int(unet_config.layers_per_block) == 2 and int(unet_config.cross_attention_dim) == 1024)
+    return (tuple(getattr(unet_config, "block_out_channels", ())) == ZEROSCOPE_UNET_CONFIG["block_out_channels"]
+            and getattr(unet_config, "layers_per_block", None) == 2
+            and getattr(unet_config, "cross_attention_dim", None) == 1024)
 
 
 def builtin_sidecar(unet_config: Any) -> dict[str, Any]:
@@ -177,6 +179,56 @@ def read_sidecar(folder: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def resolve_source(source: str | os.PathLike | None) -> str:
+    """The model a source names: ``None``, "" or "default" is the embedded model (or ``$MOTION_MATCHER_MODEL``)."""
+    if source is None or str(source).strip() in ("", "default"):
+        return os.environ.get("MOTION_MATCHER_MODEL") or str(DEFAULT_MODEL_DIR)
+    return str(source).strip()
+
+
+@dataclass(frozen=True)
+class ModelDefaults:
+    """A model's own settings without its weights: what ``RunConfig.for_model`` (and ``VideoConfig.for_model``,
+    ``SampleConfig.for_model``) read from a loaded ``T2VModel`` too. For pages and checks that must not wait for
+    a model to load."""
+
+    video_defaults: dict[str, Any] = field(default_factory=dict)
+    sample_defaults: dict[str, Any] = field(default_factory=dict)
+    train_defaults: dict[str, Any] = field(default_factory=dict)
+
+
+def _own_sections(sidecar: dict[str, Any], unet_config: Any | None) -> dict[str, Any]:
+    """The sidecar with the built-in sections (Zeroscope's) under it: per section, what the sidecar says wins."""
+    side = dict(sidecar)
+    for k, v in (builtin_sidecar(unet_config) if unet_config is not None else {}).items():
+        side.setdefault(k, v)
+    return side
+
+
+def model_defaults(source: str | os.PathLike | None = None) -> ModelDefaults:
+    """The defaults ``load_model(source)`` would give, read from the folder's sidecar and ``unet/config.json`` (or,
+    for a hub id, from the cached snapshot's UNet config when there is one; else the hub id of Zeroscope itself
+    is recognised by name). Nothing is downloaded and no weight is read."""
+    source = resolve_source(source)
+    folder = Path(source).expanduser()
+    sidecar: dict[str, Any] = {}
+    unet_cfg: dict[str, Any] | None = None
+    if folder.is_dir():
+        sidecar = read_sidecar(folder)
+        cfg_path = folder / "unet" / "config.json"
+        unet_cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else None
+    elif "/" in source and not source.startswith((".", "/", "~")):
+        try:
+            from huggingface_hub import hf_hub_download
+
+            unet_cfg = json.loads(Path(hf_hub_download(source, "config.json", subfolder="unet",
+                                                       local_files_only=True)).read_text())
+        except Exception:  # not cached: only Zeroscope's own id is known without its files
+            unet_cfg = dict(ZEROSCOPE_UNET_CONFIG) if source == ZEROSCOPE_ID else None
+    side = _own_sections(sidecar, SimpleNamespace(**unet_cfg) if isinstance(unet_cfg, dict) else None)
+    return ModelDefaults(dict(side.get("video", {})), dict(side.get("sample", {})), dict(side.get("train", {})))
+
+
 def _missing_weights_message(source: str, err: Exception) -> str:
     return (
         f"Could not load the text-to-video model {source!r}: {err}\n"
@@ -198,9 +250,7 @@ def load_model(
     The UNet's weights are stored in ``dtype``; the VAE and text encoder too. Training and sampling decide
     their own compute precision on top of this (see ``train.py``).
     """
-    if source in (None, "", "default"):
-        source = os.environ.get("MOTION_MATCHER_MODEL") or str(DEFAULT_MODEL_DIR)
-    source = str(source)
+    source = resolve_source(source)
     dev = resolve_device(device)
     wdtype = resolve_dtype(dtype, dev)
     folder = Path(source).expanduser()
@@ -245,8 +295,7 @@ def load_model(
             unet.get_submodule(b)
         except AttributeError as err:
             raise ModelLoadError(f"{SIDECAR} names capture block {b!r}, which this UNet does not have") from err
-    for k, v in builtin_sidecar(unet.config).items():  # per section: what the sidecar says wins
-        sidecar.setdefault(k, v)
+    sidecar = _own_sections(sidecar, unet.config)
     return T2VModel(unet, vae, text_encoder, tokenizer, scheduler, source, blocks,
                     dict(sidecar.get("video", {})), wdtype, dict(sidecar.get("sample", {})),
                     dict(sidecar.get("train", {})))

@@ -29,9 +29,10 @@ from .config import RunConfig, check_text
 from .lora_io import ADAPTER, add_lora, lora_state_dict, save_lora
 from .models import T2VModel, encode_prompt, encode_video
 from .objectives import ObjectiveContext, get_objective
+from .rundir import CHECKPOINT, LORA_FILE, RunDir
 
-CHECKPOINT = "checkpoint.pt"
-LORA_FILE = "lora.safetensors"
+__all__ = ["CHECKPOINT", "LORA_FILE", "CheckpointError", "NonFiniteLossError", "Progress", "TrainResult", "train_lora"]
+
 
 
 class NonFiniteLossError(RuntimeError):
@@ -135,11 +136,11 @@ def train_lora(
     cfg.validate()
     cfg.fill_from_model(model)  # settings left to the model (Adam eps ...) from its sidecar; recorded below
     caption = check_text(caption, "caption")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    run = RunDir(out_dir)
+    run.path.mkdir(parents=True, exist_ok=True)
     cfg.caption = caption
     cfg.model = model.name  # the hub id or folder name: config.json travels with the LoRA
-    cfg.save(out / "config.json")
+    cfg.save(run.config)
     t_start = time.perf_counter()
     dev = model.device
     tc, lc = cfg.train, cfg.loss
@@ -171,7 +172,7 @@ def train_lora(
     gen = torch.Generator(device="cpu").manual_seed(tc.seed)
     torch.manual_seed(tc.seed)  # LoRA dropout draws from the global stream
     step, losses = 0, []
-    ckpt_path = out / CHECKPOINT
+    ckpt_path = run.checkpoint
     if resume and ckpt_path.is_file():
         step, losses = _load_checkpoint(ckpt_path, model, opt, gen, tc.steps, dev)
         if callback is not None:
@@ -180,7 +181,7 @@ def train_lora(
     elif ckpt_path.is_file():
         ckpt_path.unlink()  # starting over: the old run's checkpoint must not be mistaken for this one's
     ckpt_step = step  # the step the checkpoint on disk holds
-    log_path = out / "train_log.jsonl"
+    log_path = run.log
     # The log restarts from what the checkpoint knows, so steps redone after a crash are not listed twice.
     log_path.write_text("".join(json.dumps(r) + "\n" for r in losses))
     # fp16 gradients of a loss of ~1e-6 underflow without loss scaling (measured: all zero on a tiny UNet).
@@ -269,11 +270,11 @@ def train_lora(
                 "frames": int(z0.shape[2]), "fps": cfg.video.fps, "height": int(z0.shape[3] * model.vae_scale),
                 "width": int(z0.shape[4] * model.vae_scale), "caption": caption, "seed": tc.seed,
                 "learning_rate": tc.learning_rate}
-        lora_path = save_lora(out / LORA_FILE, model, cfg.lora, meta, cfg.to_dict())
+        lora_path = save_lora(run.lora, model, cfg.lora, meta, cfg.to_dict())
         checkpoint()
     for p in params:
         p.requires_grad_(False)
-    return TrainResult(out, lora_path, step, cancelled, losses, time.perf_counter() - t_start)
+    return TrainResult(run.path, lora_path, step, cancelled, losses, time.perf_counter() - t_start)
 
 
 def _load_checkpoint(path: Path, model: T2VModel, opt: torch.optim.Optimizer, gen: torch.Generator, total: int,

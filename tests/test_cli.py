@@ -47,7 +47,7 @@ def test_train_then_sample_writes_playable_mp4(tiny_model_dir, clip, tmp_path, c
         assert (info.width, info.height) == (32, 32) and info.codec == "h264"
         assert read_video(p, VideoConfig(num_frames=8, height=32, width=32)).shape == (8, 3, 32, 32)
     assert len(list((run / "samples").glob("*.gif"))) == 2
-    assert list((run / "cache").glob("inv-*.pt"))  # inverted once, cached for the next sample
+    assert list((run / "inversion").glob("inv-*.pt"))  # inverted once, cached for the next sample
 
     # --report: the motion report of each video against the run's reference, printed and kept as JSON.
     printed = capsys.readouterr().out
