@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float = 900) -> str:
     res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert res.returncode == 0, f"{' '.join(cmd)} failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+    tail = f"{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+    assert res.returncode == 0, f"{' '.join(cmd)} failed ({res.returncode}):\n{tail}"
     return res.stdout + res.stderr
 
 
