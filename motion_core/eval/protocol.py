@@ -1,9 +1,10 @@
 """The evaluation protocol: train one LoRA per (reference, variant), sample new prompts, score, tabulate, plot.
 
-    python -m motion_core eval --protocol shapes6 \\
+    python -m motion_core.eval.protocol --protocol shapes6 \\
         --variants motion,ddpm,frame-diff,residual,motion-no-ca,motion-no-tsa --seeds 2 --out runs/eval-shapes6
-    python -m motion_core eval --protocol my_protocol.json --model cerspense/zeroscope_v2_576w --out runs/eval-zs
-    python -m motion_core.eval.protocol --help          # the same, without the top-level CLI
+    python -m motion_core.eval.protocol --protocol my_protocol.json --model cerspense/zeroscope_v2_576w \\
+        --out runs/eval-zs
+    python -m motion_core.eval.protocol --help
 
 A protocol is a JSON list of references, each ``{"reference": <video path | shapes-world spec>, "caption": ...,
 "prompts": [...]}`` (optional ``"name"``). A spec is a dict with ``shape``, ``colour``, ``motion`` and optionally
@@ -949,10 +950,9 @@ def run_protocol(model: Any, refs: Sequence[Reference], st: EvalSettings, out: s
 
 def build_parser() -> argparse.ArgumentParser:
     d = EvalSettings()
-    ap = argparse.ArgumentParser(prog="motion-matcher eval", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m motion_core.eval.protocol", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    # The protocol may also come first as a positional: `motion-matcher eval shapes6 --out ...` then passes through
-    # the top-level parser, whose REMAINDER argument cannot start with an option.
+    # The protocol may also come first as a positional: `... protocol shapes6 --out runs/eval`.
     ap.add_argument("protocol_pos", nargs="?", default=None, metavar="PROTOCOL", help="same as --protocol")
     ap.add_argument("--protocol", default=None, help="built-in protocol name (shapes6, the default) or a JSON file")
     ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from {', '.join(VARIANTS)}")
@@ -1010,7 +1010,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--"]:
-        argv = argv[1:]  # `motion-matcher eval -- --protocol ...` hands the separator on
+        argv = argv[1:]  # a wrapper that hands on a `--` separator (`... -- --protocol shapes6`)
     args = build_parser().parse_args(argv)
     if args.protocol_pos and args.protocol and args.protocol_pos != args.protocol:
         print(f"error: two protocols given ({args.protocol_pos!r} and --protocol {args.protocol!r})", file=sys.stderr)
