@@ -82,7 +82,7 @@ def test_word_tokenizer_spells_every_word_as_one_token(vocab, tmp_path):
     from transformers import CLIPTokenizer
 
     from motion_core.models import TINY_WORDS, build_word_tokenizer
-    from motion_core.shapes import world
+    from shapes_world import world
 
     words = list(world.VOCABULARY) if vocab == "world" else TINY_WORDS
     tok = build_word_tokenizer(words)

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from motion_core.shapes import world as W
+from shapes_world import world as W
 
 
 def _single(motion: str, seed: int = 0, **kw: object) -> W.Clip:

@@ -1,6 +1,6 @@
 """The evaluation protocol and the retrieval check on a tiny model: smoke run, resume, protocol errors, table maths.
 
-    OMP_WAIT_POLICY=PASSIVE nice -n 15 .venv/bin/python -m pytest tests/test_eval_protocol.py -q
+    OMP_WAIT_POLICY=PASSIVE nice -n 15 .venv/bin/python -m pytest tests/test_shapes_protocol.py -q
 
 The tiny model (8 frames, 32 x 32) is untrained, so the scores themselves mean nothing here; these tests check
 that every file is written, that a re-run continues instead of redoing work, and that the arithmetic is right.
@@ -14,8 +14,8 @@ import math
 import numpy as np
 import pytest
 
-from motion_core.eval import protocol as P
-from motion_core.eval import retrieval_check as R
+from shapes_world import protocol as P
+from shapes_world import retrieval_check as R
 
 SPEC = {"shape": "circle", "colour": "red", "background": "plain", "bg_colour": "grey", "motion": "right",
         "seed": 3}
@@ -130,7 +130,7 @@ def test_aggregation_on_hand_made_csv(tmp_path):
 
 
 def test_ground_truth_point_tracks_follow_the_scene():
-    from motion_core.shapes import world
+    from shapes_world import world
 
     pan = world.render(world.make_spec("square", "red", "striped", "white", "pan_left", seed=1, frames=6,
                                        height=32, width=32))

@@ -1,14 +1,14 @@
 """The evaluation protocol: train one LoRA per (reference, variant), sample new prompts, score, tabulate, plot.
 
-    python -m motion_core.eval.protocol --protocol shapes6 \\
+    python -m shapes_world.protocol --protocol shapes6 \\
         --variants motion,ddpm,frame-diff,residual,motion-no-ca,motion-no-tsa --seeds 2 --out runs/eval-shapes6
-    python -m motion_core.eval.protocol --protocol my_protocol.json --model cerspense/zeroscope_v2_576w \\
+    python -m shapes_world.protocol --protocol my_protocol.json --model cerspense/zeroscope_v2_576w \\
         --out runs/eval-zs
-    python -m motion_core.eval.protocol --help
+    python -m shapes_world.protocol --help
 
 A protocol is a JSON list of references, each ``{"reference": <video path | shapes-world spec>, "caption": ...,
 "prompts": [...]}`` (optional ``"name"``). A spec is a dict with ``shape``, ``colour``, ``motion`` and optionally
-``background``, ``bg_colour``, ``size``, ``speed``, ``seed`` (see ``motion_core.shapes.world.make_spec``); it is
+``background``, ``bg_colour``, ``size``, ``speed``, ``seed`` (see ``shapes_world.world.make_spec``); it is
 rendered at the model's video size and carries ground-truth tracks. ``--protocol shapes6`` is the built-in one:
 six shapes-world references with distinct motions x three prompts that change shape, colour and background.
 
@@ -165,7 +165,7 @@ BUILTIN = {"shapes6": SHAPES6}
 
 
 def _check_spec(spec: dict[str, Any], where: str) -> dict[str, Any]:
-    from motion_core.shapes import world
+    from shapes_world import world
 
     unknown = set(spec) - set(SPEC_REQUIRED) - set(SPEC_OPTIONAL)
     if unknown:
@@ -192,7 +192,7 @@ def _check_spec(spec: dict[str, Any], where: str) -> dict[str, Any]:
 
 
 def _spec_caption(spec: dict[str, Any]) -> str:
-    from motion_core.shapes import world
+    from shapes_world import world
 
     return world.caption(world.make_spec(**spec))  # the caption depends on the names only, not on the size
 
@@ -296,7 +296,7 @@ def video_size(model: Any) -> dict[str, Any]:
 
 def render_spec(spec: dict[str, Any], frames: int, height: int, width: int) -> PreparedReference:
     """Render a shapes-world spec; the ground truth is the first object's true path."""
-    from motion_core.shapes import world
+    from shapes_world import world
 
     clip = world.render(world.make_spec(**spec, frames=frames, height=height, width=width))
     # The detector measures size as sqrt(area / pi) of the visible mask; the same unit here keeps the two comparable.
@@ -349,7 +349,7 @@ def detector_scores(frames: np.ndarray, prompt: str) -> tuple[dict[str, Any], An
     The main object is the detector's (largest total area); scores are None when the prompt names no shapes-world
     shape or colour.
     """
-    from motion_core.shapes import detector, world
+    from shapes_world import detector, world
 
     asked = world.parse_caption(prompt)
     tr = detector.track(frames)
@@ -833,7 +833,7 @@ def _sample_and_score(model: Any, ref: Reference, pref: PreparedReference, varia
 
 def oracle_spec(ref: Reference, prompt: str) -> dict[str, Any] | None:
     """The reference's spec with the prompt's shape, colours and background (None if the prompt does not say)."""
-    from motion_core.shapes import world
+    from shapes_world import world
 
     if ref.spec is None:
         return None
@@ -950,7 +950,7 @@ def run_protocol(model: Any, refs: Sequence[Reference], st: EvalSettings, out: s
 
 def build_parser() -> argparse.ArgumentParser:
     d = EvalSettings()
-    ap = argparse.ArgumentParser(prog="python -m motion_core.eval.protocol", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m shapes_world.protocol", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     # The protocol may also come first as a positional: `... protocol shapes6 --out runs/eval`.
     ap.add_argument("protocol_pos", nargs="?", default=None, metavar="PROTOCOL", help="same as --protocol")
