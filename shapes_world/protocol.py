@@ -32,294 +32,55 @@ Metrics per sample (docs/method.md "Evaluation"):
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
-import re
 import sys
 import time
-from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+# This module scores samples, runs the protocol and parses its command line; what is evaluated (variants, protocol
+# files, references) is in protocol_refs.py, the results file, tables and plot in protocol_report.py.
+from shapes_world.protocol_refs import (
+    BASE,
+    ORACLE,
+    SHAPES6,
+    VARIANTS,
+    PreparedReference,
+    ProtocolError,
+    Reference,
+    load_protocol,
+    parse_protocol,
+    parse_variants,
+    prepare_reference,
+    render_spec,
+    to_frames_u8,
+    variant_loss,
+    video_size,
+)
+from shapes_world.protocol_report import (
+    CSV_FIELDS,
+    Stat,
+    aggregate,
+    append_row,
+    format_table,
+    plot_alignment_vs_motion,
+    read_rows,
+    record_protocol,
+    render_tables,
+    row_key,
+    write_reports,
+)
+
 __all__ = ["BASE", "CSV_FIELDS", "ORACLE", "VARIANTS", "SHAPES6", "EvalSettings", "PreparedReference",
            "ProtocolError", "Reference", "Stat", "TextScorer", "aggregate", "append_row", "detector_scores",
            "format_table", "load_protocol", "main", "oracle_spec", "parse_protocol", "parse_variants", "plan",
            "plot_alignment_vs_motion", "prepare_reference", "read_rows", "render_spec", "render_tables",
            "run_protocol", "score_sample", "trajectory_score", "write_reports"]
-
-# ---------------------------------------------------------------------------------------------------------------
-# variants
-# ---------------------------------------------------------------------------------------------------------------
-
-BASE = "base"  # the pre-trained model without a LoRA, sampled from the same inverted noise and seeds
-# The prompt's scene rendered by the shapes world with the reference's exact motion: what a perfect transfer
-# scores. It gives each metric its floor (LK tracks over a textured background are not noise-free).
-ORACLE = "oracle"
-# Variant -> LossConfig overrides. The ablations zero one lambda, as the paper's "without CA / TSA" rows do.
-VARIANTS: dict[str, dict[str, Any]] = {
-    "motion": {"objective": "motion"},
-    "ddpm": {"objective": "ddpm"},
-    "frame-diff": {"objective": "frame-diff"},
-    "residual": {"objective": "residual"},
-    "motion-no-ca": {"objective": "motion", "lambda_ca": 0.0},
-    "motion-no-tsa": {"objective": "motion", "lambda_tsa": 0.0},
-}
-LABELS: dict[str, str] = {
-    ORACLE: "ground-truth transfer (rendered)",
-    BASE: "base model (no LoRA)",
-    "ddpm": "DDPM loss",
-    "residual": "residual frames (VMC-style)",
-    "frame-diff": "frame differences (MotionDirector-style)",
-    "motion": "MotionMatcher (motion features)",
-    "motion-no-ca": "MotionMatcher without CA",
-    "motion-no-tsa": "MotionMatcher without TSA",
-}
-TABLE1 = (ORACLE, BASE, "ddpm", "residual", "frame-diff", "motion")  # paper Table 1: methods side by side
-TABLE2 = ("motion", "motion-no-ca", "motion-no-tsa")  # paper Table 2: ablation of the two feature kinds
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # reference names become folder names
-
-
-class ProtocolError(ValueError):
-    """A protocol file, variant list or output folder is unusable; the message says what and where."""
-
-
-def parse_variants(text: str) -> list[str]:
-    """``"motion,ddpm"`` -> ``["motion", "ddpm"]``; unknown or repeated names are refused."""
-    names = [v.strip() for v in text.split(",") if v.strip()]
-    if not names:
-        raise ProtocolError(f"no variants given; choose from {', '.join(VARIANTS)}")
-    bad = [v for v in names if v not in VARIANTS]
-    if bad:
-        raise ProtocolError(f"unknown variant(s) {bad}; choose from {', '.join(VARIANTS)}")
-    if len(set(names)) != len(names):
-        raise ProtocolError(f"a variant is listed twice in {text!r}")
-    return names
-
-
-def variant_loss(name: str) -> Any:
-    """The ``LossConfig`` a variant trains with (paper defaults otherwise)."""
-    from motion_core.config import LossConfig
-
-    return LossConfig.from_dict(VARIANTS[name])
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# protocol files
-# ---------------------------------------------------------------------------------------------------------------
-
-SPEC_REQUIRED = ("shape", "colour", "motion")
-SPEC_OPTIONAL = ("background", "bg_colour", "size", "speed", "seed")
-ENTRY_KEYS = {"reference", "caption", "prompts", "name"}
-
-
-@dataclass
-class Reference:
-    """One reference video of the protocol and the prompts to sample for it."""
-
-    name: str
-    caption: str
-    prompts: list[str]
-    spec: dict[str, Any] | None = None  # shapes-world spec (ground truth available)
-    path: str | None = None  # a video file
-
-    def definition(self) -> dict[str, Any]:
-        """What identifies the reference; stored beside its results so a re-run cannot mix two definitions."""
-        return {"name": self.name, "caption": self.caption, "spec": self.spec, "path": self.path}
-
-
-# Six references with distinct motions (a zigzag, an orbit, a zoom, a camera pan, a straight line, a bounce).
-# Each prompt changes shape, colour and background, as the paper's prompts change the subject and the scene.
-# Pans use a textured background so the camera motion is visible; every colour is compatible with its background.
-SHAPES6: list[dict[str, Any]] = [
-    {"name": "zigzag", "reference": {"shape": "circle", "colour": "red", "background": "plain", "bg_colour": "grey",
-                                     "motion": "zigzag_right", "seed": 1},
-     "prompts": ["a blue star on a dotted white background", "a yellow square on a striped black background",
-                 "a green triangle on a plain brown background"]},
-    {"name": "orbit", "reference": {"shape": "square", "colour": "green", "background": "gradient",
-                                    "bg_colour": "blue", "motion": "orbit_ccw", "seed": 2},
-     "prompts": ["a red cross on a plain grey background", "a purple circle on a checkered white background",
-                 "an orange star on a mottled dark green background"]},
-    {"name": "zoom", "reference": {"shape": "star", "colour": "yellow", "background": "plain", "bg_colour": "black",
-                                   "motion": "zoom_in", "seed": 3},
-     "prompts": ["a cyan circle on a striped grey background", "a red triangle on a plain white background",
-                 "a blue square on a dotted brown background"]},
-    {"name": "pan", "reference": {"shape": "triangle", "colour": "blue", "background": "striped",
-                                  "bg_colour": "white", "motion": "pan_left", "seed": 4},
-     "prompts": ["a yellow circle on a checkered dark green background", "a white star on a dotted grey background",
-                 "a red square on a mottled blue background"]},
-    {"name": "line", "reference": {"shape": "cross", "colour": "orange", "background": "dotted", "bg_colour": "grey",
-                                   "motion": "down_right", "seed": 5},
-     "prompts": ["a green circle on a plain black background", "a blue triangle on a gradient white background",
-                 "a purple star on a striped brown background"]},
-    {"name": "bounce", "reference": {"shape": "triangle", "colour": "cyan", "background": "checkered",
-                                     "bg_colour": "brown", "motion": "bounce", "seed": 6},
-     "prompts": ["a red star on a plain blue background", "a white square on a gradient black background",
-                 "a yellow cross on a dotted dark green background"]},
-]
-BUILTIN = {"shapes6": SHAPES6}
-
-
-def _check_spec(spec: dict[str, Any], where: str) -> dict[str, Any]:
-    from shapes_world import world
-
-    unknown = set(spec) - set(SPEC_REQUIRED) - set(SPEC_OPTIONAL)
-    if unknown:
-        raise ProtocolError(f"{where}: unknown spec key(s) {sorted(unknown)}; "
-                            f"allowed: {list(SPEC_REQUIRED + SPEC_OPTIONAL)}")
-    missing = [k for k in SPEC_REQUIRED if k not in spec]
-    if missing:
-        raise ProtocolError(f"{where}: the spec lacks {missing} (needs {list(SPEC_REQUIRED)})")
-    vocab = {"shape": world.SHAPES, "colour": tuple(world.COLOURS), "motion": world.MOTIONS,
-             "background": world.BACKGROUNDS, "bg_colour": tuple(world.BG_COLOURS), "size": tuple(world.SIZES),
-             "speed": tuple(world.SPEEDS)}
-    for key, allowed in vocab.items():
-        if key in spec and spec[key] not in allowed:
-            raise ProtocolError(f"{where}: {key} {spec[key]!r} is not one of {list(allowed)}")
-    if "seed" in spec and (not isinstance(spec["seed"], int) or isinstance(spec["seed"], bool) or spec["seed"] < 0):
-        raise ProtocolError(f"{where}: seed must be a non-negative integer, got {spec['seed']!r}")
-    full = {"background": "plain", "bg_colour": "grey", "size": "medium", "speed": "medium", "seed": 0, **spec}
-    if not world.compatible(full["colour"], full["bg_colour"]):
-        raise ProtocolError(f"{where}: a {full['colour']} object does not stand out on a {full['bg_colour']} "
-                            "background; pick another colour pair")
-    if full["motion"].startswith("rotate") and full["shape"] not in world.ROTATABLE:
-        raise ProtocolError(f"{where}: a {full['shape']} cannot visibly rotate; pick another shape or motion")
-    return full
-
-
-def _spec_caption(spec: dict[str, Any]) -> str:
-    from shapes_world import world
-
-    return world.caption(world.make_spec(**spec))  # the caption depends on the names only, not on the size
-
-
-def parse_protocol(data: Any, base_dir: Path | None = None) -> list[Reference]:
-    """Validate a decoded protocol (a list of entries) and resolve it into ``Reference`` objects."""
-    if isinstance(data, dict) and "references" in data:
-        data = data["references"]  # tolerate {"references": [...]} as well as the bare list
-    if not isinstance(data, list) or not data:
-        raise ProtocolError("a protocol must be a non-empty JSON list of references "
-                            '({"reference": ..., "caption": ..., "prompts": [...]})')
-    refs: list[Reference] = []
-    for i, entry in enumerate(data):
-        where = f"entry {i}"
-        if not isinstance(entry, dict):
-            raise ProtocolError(f"{where}: expected an object with reference, caption and prompts, got {entry!r}")
-        unknown = set(entry) - ENTRY_KEYS
-        if unknown:
-            raise ProtocolError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(ENTRY_KEYS)}")
-        if "reference" not in entry:
-            raise ProtocolError(f"{where}: no 'reference' (a video path or a shapes-world spec)")
-        prompts = entry.get("prompts")
-        if not isinstance(prompts, list) or not prompts:
-            raise ProtocolError(f"{where}: 'prompts' must be a non-empty list of strings")
-        if not all(isinstance(p, str) and p.strip() for p in prompts):
-            raise ProtocolError(f"{where}: every prompt must be a non-empty string")
-        if len(set(prompts)) != len(prompts):
-            raise ProtocolError(f"{where}: a prompt is listed twice")
-        caption = entry.get("caption")
-        if caption is not None and (not isinstance(caption, str) or not caption.strip()):
-            raise ProtocolError(f"{where}: 'caption' must be a non-empty string")
-        source = entry["reference"]
-        if isinstance(source, dict):
-            spec = _check_spec(source, where)
-            ref = Reference("", caption or _spec_caption(spec), [p.strip() for p in prompts], spec=spec)
-            default_name = f"{i:02d}-{spec['motion']}"
-        elif isinstance(source, str) and source.strip():
-            path = Path(source).expanduser()
-            if not path.is_absolute() and base_dir is not None:
-                path = base_dir / path  # relative paths are relative to the protocol file
-            if not path.is_file():
-                raise ProtocolError(f"{where}: reference video {str(path)!r} does not exist")
-            if caption is None:
-                raise ProtocolError(f"{where}: a video reference needs a 'caption' describing it")
-            ref = Reference("", caption, [p.strip() for p in prompts], path=str(path.resolve()))
-            default_name = f"{i:02d}-{path.stem}"
-        else:
-            raise ProtocolError(f"{where}: 'reference' must be a video path or a spec object, got {source!r}")
-        name = entry.get("name", default_name)
-        if not isinstance(name, str) or not NAME_RE.match(name):
-            raise ProtocolError(f"{where}: name {name!r} must be 1-64 letters, digits, '.', '_' or '-'")
-        ref.name = name
-        refs.append(ref)
-    names = [r.name for r in refs]
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise ProtocolError(f"reference name(s) {dupes} are used twice; names must be unique")
-    return refs
-
-
-def load_protocol(source: str) -> list[Reference]:
-    """A built-in protocol by name (``shapes6``) or a JSON protocol file."""
-    if source in BUILTIN:
-        return parse_protocol(json.loads(json.dumps(BUILTIN[source])))  # a deep copy
-    path = Path(source).expanduser()
-    if not path.is_file():
-        raise ProtocolError(f"protocol {source!r} is neither a built-in ({', '.join(BUILTIN)}) nor a file")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ProtocolError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})") from err
-    except UnicodeDecodeError as err:
-        raise ProtocolError(f"{path}: not a text file ({err})") from err
-    try:
-        return parse_protocol(data, path.parent)
-    except ProtocolError as err:
-        raise ProtocolError(f"{path}: {err}") from err
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# references
-# ---------------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class PreparedReference:
-    """A reference clip at the model's video size, plus its ground truth when it comes from the shapes world."""
-
-    frames: np.ndarray  # (F, H, W, 3) uint8, what the model and the tracker see
-    gt_centroids: np.ndarray | None = None  # (F, 2) true centroid (x, y) of the (first) object, frame coordinates
-    gt_scales: np.ndarray | None = None  # (F,) equivalent radius sqrt(visible area / pi), the detector's unit
-    motion: str = ""
-
-
-def video_size(model: Any) -> dict[str, Any]:
-    """The model's own clip size (its sidecar), else docs/method.md's 16 frames at 8 fps, 384 x 384."""
-    from motion_core.config import VideoConfig
-
-    return VideoConfig.from_dict(dict(model.video_defaults)).to_dict()
-
-
-def render_spec(spec: dict[str, Any], frames: int, height: int, width: int) -> PreparedReference:
-    """Render a shapes-world spec; the ground truth is the first object's true path."""
-    from shapes_world import world
-
-    clip = world.render(world.make_spec(**spec, frames=frames, height=height, width=width))
-    # The detector measures size as sqrt(area / pi) of the visible mask; the same unit here keeps the two comparable.
-    area = clip.masks[0].sum(axis=(1, 2)).astype(np.float64)
-    return PreparedReference(clip.frames, clip.centroids[0].copy(), np.sqrt(area / math.pi), clip.motion)
-
-
-def prepare_reference(ref: Reference, vsize: dict[str, Any]) -> PreparedReference:
-    if ref.spec is not None:
-        return render_spec(ref.spec, vsize["num_frames"], vsize["height"], vsize["width"])
-    from motion_core.config import VideoConfig
-    from motion_core.video import read_video, to_uint8
-
-    frames = read_video(ref.path, VideoConfig.from_dict(vsize))
-    return PreparedReference(np.asarray(to_uint8(frames)))
-
-
-def to_frames_u8(frames: Any) -> np.ndarray:
-    """(F, 3, H, W) float in [0, 1] (a sample) -> (F, H, W, 3) uint8 (what trackers and the detector read)."""
-    from motion_core.video import to_uint8
-
-    return np.asarray(to_uint8(frames))
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # scoring
@@ -419,266 +180,6 @@ def score_sample(frames: np.ndarray, prompt: str, ref: PreparedReference, ref_tr
     else:
         row.update(text_alignment=None, text_metric="")
     return row
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# the results file
-# ---------------------------------------------------------------------------------------------------------------
-
-CSV_FIELDS = (
-    "reference", "reference_motion", "variant", "objective", "prompt_index", "prompt", "seed",
-    "text_alignment", "text_metric", "clip_t", "frame_consistency", "colour_ok", "shape_ok",
-    "prompted_colour", "prompted_shape", "detected_colour", "detected_shape", "motion_discrepancy", "tracker",
-    "num_tracks", "trajectory_distance", "track_found", "beta", "train_steps", "sample_steps", "guidance",
-    "video", "seconds",
-)
-METRICS = ("text_alignment", "frame_consistency", "motion_discrepancy", "trajectory_distance", "colour_ok",
-           "shape_ok")
-
-
-def _cell(v: Any) -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return ""  # unavailable metric: an empty cell, read back as NaN
-    if isinstance(v, float):
-        return f"{v:.6g}"
-    return str(v)
-
-
-def append_row(path: Path, row: dict[str, Any]) -> None:
-    """Append one row (header first for a new file); written at once so an interruption loses at most one sample.
-
-    Processes that run different ``--references`` into one folder may append at the same time: the lock keeps the
-    header single and the rows whole.
-    """
-    with path.open("a", newline="") as f:
-        _lock(f)
-        w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
-        if f.seek(0, 2) == 0:  # decided under the lock, so two processes cannot both write the header
-            w.writeheader()
-        w.writerow({k: _cell(row.get(k)) for k in CSV_FIELDS})
-        f.flush()
-
-
-def _lock(f: Any) -> None:
-    """Exclusive advisory lock on an open file until it is closed (no-op where fcntl is missing, e.g. Windows)."""
-    try:
-        import fcntl
-    except ImportError:
-        return
-    fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-
-
-def record_protocol(out: Path, refs: Sequence[Reference]) -> None:
-    """Write ``protocol.json``: the references of this run merged by name with those already recorded there."""
-    path = out / "protocol.json"
-    with (out / ".protocol.lock").open("a") as lock:
-        _lock(lock)
-        merged: dict[str, Any] = {}
-        if path.is_file():
-            try:
-                merged = {d["name"]: d for d in json.loads(path.read_text())}
-            except (ValueError, KeyError, TypeError):
-                merged = {}  # an unreadable record is rewritten from this run
-        merged.update({r.name: r.definition() | {"prompts": r.prompts} for r in refs})
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(list(merged.values()), indent=2))
-        tmp.replace(path)
-
-
-def read_rows(path: Path) -> list[dict[str, str]]:
-    """Rows of a results file (complete rows only: a line cut short by a crash is dropped)."""
-    if not path.is_file():
-        return []
-    with path.open(newline="") as f:
-        return [r for r in csv.DictReader(f) if r.get("seed") not in (None, "") and None not in r.values()]
-
-
-def row_key(reference: str, variant: str, prompt: str, seed: int | str) -> tuple[str, str, str, int]:
-    return (reference, variant, prompt, int(seed))
-
-
-def _num(x: str | None) -> float:
-    try:
-        return float(x) if x not in (None, "") else math.nan
-    except ValueError:
-        return math.nan
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# aggregation, table, plot
-# ---------------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Stat:
-    mean: float  # mean over (reference, prompt) pairs of the per-pair mean over seeds
-    sem: float  # standard error of that mean over pairs (NaN with one pair)
-    pairs: int  # pairs with a value
-    samples: int  # samples with a value
-
-
-def aggregate(rows: Iterable[dict[str, str]], metrics: Sequence[str] = METRICS) -> dict[str, dict[str, Stat]]:
-    """Per variant and metric: the mean over (reference, prompt) pairs of each pair's mean over its samples.
-
-    Averaging pairs (not samples) keeps every pair's weight equal when a run is unfinished or a metric is missing
-    for some samples; with complete runs both means agree (the paper: 42 pairs x 5 samples). Accuracies
-    (``colour_ok``, ``shape_ok``) are reported in percent.
-    """
-    per_pair: dict[str, dict[str, dict[tuple[str, str], list[float]]]] = defaultdict(
-        lambda: defaultdict(lambda: defaultdict(list)))
-    for r in rows:
-        for m in metrics:
-            v = _num(r.get(m))
-            if math.isfinite(v):
-                scale = 100.0 if m in ("colour_ok", "shape_ok") else 1.0
-                per_pair[r["variant"]][m][(r["reference"], r["prompt"])].append(v * scale)
-    out: dict[str, dict[str, Stat]] = {}
-    for variant, by_metric in per_pair.items():
-        out[variant] = {}
-        for m, pairs in by_metric.items():
-            means = np.array([np.mean(v) for v in pairs.values()])
-            sem = float(means.std(ddof=1) / math.sqrt(len(means))) if len(means) > 1 else math.nan
-            out[variant][m] = Stat(float(means.mean()), sem, len(means), sum(len(v) for v in pairs.values()))
-    return out
-
-
-def _fmt(stat: Stat | None, digits: int) -> str:
-    if stat is None:
-        return "-"
-    if math.isfinite(stat.sem):
-        return f"{stat.mean:.{digits}f} ± {stat.sem:.{digits}f}"
-    return f"{stat.mean:.{digits}f}"
-
-
-TABLE_COLUMNS = (  # (metric, header, digits)
-    ("text_alignment", "text align. ↑", 2),
-    ("frame_consistency", "frame cons. ↑", 2),
-    ("motion_discrepancy", "motion discr. ↓", 4),
-    ("trajectory_distance", "GT traj. dist. ↓", 3),
-    ("colour_ok", "colour acc. % ↑", 1),
-    ("shape_ok", "shape acc. % ↑", 1),
-)
-
-
-def format_table(stats: dict[str, dict[str, Stat]], variants: Sequence[str]) -> str:
-    """A Markdown table, one row per variant present, laid out like the paper's tables 1 and 2."""
-    present = [v for v in variants if v in stats]
-    if not present:
-        return "_no results yet_\n"
-    cols = [c for c in TABLE_COLUMNS if any(c[0] in stats[v] for v in present)]
-    head = "| method | pairs | samples | " + " | ".join(h for _, h, _ in cols) + " |"
-    lines = [head, "|" + "---|" * (3 + len(cols))]
-    for v in present:
-        s = stats[v]
-        pairs = max((st.pairs for st in s.values()), default=0)
-        samples = max((st.samples for st in s.values()), default=0)
-        cells = [_fmt(s.get(m), d) for m, _, d in cols]
-        lines.append(f"| {LABELS.get(v, v)} (`{v}`) | {pairs} | {samples} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def per_reference_table(rows: Sequence[dict[str, str]], variants: Sequence[str]) -> str:
-    """Motion discrepancy per reference (rows) and variant (columns): which motions each objective transfers."""
-    refs = list(dict.fromkeys(r["reference"] for r in rows))
-    present = [v for v in variants if any(r["variant"] == v for r in rows)]
-    if not refs or not present:
-        return ""
-    lines = ["| reference | " + " | ".join(f"`{v}`" for v in present) + " |", "|" + "---|" * (1 + len(present))]
-    for ref in refs:
-        stats = aggregate([r for r in rows if r["reference"] == ref], ("motion_discrepancy",))
-        motion = next((r["reference_motion"] for r in rows if r["reference"] == ref and r["reference_motion"]), "")
-        cells = [_fmt(stats.get(v, {}).get("motion_discrepancy"), 4) for v in present]
-        lines.append(f"| {ref}{f' ({motion})' if motion else ''} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def _values(rows: Sequence[dict[str, str]], column: str) -> list[str]:
-    return sorted({r.get(column, "") for r in rows if r.get(column)})
-
-
-def render_tables(rows: Sequence[dict[str, str]], settings: dict[str, Any] | None = None) -> str:
-    """The whole ``table.md``: settings line, table 1 (objectives), table 2 (ablation), per-reference motion."""
-    stats = aggregate(rows)
-    metrics = _values(rows, "text_metric")
-    text_metric = {"clip-t": "CLIP-T (x100)", "detector": "detector: mean of prompted-colour and prompted-shape "
-                   "accuracy, %"}
-    described = "; ".join(text_metric.get(m, m) for m in metrics) or "unavailable"
-    parts = ["# Evaluation results", ""]
-    if settings:
-        parts += ["Settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()), ""]
-    parts += [
-        f"Tracker: {', '.join(_values(rows, 'tracker')) or '-'}. Text alignment: {described}"
-        + (" (MIXED metrics: rerun in a fresh folder)" if len(metrics) > 1 else "") + ".",
-        "Values are means over (reference, prompt) pairs of the per-pair mean over seeds, ± standard error over "
-        "pairs. Motion discrepancy: symmetric Chamfer distance of point tracks to the reference clip "
-        "(docs/method.md). "
-        "GT traj. dist.: mean centroid distance to the reference object's true path (frame units) + mean |log| "
-        "ratio of relative scale changes (shapes-world references only).",
-        "",
-        "## Table 1: objectives (cf. paper Table 1)",
-        "",
-        format_table(stats, TABLE1),
-        "## Table 2: ablation of the motion features (cf. paper Table 2)",
-        "",
-        format_table(stats, TABLE2),
-        "## Motion discrepancy per reference",
-        "",
-        per_reference_table(rows, (ORACLE, BASE, *VARIANTS)) or "_no results yet_\n",
-    ]
-    return "\n".join(parts)
-
-
-def plot_alignment_vs_motion(stats: dict[str, dict[str, Stat]], path: Path,
-                             text_label: str = "text alignment") -> bool:
-    """Text alignment vs motion discrepancy per variant (cf. paper Fig. 7); False when nothing can be plotted."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on servers; must precede pyplot
-    import matplotlib.pyplot as plt
-
-    pts = [(v, s["motion_discrepancy"], s["text_alignment"]) for v, s in stats.items()
-           if "motion_discrepancy" in s and "text_alignment" in s]
-    order = [BASE, *VARIANTS, ORACLE]
-    fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
-    for v, md, ta in sorted(pts, key=lambda p: order.index(p[0]) if p[0] in order else len(order)):
-        i = order.index(v) if v in order else len(order)  # a variant keeps its colour and marker in every run
-        ax.errorbar(md.mean, ta.mean, xerr=np.nan_to_num(md.sem), yerr=np.nan_to_num(ta.sem), fmt="osD^v<>"[i % 7],
-                    capsize=3, color=f"C{i % 10}", label=f"{LABELS.get(v, v)} ({v})", alpha=0.85)
-    ax.set_xlabel("motion discrepancy (lower = closer to the reference motion)")
-    ax.set_ylabel(f"{text_label} (higher = closer to the prompt)")
-    ax.set_title("Text alignment vs motion discrepancy (cf. paper Fig. 7)")
-    if pts:
-        ax.legend(fontsize=7, loc="best")
-    else:
-        ax.text(0.5, 0.5, "no scored samples yet", ha="center", va="center", transform=ax.transAxes)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
-    return bool(pts)
-
-
-def write_reports(out: Path, settings: dict[str, Any] | None = None,
-                  wanted: set[tuple[str, str, str, int]] | None = None) -> tuple[Path, Path]:
-    """(Re)write ``table.md`` and ``alignment_vs_motion.png`` from ``results.csv``.
-
-    ``wanted``: keys (reference, variant, prompt, seed) of the protocol as run now. Rows outside it (an earlier run
-    with more seeds, prompts since edited) stay in the CSV but do not enter the tables.
-    """
-    rows = read_rows(out / "results.csv")
-    if wanted is not None:
-        rows = [r for r in rows if row_key(r["reference"], r["variant"], r["prompt"], r["seed"]) in wanted]
-    table = out / "table.md"
-    table.write_text(render_tables(rows, settings))
-    metrics = _values(rows, "text_metric")
-    label = {"clip-t": "CLIP-T (x100)", "detector": "detector text alignment (%)"}.get(metrics[0], "text alignment") \
-        if len(metrics) == 1 else "text alignment"
-    png = out / "alignment_vs_motion.png"
-    plot_alignment_vs_motion(aggregate(rows), png, label)
-    return table, png
 
 
 # ---------------------------------------------------------------------------------------------------------------

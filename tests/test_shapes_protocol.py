@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from shapes_world import protocol as P
+from shapes_world import protocol_report
 from shapes_world import retrieval_check as R
 
 SPEC = {"shape": "circle", "colour": "red", "background": "plain", "bg_colour": "grey", "motion": "right",
@@ -124,7 +125,7 @@ def test_aggregation_on_hand_made_csv(tmp_path):
     assert stats["motion"]["colour_ok"].mean == pytest.approx(75.0)
     assert stats["ddpm"]["motion_discrepancy"].mean == pytest.approx(6.0)
     assert stats["ddpm"]["colour_ok"].mean == 0.0 and stats["ddpm"]["colour_ok"].pairs == 1
-    table = P.format_table(stats, P.TABLE1)
+    table = P.format_table(stats, protocol_report.TABLE1)
     assert "3.5000 ± 1.5000" in table and "6.0000 ± 2.0000" in table
     assert table.index("`ddpm`") < table.index("`motion`")  # the paper's order: baselines first
 
