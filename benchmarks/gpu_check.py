@@ -32,9 +32,10 @@ from motion_core.attention import MotionFeatureExtractor  # noqa: E402
 from motion_core.config import LoraConfig, LossConfig  # noqa: E402
 from motion_core.ddim import abar_at, ddim_move, inversion_timesteps, sampling_timesteps  # noqa: E402
 from motion_core.lora_io import add_lora  # noqa: E402
-from motion_core.models import build_tiny_model, zeroscope_architecture  # noqa: E402
+from motion_core.models import zeroscope_architecture  # noqa: E402
 from motion_core.objectives import ObjectiveContext, get_objective  # noqa: E402
 from motion_core.preflight import ZEROSCOPE_VAE_CONFIG, prepare  # noqa: E402
+from motion_core.testing import build_tiny_model  # noqa: E402
 
 
 def sync(dev: torch.device) -> None:

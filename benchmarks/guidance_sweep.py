@@ -3,7 +3,7 @@
     python benchmarks/guidance_sweep.py --guidance 3,5,7.5,12                # embedded model, 40 prompts each
     python benchmarks/guidance_sweep.py --model runs/m --n 10 --guidance 7.5
 
-Runs ``motion_core.shapes.evaluate.prompt_following`` (base model, beta = 0, 25 DDIM steps) with seed 30000, so
+Runs ``shapes_world.evaluate.prompt_following`` (base model, beta = 0, 25 DDIM steps) with seed 30000, so
 the card's prompts (seed 20000) stay held out from any choice made here. Prints one JSON line per guidance scale:
 colour, shape and background-colour accuracy and the coherent fraction. Not a test.
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
 from motion_core.models import DEFAULT_MODEL_DIR, load_model  # noqa: E402
-from motion_core.shapes.evaluate import prompt_following  # noqa: E402
+from shapes_world.evaluate import prompt_following  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -39,10 +39,10 @@ from motion_core.lora_io import remove_lora  # noqa: E402
 from motion_core.models import DEFAULT_MODEL_DIR, encode_prompt, encode_video, load_model  # noqa: E402
 from motion_core.objectives import ObjectiveContext, ddpm_loss, motion_loss  # noqa: E402
 from motion_core.sample import invert_cached, sample  # noqa: E402
-from motion_core.shapes import detector, world  # noqa: E402
-from motion_core.shapes.evaluate import NEW_PROMPTS, REFERENCES, track_distance  # noqa: E402
 from motion_core.train import train_lora  # noqa: E402
 from motion_core.video import frames_from_array, to_uint8  # noqa: E402
+from shapes_world import detector, world  # noqa: E402
+from shapes_world.evaluate import NEW_PROMPTS, REFERENCES, track_distance  # noqa: E402
 
 
 def main() -> None:

@@ -27,9 +27,10 @@ from motion_core.attention import MotionFeatureExtractor  # noqa: E402
 from motion_core.config import LoraConfig, LossConfig  # noqa: E402
 from motion_core.lora_io import add_lora  # noqa: E402
 from motion_core.memtrack import cpu_peak_bytes  # noqa: E402
-from motion_core.models import T2VModel, build_tiny_model, load_model, zeroscope_architecture  # noqa: E402
+from motion_core.models import T2VModel, load_model, zeroscope_architecture  # noqa: E402
 from motion_core.objectives import ObjectiveContext, get_objective  # noqa: E402
 from motion_core.preflight import prepare  # noqa: E402
+from motion_core.testing import build_tiny_model  # noqa: E402
 from motion_core.train import resolve_amp  # noqa: E402
 
 

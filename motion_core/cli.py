@@ -1,9 +1,8 @@
-"""Command line over motion_core: train a motion LoRA, invert a reference, sample new videos, evaluate.
+"""Command line over motion_core: train a motion LoRA, invert a reference, sample new videos, check memory.
 
     motion-matcher train clip.mp4 --caption "a red circle on a blue background" --out runs/circle
     motion-matcher sample --run runs/circle --prompt "a green star on a striped grey background" --beta 0.3
     motion-matcher invert clip.mp4 --out runs/circle/inverted.pt
-    motion-matcher eval --help
 
 (``python -m motion_core ...`` is the same.) Without ``--model`` the embedded shapes-world model is used; give a
 hub id (``cerspense/zeroscope_v2_576w``) or a folder to switch. Defaults follow docs/method.md; the model's own
@@ -163,9 +162,6 @@ def build_parser() -> argparse.ArgumentParser:
     pf.add_argument("--memory-gb", type=float, default=None,
                     help="the device's memory (default: read from the GPU if one is visible)")
     pf.add_argument("--objective", default="motion", choices=["motion", "ddpm"], help="training objective")
-
-    e = sub.add_parser("eval", help="evaluate objectives side by side (see docs/results.md)", add_help=False)
-    e.add_argument("rest", nargs=argparse.REMAINDER)
     return ap
 
 
@@ -425,25 +421,15 @@ def cmd_preflight(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
-    try:
-        from .eval.protocol import main as eval_main
-    except ImportError as err:
-        raise SystemExit("this version has no evaluation protocol (motion_core.eval.protocol)") from err
-    return int(eval_main(args.rest) or 0)
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["eval"]:  # the protocol owns its flags (argparse.REMAINDER cannot start with an option)
-        return cmd_eval(argparse.Namespace(rest=argv[1:]))
     args = build_parser().parse_args(argv)
     from .models import ModelLoadError
     from .video import VideoError
 
     try:
-        return {"train": cmd_train, "invert": cmd_invert, "sample": cmd_sample, "preflight": cmd_preflight,
-                "eval": cmd_eval}[args.command](args)
+        return {"train": cmd_train, "invert": cmd_invert, "sample": cmd_sample, "preflight": cmd_preflight}[
+            args.command](args)
     except (ConfigError, VideoError, ModelLoadError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -3,7 +3,7 @@
 A newcomer's one question after a run. The loss cannot answer it (a motion loss of 1e-6 says nothing a person can
 read), so every generated video is measured against the reference with the evaluation's own metric:
 
-* **motion discrepancy** (``motion_core.eval.metrics.video_motion_discrepancy``, the function ``eval`` uses): point
+* **motion discrepancy** (``motion_core.eval.metrics.video_motion_discrepancy``, the protocol's metric): point
   tracks of a regular grid in the reference and in the video, compared by the symmetric Chamfer distance of
   docs/method.md "Evaluation" (0 = the same tracks; lower = closer). The tracker is CoTracker3 when its checkout and
   weights are on disk, else OpenCV's Lucas-Kanade; the report names it, since the two give different numbers;

@@ -17,7 +17,7 @@ torch.set_num_threads(int(os.environ.get("MM_TEST_THREADS", max(1, min(2, os.cpu
 
 @pytest.fixture
 def tiny_model():
-    from motion_core.models import build_tiny_model
+    from motion_core.testing import build_tiny_model
 
     return build_tiny_model(seed=0)
 
@@ -25,7 +25,8 @@ def tiny_model():
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """The tiny model saved in Zeroscope's folder layout (for loader, CLI and app tests)."""
-    from motion_core.models import build_tiny_model, save_model
+    from motion_core.models import save_model
+    from motion_core.testing import build_tiny_model
 
     folder = tmp_path_factory.mktemp("tiny-model")
     save_model(build_tiny_model(seed=0), folder)

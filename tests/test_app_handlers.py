@@ -62,7 +62,7 @@ def trained(tiny_model_dir, tmp_path_factory, clip):
 def _lora_file(path, **tiny_kw):
     from motion_core.config import LoraConfig
     from motion_core.lora_io import add_lora, save_lora
-    from motion_core.models import build_tiny_model
+    from motion_core.testing import build_tiny_model
 
     model = build_tiny_model(**tiny_kw)
     add_lora(model, LoraConfig(rank=2))

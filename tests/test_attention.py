@@ -9,7 +9,8 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 from motion_core.attention import CaptureProcessor, MotionFeatureExtractor, capture_layer_names, lora_disabled
 from motion_core.config import LoraConfig
 from motion_core.lora_io import add_lora
-from motion_core.models import build_tiny_model, encode_prompt
+from motion_core.models import encode_prompt
+from motion_core.testing import build_tiny_model
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,9 @@ from motion_core.checkpointing import (
 from motion_core.config import LoraConfig, LossConfig
 from motion_core.lora_io import add_lora
 from motion_core.memtrack import cpu_peak_bytes
-from motion_core.models import build_tiny_model, encode_prompt
+from motion_core.models import encode_prompt
 from motion_core.objectives import ObjectiveContext, get_objective
+from motion_core.testing import build_tiny_model
 from motion_core.train import lora_train_mode
 
 

@@ -81,8 +81,6 @@ def test_every_flag_has_help():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
     for name, p in sub.choices.items():
-        if name == "eval":
-            continue
         for action in p._actions:
             if action.dest not in ("help",):
                 assert action.help, f"{name} {action.option_strings or action.dest} has no help"

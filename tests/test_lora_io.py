@@ -25,8 +25,8 @@ from motion_core.lora_io import (
     save_lora,
     target_modules_regex,
 )
-from motion_core.models import build_tiny_model
 from motion_core.sample import sample
+from motion_core.testing import build_tiny_model
 
 
 def _trained_like(seed=0, rank=4):

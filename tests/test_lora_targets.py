@@ -6,7 +6,7 @@ import torch
 
 from motion_core.config import LoraConfig
 from motion_core.lora_io import add_lora, load_lora, lora_state_dict, save_lora
-from motion_core.models import build_tiny_model
+from motion_core.testing import build_tiny_model
 
 
 def _adapted(model: torch.nn.Module) -> set[str]:

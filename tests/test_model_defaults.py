@@ -11,8 +11,9 @@ import torch
 
 from motion_core.config import DEFAULT_ADAM_EPS, ConfigError, RunConfig
 from motion_core.lora_io import add_lora
-from motion_core.models import build_tiny_model, builtin_sidecar, is_zeroscope_architecture, load_model
+from motion_core.models import builtin_sidecar, is_zeroscope_architecture, load_model
 from motion_core.sample import invert, invert_cached
+from motion_core.testing import build_tiny_model
 
 ZEROSCOPE_UNET = SimpleNamespace(block_out_channels=[320, 640, 1280, 1280], layers_per_block=2,
                                  cross_attention_dim=1024)

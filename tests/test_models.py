@@ -10,13 +10,13 @@ import torch
 
 from motion_core.models import (
     ModelLoadError,
-    build_tiny_model,
     decode_latents,
     encode_prompt,
     encode_video,
     load_model,
     resolve_dtype,
 )
+from motion_core.testing import build_tiny_model
 
 
 def test_folder_round_trip(tiny_model_dir):
@@ -81,8 +81,9 @@ def test_word_tokenizer_spells_every_word_as_one_token(vocab, tmp_path):
     """Merges of one word must not split another (e.g. "right"'s r+i inside "triangle"); also after a save/load."""
     from transformers import CLIPTokenizer
 
-    from motion_core.models import TINY_WORDS, build_word_tokenizer
-    from motion_core.shapes import world
+    from motion_core.models import build_word_tokenizer
+    from motion_core.testing import TINY_WORDS
+    from shapes_world import world
 
     words = list(world.VOCABULARY) if vocab == "world" else TINY_WORDS
     tok = build_word_tokenizer(words)

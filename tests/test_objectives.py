@@ -10,8 +10,9 @@ from motion_core.attention import MotionFeatureExtractor
 from motion_core.config import LoraConfig, LossConfig
 from motion_core.ddim import add_noise, v_t
 from motion_core.lora_io import add_lora
-from motion_core.models import build_tiny_model, encode_prompt
+from motion_core.models import encode_prompt
 from motion_core.objectives import OBJECTIVES, ObjectiveContext, feature_matching_loss, motion_loss
+from motion_core.testing import build_tiny_model
 
 
 @pytest.fixture(scope="module")

@@ -76,7 +76,7 @@ def test_clip_scores_are_unavailable_without_a_model_and_say_why():
 def test_clip_scores_with_a_tiny_random_clip():
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
-    from motion_core.models import build_tiny_model
+    from motion_core.testing import build_tiny_model
 
     tok = build_tiny_model(seed=0).tokenizer
     cfg = CLIPConfig(text_config={"vocab_size": len(tok), "hidden_size": 16, "intermediate_size": 32,

@@ -7,8 +7,8 @@ import torch
 
 from motion_core.config import LoraConfig, SampleConfig
 from motion_core.lora_io import add_lora
-from motion_core.models import build_tiny_model
 from motion_core.sample import invert, invert_cached, sample
+from motion_core.testing import build_tiny_model
 
 
 def smooth_tiny_model(seed=0):

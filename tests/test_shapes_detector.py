@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from motion_core.shapes import detector as D
-from motion_core.shapes import world as W
+from shapes_world import detector as D
+from shapes_world import world as W
 
 
 def _degrade(frame: np.ndarray, rng: np.random.Generator, blur: float = 0.8, noise: float = 8.0) -> np.ndarray:

@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from motion_core.shapes import detector, evaluate, world
+from shapes_world import detector, evaluate, world
 
 
 def test_quick_evaluation_writes_results(tiny_model_dir, tmp_path):
@@ -81,7 +81,7 @@ def test_card_marks_each_target_from_its_number():
 
 
 def test_diagnose_snr_of_the_clip_mean_grows_as_noise_falls(tiny_model):
-    from motion_core.shapes import diagnose
+    from shapes_world import diagnose
 
     rows = diagnose.mean_snr(tiny_model, n=4, timesteps=(999, 500, 100))
     snr = np.array([r["snr"] for r in rows])  # (timesteps, channels)
@@ -109,7 +109,7 @@ def test_a_time_taken_on_a_shared_cpu_is_not_judged():
 
 
 def test_diagnose_feature_sensitivity_compares_motion_and_look(tiny_model):
-    from motion_core.shapes import diagnose
+    from shapes_world import diagnose
 
     rows = diagnose.feature_sensitivity(tiny_model, timesteps=(990,), draws=1)
     assert [r["motion"] for r in rows] == [r["motion"] for r in evaluate.REFERENCES]
@@ -122,7 +122,7 @@ def test_diagnose_feature_sensitivity_compares_motion_and_look(tiny_model):
 
 
 def test_diagnose_ceiling_scores_the_prompt_following_prompts(tiny_model):
-    from motion_core.shapes import diagnose
+    from shapes_world import diagnose
 
     res = diagnose.ceiling(tiny_model, n=3)
     pf = evaluate.prompt_following(tiny_model, n=3, sample_steps=2, guidance=3.0)

@@ -47,7 +47,7 @@ def test_embedded_model_is_a_diffusers_pipeline_folder():
 
 
 def test_card_hand_notes_sit_in_the_block_that_regeneration_keeps():
-    from motion_core.shapes.evaluate import NOTES_END, NOTES_START
+    from shapes_world.evaluate import NOTES_END, NOTES_START
 
     card = (DEFAULT_MODEL_DIR / "README.md").read_text()
     assert card.count(NOTES_START) == 1 and card.count(NOTES_END) == 1

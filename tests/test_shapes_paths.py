@@ -1,4 +1,4 @@
-"""The second shapes world (``motion_core/shapes/paths.py``) and the transfer ladder on it.
+"""The second shapes world (``shapes_world/paths.py``) and the transfer ladder on it.
 
 Ground truth first: the renderer's centroids, colours and shapes are what the detector reads back, the training
 stream never draws a held-out family, a restyled clip keeps its path. Then the ladder runs end to end on an
@@ -13,7 +13,7 @@ import json
 import numpy as np
 import pytest
 
-from motion_core.shapes import detector, ladder, paths, recipe, world
+from shapes_world import detector, ladder, paths, recipe, world
 
 
 def test_paths_world_is_deterministic_and_of_the_promised_vocabulary():
@@ -131,7 +131,7 @@ def test_ladder_summary_ratios():
 
 
 def test_card_measures_a_model_and_writes_a_users_page(tmp_path):
-    from motion_core.shapes import card
+    from shapes_world import card
 
     model_dir, lad, flow = tmp_path / "m", tmp_path / "ladder", tmp_path / "flow"
     recipe.main(["--out", str(model_dir), "--clips", "4", "--vae-minutes", "0.005", "--unet-minutes", "0.005",
@@ -161,7 +161,7 @@ def test_card_measures_a_model_and_writes_a_users_page(tmp_path):
 
 
 def test_examples_follow_the_embedded_models_world(tmp_path):
-    from motion_core.shapes import examples
+    from shapes_world import examples
 
     assert examples.model_world(tmp_path) == "shapes"  # no record: the first world
     (tmp_path / "training_info.json").write_text(json.dumps({"info": {"world": "paths"}}))

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from motion_core.models import load_model
-from motion_core.shapes import evaluate, recipe
+from shapes_world import evaluate, recipe
 
 
 def _state(module):
@@ -65,7 +65,7 @@ def test_recipe_fresh_continue_and_decoder_only(tmp_path):
     assert any(not torch.equal(vae0[k], vae2[k]) for k in dec)
 
     md = evaluate._training_md(info)
-    assert md.count("python -m motion_core.shapes.recipe") == 4
+    assert md.count("python -m shapes_world.recipe") == 4
     assert md.count("--decoder-only") == 2 and "--continue-from" in md
     assert md.count("cosine over the budget") == 2 and "constant" not in md  # each UNet run keeps its own schedule
     notes = f"{evaluate.NOTES_START}\nmeasured by hand: 1.0 s\n{evaluate.NOTES_END}"

@@ -8,7 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from motion_core.shapes import world as W
+from shapes_world import world as W
+from shapes_world import world_specs
 
 
 def _single(motion: str, seed: int = 0, **kw: object) -> W.Clip:
@@ -189,7 +190,7 @@ def test_pairs_move_differently() -> None:
         assert a.colour != b.colour and a.shape != b.shape
         if spec.camera == "static":
             assert a.motion != b.motion
-        n += not W._overlaps(a, b, spec.frames)
+        n += not world_specs._overlaps(a, b, spec.frames)
     assert n >= 16  # placement avoids collisions almost always
     clip = W.render(W.make_spec("star", "red", "plain", "grey", "left", pair_with=("circle", "blue", "down")))
     assert clip.masks.shape[0] == 2 and "and a blue circle moving down" in clip.motion_caption

@@ -9,7 +9,8 @@ import torch
 
 from motion_core.config import RunConfig
 from motion_core.lora_io import load_lora, lora_state_dict
-from motion_core.models import build_tiny_model, encode_video
+from motion_core.models import encode_video
+from motion_core.testing import build_tiny_model
 from motion_core.train import NonFiniteLossError, train_lora
 
 

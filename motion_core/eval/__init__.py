@@ -1,4 +1,4 @@
-"""Evaluation for motion customization: motion discrepancy, CLIP-T, frame consistency, ImageReward, retrieval AP.
+"""Evaluation of a user's own clips: motion discrepancy, CLIP-T, frame consistency, ImageReward, point trackers.
 
 See docs/method.md "Evaluation". Model-backed metrics only use local weights and raise :class:`MetricUnavailable`
 (with instructions) when they are missing; the point tracker in use is always reported by name.
@@ -16,34 +16,22 @@ from motion_core.eval.metrics import (
     trajectory_distance,
     video_motion_discrepancy,
 )
-from motion_core.eval.retrieval import (
-    average_precision,
-    average_precision_retrieval,
-    expected_random_ap,
-    feature_distances,
-    random_baseline_ap,
-)
 from motion_core.eval.trackers import cotracker_available, cotracker_tracks, get_tracker, grid_points, lk_tracks
 
 __all__ = [
     "DEFAULT_CLIP_MODEL",
     "MetricUnavailable",
     "appearance_similarity",
-    "average_precision",
-    "average_precision_retrieval",
     "clip_scores",
     "clip_t_from_embeddings",
     "cotracker_available",
     "cotracker_tracks",
-    "expected_random_ap",
-    "feature_distances",
     "frame_consistency_from_embeddings",
     "get_tracker",
     "grid_points",
     "imagereward_score",
     "lk_tracks",
     "motion_discrepancy",
-    "random_baseline_ap",
     "trajectory_distance",
     "video_motion_discrepancy",
 ]

@@ -34,7 +34,7 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
-from motion_core.shapes.world import BG_COLOURS, OBJECT_RGB, SHAPE_SCALE, SHAPES, background_tones, rasterize
+from shapes_world.world import BG_COLOURS, OBJECT_RGB, SHAPE_SCALE, SHAPES, background_tones, rasterize
 
 COLOUR_NAMES: tuple[str, ...] = tuple(OBJECT_RGB)
 _OBJ_RGB = np.asarray([OBJECT_RGB[c] for c in COLOUR_NAMES], dtype=np.float32)

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from . import world
+from . import world, world_specs
 
 FRAMES, SIZE = 8, 32
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star")
@@ -56,7 +56,7 @@ HELD_OUT: tuple[str, ...] = ("zigzag", "square", "figure8", "spiral")
 def caption(spec: world.ClipSpec) -> str:
     """The plain caption (no motion words): the model draws motion from its prior, a LoRA pins it down."""
     o = spec.objects[0]
-    return f"{world._article(o.colour)} {o.colour} {o.shape} on a {spec.background} {spec.bg_colour} background"
+    return f"{world_specs._article(o.colour)} {o.colour} {o.shape} on a {spec.background} {spec.bg_colour} background"
 
 
 def _words() -> tuple[str, ...]:
@@ -126,7 +126,7 @@ def family_path(family: str, rng: np.random.Generator, frames: int, lo: np.ndarr
         start = rng.uniform(lo, hi)
         t = np.arange(frames)[:, None]
         raw = start + v * t * 2.5
-        xy = np.stack([world._fold(raw[:, 0], lo[0], hi[0]), world._fold(raw[:, 1], lo[1], hi[1])], axis=1)
+        xy = np.stack([world_specs._fold(raw[:, 0], lo[0], hi[0]), world_specs._fold(raw[:, 1], lo[1], hi[1])], axis=1)
         return xy, scale
     elif family == "wiggle":  # a line with a sinusoid across it
         d = rng.normal(size=2)
@@ -212,7 +212,7 @@ def _build(rng: np.random.Generator, shape: str, colour: str, size: str, backgro
     for f in range(frames):
         params.update({f"x{f}": float(world_xy[f, 0]), f"y{f}": float(world_xy[f, 1]), f"r{f}": float(r0 * scale[f])})
     obj = world.ObjectSpec(shape, colour, size, "path", "medium", float(r0), params)
-    bg = world._sample_bg_params(rng, background, side, "static")
+    bg = world_specs._sample_bg_params(rng, background, side, "static")
     for f in range(frames):
         bg.update({f"cx{f}": float(cam[f, 0]), f"cy{f}": float(cam[f, 1])})
     spec = world.ClipSpec([obj], background, bg_colour, bg, "path" if family == "pan" else "static", 0.0, frames,
@@ -284,7 +284,7 @@ def restyle(spec: world.ClipSpec, shape: str, colour: str, background: str, bg_c
     obj = world.ObjectSpec(shape, colour, old.size, old.motion, old.speed, old.radius * k, params)
     bg = {key: v for key, v in spec.bg_params.items() if key[:2] in ("cx", "cy") or key == "family"}
     side = float(min(spec.height, spec.width))
-    bg.update(world._sample_bg_params(np.random.default_rng(spec.seed), background, side, "static"))
+    bg.update(world_specs._sample_bg_params(np.random.default_rng(spec.seed), background, side, "static"))
     return world.ClipSpec([obj], background, bg_colour, bg, spec.camera, 0.0, spec.frames, spec.height, spec.width,
                           spec.seed)
 

@@ -1,6 +1,6 @@
 """The evaluation protocol and the retrieval check on a tiny model: smoke run, resume, protocol errors, table maths.
 
-    OMP_WAIT_POLICY=PASSIVE nice -n 15 .venv/bin/python -m pytest tests/test_eval_protocol.py -q
+    OMP_WAIT_POLICY=PASSIVE nice -n 15 .venv/bin/python -m pytest tests/test_shapes_protocol.py -q
 
 The tiny model (8 frames, 32 x 32) is untrained, so the scores themselves mean nothing here; these tests check
 that every file is written, that a re-run continues instead of redoing work, and that the arithmetic is right.
@@ -14,9 +14,9 @@ import math
 import numpy as np
 import pytest
 
-from motion_core.cli import main as cli_main
-from motion_core.eval import protocol as P
-from motion_core.eval import retrieval_check as R
+from shapes_world import protocol as P
+from shapes_world import protocol_report
+from shapes_world import retrieval_check as R
 
 SPEC = {"shape": "circle", "colour": "red", "background": "plain", "bg_colour": "grey", "motion": "right",
         "seed": 3}
@@ -38,8 +38,8 @@ def test_eval_smoke_then_resume(tiny_model_dir, tmp_path):
     proto = _write(tmp_path, [{"name": "line", "reference": SPEC,
                                "prompts": ["a blue star on a dotted white background"]}])
     out = tmp_path / "eval"
-    # Through the top-level CLI (protocol first: its REMAINDER argument cannot begin with an option).
-    assert cli_main(["eval", str(proto), *_eval_args(tiny_model_dir, proto, out)[2:]]) == 0
+    # The protocol may come first, as a positional.
+    assert P.main([str(proto), *_eval_args(tiny_model_dir, proto, out)[2:]]) == 0
     rows = P.read_rows(out / "results.csv")
     assert sorted(r["variant"] for r in rows) == ["base", "ddpm", "motion", "oracle"]
     for r in rows:
@@ -125,13 +125,13 @@ def test_aggregation_on_hand_made_csv(tmp_path):
     assert stats["motion"]["colour_ok"].mean == pytest.approx(75.0)
     assert stats["ddpm"]["motion_discrepancy"].mean == pytest.approx(6.0)
     assert stats["ddpm"]["colour_ok"].mean == 0.0 and stats["ddpm"]["colour_ok"].pairs == 1
-    table = P.format_table(stats, P.TABLE1)
+    table = P.format_table(stats, protocol_report.TABLE1)
     assert "3.5000 ± 1.5000" in table and "6.0000 ± 2.0000" in table
     assert table.index("`ddpm`") < table.index("`motion`")  # the paper's order: baselines first
 
 
 def test_ground_truth_point_tracks_follow_the_scene():
-    from motion_core.shapes import world
+    from shapes_world import world
 
     pan = world.render(world.make_spec("square", "red", "striped", "white", "pan_left", seed=1, frames=6,
                                        height=32, width=32))

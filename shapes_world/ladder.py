@@ -1,7 +1,7 @@
 """The transfer ladder: where does motion transfer break on a model of the paths world?
 
-    python -m motion_core.shapes.ladder --model runs/paths-a --out runs/ladder-a              # 6 + 4 references
-    python -m motion_core.shapes.ladder --model M --out O --refs 0,6 --set train.learning_rate=2e-3   # a variant
+    python -m shapes_world.ladder --model runs/paths-a --out runs/ladder-a              # 6 + 4 references
+    python -m shapes_world.ladder --model M --out O --refs 0,6 --set train.learning_rate=2e-3   # a variant
 
 Every rung is a trajectory distance to the reference (``evaluate.track_distance``: the detector's centroid track,
 mean distance / frame side, plus the zoom term), averaged over references x prompts x seeds:
@@ -35,12 +35,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..config import RunConfig, SampleConfig
-from ..lora_io import remove_lora
-from ..models import T2VModel, encode_video, load_model
-from ..sample import invert_cached, sample
-from ..train import train_lora
-from ..video import frames_from_array, to_uint8
+from motion_core.config import RunConfig, SampleConfig
+from motion_core.lora_io import remove_lora
+from motion_core.models import T2VModel, encode_video, load_model
+from motion_core.sample import invert_cached, sample
+from motion_core.train import train_lora
+from motion_core.video import frames_from_array, to_uint8
+
 from . import detector, paths
 from .evaluate import track_distance
 
@@ -260,7 +261,7 @@ def main(argv: list[str] | None = None) -> None:
             fh.writelines(json.dumps(r) + "\n" for r in rows)
     summary = summarize(rows)
     summary["seconds"] = round(time.time() - t0, 1)
-    summary["command"] = "python -m motion_core.shapes.ladder " + " ".join(sys.argv[1:] if argv is None else argv)
+    summary["command"] = "python -m shapes_world.ladder " + " ".join(sys.argv[1:] if argv is None else argv)
     summary["settings"] = {"model": args.model, "train": args.cfg.to_dict(), "sample": args.scfg.to_dict()}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     md = report_md({k: v for k, v in summary.items() if k in ("all", "trained", "held_out")}, summary["command"])

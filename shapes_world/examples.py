@@ -1,6 +1,6 @@
 """Write the example reference clips of the app and the README (small MP4s that browsers play).
 
-    python -m motion_core.shapes.examples --out assets/examples                 # for the embedded model's world
+    python -m shapes_world.examples --out assets/examples                 # for the embedded model's world
 
 The examples follow the world of the embedded model (its ``training_info.json`` names it): for the paths world
 (the second design) they are the transfer ladder's six references from the training families
@@ -16,8 +16,9 @@ import argparse
 import json
 from pathlib import Path
 
-from ..models import DEFAULT_MODEL_DIR
-from ..video import write_mp4
+from motion_core.models import DEFAULT_MODEL_DIR
+from motion_core.video import write_mp4
+
 from . import ladder, paths, world
 
 FIRST_WORLD = [

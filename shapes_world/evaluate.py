@@ -1,7 +1,7 @@
 """Evaluate the embedded shapes-world model: VAE fidelity, prompt following, coherence and motion transfer.
 
-    python -m motion_core.shapes.evaluate --model assets/shapes-t2v --out runs/shapes-eval     # the full report
-    python -m motion_core.shapes.evaluate --model /tmp/tiny --quick --out /tmp/e               # smoke run
+    python -m shapes_world.evaluate --model assets/shapes-t2v --out runs/shapes-eval     # the full report
+    python -m shapes_world.evaluate --model /tmp/tiny --quick --out /tmp/e               # smoke run
 
 In this world the true motion of every reference is known, so motion transfer is measured, not judged:
 1. VAE reconstruction PSNR on held-out frames (clips of another seed than the training data).
@@ -17,7 +17,7 @@ In this world the true motion of every reference is known, so motion transfer is
    so their time is reported but not judged; ``--flow-only`` times the flow alone (model loading included) and a
    merge that includes such a run judges that time:
 
-    python -m motion_core.shapes.evaluate --flow-only --out runs/flow      # on an otherwise idle machine
+    python -m shapes_world.evaluate --flow-only --out runs/flow      # on an otherwise idle machine
 
 Writes ``results.json`` and ``report.md`` in ``--out`` and, with ``--card``, the model card ``README.md`` beside the
 model's weights.
@@ -39,13 +39,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import RunConfig, SampleConfig
-from ..eval.metrics import trajectory_distance
-from ..lora_io import remove_lora
-from ..models import T2VModel, decode_latents, encode_video, load_model
-from ..sample import invert_cached, sample
-from ..train import train_lora
-from ..video import frames_from_array, to_uint8, write_mp4
+from motion_core.config import RunConfig, SampleConfig
+from motion_core.eval.metrics import trajectory_distance
+from motion_core.lora_io import remove_lora
+from motion_core.models import T2VModel, decode_latents, encode_video, load_model
+from motion_core.sample import invert_cached, sample
+from motion_core.train import train_lora
+from motion_core.video import frames_from_array, to_uint8, write_mp4
+
 from . import detector, recipe, world
 
 # Reference motions (>= 6, distinct) and, for each, new prompts naming other shapes, colours and backgrounds.
@@ -302,7 +303,7 @@ def report_md(res: dict, cmd: str) -> str:
               + (" Not judged: " + "; ".join(c[0] for c in checks if c[3] is None) + "."
                  if len(judged) < len(checks) else ""))
     lines = [
-        "## Quality (measured by `motion_core/shapes/evaluate.py`)",
+        "## Quality (measured by `shapes_world/evaluate.py`)",
         "",
         status,
         "",
@@ -356,7 +357,7 @@ def main(argv: list[str] | None = None) -> None:
         out.mkdir(parents=True, exist_ok=True)
         flow = flow_timing(args.model, s)
         res = {"flow": flow, "settings": s.__dict__ | {"betas": list(s.betas)},
-               "command": "python -m motion_core.shapes.evaluate " + " ".join(sys.argv[1:] if argv is None else argv)}
+               "command": "python -m shapes_world.evaluate " + " ".join(sys.argv[1:] if argv is None else argv)}
         (out / "results.json").write_text(json.dumps(res, indent=1))
         print(json.dumps(flow), flush=True)
         return None
@@ -379,7 +380,7 @@ def main(argv: list[str] | None = None) -> None:
     res["motion_transfer"] = motion_transfer(model, s, out, guidance, steps, refs)
     print(json.dumps(res["motion_transfer"]["summary"], indent=1), flush=True)
     res["wall_minutes"] = (time.perf_counter() - t_all) / 60
-    res["command"] = "python -m motion_core.shapes.evaluate " + " ".join(sys.argv[1:] if argv is None else argv)
+    res["command"] = "python -m shapes_world.evaluate " + " ".join(sys.argv[1:] if argv is None else argv)
     (out / "results.json").write_text(json.dumps(res, indent=1))
     if "vae_psnr" in res:
         finish(res, out, args.card)
@@ -441,12 +442,12 @@ def _training_md(info: dict) -> str:
     size = "".join(f" --unet-{k} {','.join(map(str, v)) if isinstance(v, list) else v}"
                    for k, v, default in (("channels", info.get("unet_channels"), [32, 64, 64]),
                                          ("layers", info.get("unet_layers"), 1)) if v not in (None, default))
-    cmds = [f"python -m motion_core.shapes.recipe --out assets/shapes-t2v --clips {info['clips']} --vae-minutes "
+    cmds = [f"python -m shapes_world.recipe --out assets/shapes-t2v --clips {info['clips']} --vae-minutes "
             f"{info.get('vae_seconds', 0) / 60:.0f} --unet-minutes {first_unet:.0f} --decoder-minutes "
             f"{max(first_dec, 0):.0f}{size}{extra(first)}"]
-    cmds += [f"python -m motion_core.shapes.recipe --out assets/shapes-t2v --decoder-only --clips {c['clips']} "
+    cmds += [f"python -m shapes_world.recipe --out assets/shapes-t2v --decoder-only --clips {c['clips']} "
              f"--decoder-minutes {c['decoder_minutes']:g}" if c.get("decoder_only") else
-             f"python -m motion_core.shapes.recipe --continue-from assets/shapes-t2v --out assets/shapes-t2v "
+             f"python -m shapes_world.recipe --continue-from assets/shapes-t2v --out assets/shapes-t2v "
              f"--clips {c['clips']} --unet-minutes {c['unet_minutes']:g} --decoder-minutes {c['decoder_minutes']:g}"
              f"{extra(c)}" for c in cont]
     runs = "\n".join(cmds)
@@ -521,7 +522,7 @@ motion of every clip is known). Same classes and folder layout as Zeroscope (`Au
 `CLIPTokenizer`, `UNet3DConditionModel`, `DDIMScheduler`); load it with `motion_core.models.load_model()`.
 
 ## Data
-{_clips_md(info)} of `motion_core.shapes.world` (seed {info['seed']}), {info['frames']} frames of
+{_clips_md(info)} of `shapes_world.world` (seed {info['seed']}), {info['frames']} frames of
 {info['height']} x {info['width']} at {info['fps']:g} fps: one or two objects (5 shapes, 8 colours, 3 sizes) over 6
 kinds of backgrounds, with 22 motions (lines in 8 directions, orbits, zigzags, bounces, zooms, rotations, camera
 pans) and two-object clips. Captions name objects, colours and background only (no motion words), so a prompt

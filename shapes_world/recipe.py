@@ -1,9 +1,9 @@
 """The recipe of the embedded shapes-world text-to-video model: generate the data, train VAE, text encoder and UNet.
 
-    python -m motion_core.shapes.recipe --out assets/shapes-t2v            # the shipped model (CPU, ~1 hour)
-    python -m motion_core.shapes.recipe --out /tmp/m --clips 64 --vae-minutes 0.2 --unet-minutes 0.3   # smoke
+    python -m shapes_world.recipe --out assets/shapes-t2v            # the shipped model (CPU, ~1 hour)
+    python -m shapes_world.recipe --out /tmp/m --clips 64 --vae-minutes 0.2 --unet-minutes 0.3   # smoke
     # on a GPU, a larger UNet on more data (written for the device machine; not yet run on a GPU):
-    python -m motion_core.shapes.recipe --out runs/shapes-gpu --device cuda --workers 16 --clips 20000 \
+    python -m shapes_world.recipe --out runs/shapes-gpu --device cuda --workers 16 --clips 20000 \
         --unet-channels 64,128,128 --unet-layers 2 --batch 32 --vae-minutes 4 --unet-minutes 15 \
         --noise-offset 0.1 --image-every 2 --ema-decay 0.999
 
@@ -14,7 +14,7 @@ sidecar ``motion_matcher.json`` names the block the motion feature extractor rea
 maps at 64 x 64 pixels) and the video size. Training stops on a wall-clock budget per stage, so the recipe fits
 a 2-core CPU; ``training_info.json`` records the data, sizes, steps, losses, hardware and wall time.
 
-Two training options target what the diagnosis found (``python -m motion_core.shapes.diagnose``):
+Two training options target what the diagnosis found (``python -m shapes_world.diagnose``):
 ``--noise-offset 0.1`` hides the clip mean that Zeroscope's z_999 still shows (so the background colour comes from
 the caption, not the noise), and ``--image-every 2`` makes every second step a batch of single frames of many
 clips, which teaches the caption-to-look mapping several times faster per CPU second than whole clips.
@@ -44,8 +44,9 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from ..ddim import add_noise
-from ..models import T2VModel, UNet3DWithPeft, build_word_tokenizer, resolve_device, save_model
+from motion_core.ddim import add_noise
+from motion_core.models import T2VModel, UNet3DWithPeft, build_word_tokenizer, resolve_device, save_model
+
 from . import paths, world
 
 FPS = 8.0
@@ -291,7 +292,7 @@ def training_noise(shape: torch.Size | tuple[int, ...], g: torch.Generator, offs
     """Gaussian noise plus ``offset`` x one Gaussian value per (clip, channel), shared by all frames and pixels.
 
     Zeroscope's schedule leaves 7 % of the clean latent in z_999, and over a whole clip its per-channel mean stands
-    above the noise (``python -m motion_core.shapes.diagnose``), so the model learns to take the global colour from
+    above the noise (``python -m shapes_world.diagnose``), so the model learns to take the global colour from
     the noise instead of the caption. The offset hides that mean at high noise levels ("offset noise") without
     changing the schedule, so sampling, inversion and the beta blend stay exactly as on Zeroscope.
     """
@@ -404,7 +405,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def _continue(src: Path, out: Path, args: argparse.Namespace) -> None:
     """More UNet + text-encoder training on a saved model (same data; a new stream of batches)."""
-    from ..models import load_model
+    from motion_core.models import load_model
 
     t0 = time.time()
     rec = json.loads((src / "training_info.json").read_text())
@@ -492,7 +493,7 @@ def _add_decoder(info: dict, dec: dict) -> None:
 
 def _decoder_only(out: Path, args: argparse.Namespace) -> None:
     """The decoder stage alone, on a saved model (it appends to training_info.json)."""
-    from ..models import load_model
+    from motion_core.models import load_model
 
     t0 = time.time()
     rec = json.loads((out / "training_info.json").read_text())

@@ -1,8 +1,8 @@
 """Measure a paths-world model and write its card: the page a user reads before using the embedded model.
 
-    python -m motion_core.shapes.card --model M --flow-only --out runs/flow        # time the default flow, alone
-    python -m motion_core.shapes.ladder --model M --out runs/ladder                # motion transfer, every rung
-    python -m motion_core.shapes.card --model M --ladder runs/ladder --flow runs/flow --out runs/card --write
+    python -m shapes_world.card --model M --flow-only --out runs/flow        # time the default flow, alone
+    python -m shapes_world.ladder --model M --out runs/ladder                # motion transfer, every rung
+    python -m shapes_world.card --model M --ladder runs/ladder --flow runs/flow --out runs/card --write
 
 What it measures (each target is computed, never typed in):
 1. VAE reconstruction PSNR on 40 clips of a seed the training data never used.
@@ -35,12 +35,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..config import SampleConfig
-from ..lora_io import load_lora, remove_lora
-from ..models import T2VModel, decode_latents, encode_video, load_model
-from ..sample import invert_cached, sample
-from ..train import train_lora
-from ..video import frames_from_array, to_uint8
+from motion_core.config import SampleConfig
+from motion_core.lora_io import load_lora, remove_lora
+from motion_core.models import T2VModel, decode_latents, encode_video, load_model
+from motion_core.sample import invert_cached, sample
+from motion_core.train import train_lora
+from motion_core.video import frames_from_array, to_uint8
+
 from . import ladder, paths
 from .evaluate import following_scores, judge_clip
 
@@ -204,7 +205,7 @@ Top: a reference clip ({ladder.REFERENCES[0][4]} path). Middle: the motion LoRA 
 Motion transfer is the trajectory distance of the detector's track to the reference's (mean centroid distance /
 frame side, plus a zoom term), averaged over {len(ladder.REFERENCES) - len(paths.HELD_OUT)} references from the
 training families and {len(paths.HELD_OUT)} from families the training data never drew
-({', '.join(paths.HELD_OUT)}), 3 new prompts and 2 seeds each (`motion_core/shapes/ladder.py`).
+({', '.join(paths.HELD_OUT)}), 3 new prompts and 2 seeds each (`shapes_world/ladder.py`).
 
 ## Model
 | part | parameters |
@@ -224,7 +225,7 @@ Trained on a 2-core CPU in {runs} run{'s' if runs > 1 else ''} ({info['unet_step
 One command replays them (stages stop on a wall-clock budget, so step counts depend on the machine):
 
 ```bash
-python -m motion_core.shapes.recipe --replay assets/shapes-t2v/training_info.json --out assets/shapes-t2v
+python -m shapes_world.recipe --replay assets/shapes-t2v/training_info.json --out assets/shapes-t2v
 ```
 """
     (folder / "README.md").write_text(card)
@@ -242,7 +243,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    cmd = "python -m motion_core.shapes.card " + " ".join(sys.argv[1:] if argv is None else argv)
+    cmd = "python -m shapes_world.card " + " ".join(sys.argv[1:] if argv is None else argv)
     if args.flow_only:
         res = {"flow": flow_timing(args.model), "command": cmd}
         (out / "results.json").write_text(json.dumps(res, indent=1))
@@ -256,7 +257,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.ladder:
         summary = json.loads((Path(args.ladder) / "summary.json").read_text())
         res["ladder"] = {k: summary[k] for k in ("trained", "held_out") if k in summary}
-        res["ladder_command"] = summary.get("command", f"python -m motion_core.shapes.ladder --out {args.ladder}")
+        res["ladder_command"] = summary.get("command", f"python -m shapes_world.ladder --out {args.ladder}")
     if args.flow:
         res["flow"] = json.loads((Path(args.flow) / "results.json").read_text())["flow"]
     (out / "results.json").write_text(json.dumps(res, indent=1))

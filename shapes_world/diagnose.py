@@ -1,7 +1,7 @@
 """Diagnosis of the embedded model: how much of a clip's look survives in z_T; what its motion features see.
 
-    python -m motion_core.shapes.diagnose --model assets/shapes-t2v --montage runs/diagnose.png
-    python -m motion_core.shapes.diagnose --model assets/shapes-t2v --features     # motion vs look in M
+    python -m shapes_world.diagnose --model assets/shapes-t2v --montage runs/diagnose.png
+    python -m shapes_world.diagnose --model assets/shapes-t2v --features     # motion vs look in M
 
 Zeroscope's noise schedule (scaled_linear, 0.00085 to 0.012) ends at alpha_bar = 0.0047, not 0: at t = 999 the
 noisy latent still holds sqrt(0.0047) = 7 % of the clean one. Averaged over a whole clip (12 frames x 16 x 16 per
@@ -30,10 +30,11 @@ import argparse
 import numpy as np
 import torch
 
-from ..config import SampleConfig
-from ..models import T2VModel, decode_latents, encode_video, load_model
-from ..sample import sample
-from ..video import frames_from_array, to_uint8
+from motion_core.config import SampleConfig
+from motion_core.models import T2VModel, decode_latents, encode_video, load_model
+from motion_core.sample import sample
+from motion_core.video import frames_from_array, to_uint8
+
 from . import evaluate, world
 
 CASES = [("circle", "red", "plain", "grey"), ("star", "blue", "plain", "white"),
@@ -99,10 +100,11 @@ def feature_sensitivity(model: T2VModel, timesteps: tuple[int, ...] = (550, 700,
     """Per reference: mean lambda-weighted MSE of M's maps against the reference for motion and for look changes."""
     import torch.nn.functional as F
 
-    from ..attention import MotionFeatureExtractor
-    from ..config import LossConfig
-    from ..ddim import add_noise
-    from ..models import encode_prompt
+    from motion_core.attention import MotionFeatureExtractor
+    from motion_core.config import LossConfig
+    from motion_core.ddim import add_noise
+    from motion_core.models import encode_prompt
+
     from . import detector
     from .evaluate import NEW_PROMPTS, REFERENCES, track_distance
 

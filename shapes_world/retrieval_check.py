@@ -1,7 +1,7 @@
 """Retrieval check of the motion feature extractor M (MotionMatcher App. C, Table 3) on shapes-world clips.
 
-    python -m motion_core.eval.retrieval_check --clips 120                     # the embedded shapes-world model
-    python -m motion_core.eval.retrieval_check --clips 120 --model path/to/model --tracks lk --out retrieval.json
+    python -m shapes_world.retrieval_check --clips 120                     # the embedded shapes-world model
+    python -m shapes_world.retrieval_check --clips 120 --model path/to/model --tracks lk --out retrieval.json
 
 N seeded shapes-world clips are rendered at the model's video size, encoded with its VAE and noised once at
 t = 500 (``z_t = sqrt(abar_t) z0 + sqrt(1 - abar_t) eps``, eps from a seed per clip). Each clip is then a query:
@@ -195,8 +195,8 @@ def run_check(model: Any, clips: int = 120, seed: int = 0, t: int = 500, tracks:
     """Render ``clips`` shapes-world clips at the model's size and compute every AP of the retrieval check."""
     from tqdm.auto import tqdm
 
-    from motion_core.eval.retrieval import average_precision_retrieval, expected_random_ap, random_baseline_ap
-    from motion_core.shapes import world
+    from shapes_world import world
+    from shapes_world.retrieval import average_precision_retrieval, expected_random_ap, random_baseline_ap
 
     if clips < 2:
         raise ValueError("the retrieval check needs at least two clips")
@@ -245,7 +245,7 @@ def format_report(report: RetrievalReport) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m motion_core.eval.retrieval_check", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m shapes_world.retrieval_check", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clips", type=int, default=120, help="number of shapes-world clips (paper: 139; use >= 100)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the clips and of the noise")
