@@ -13,12 +13,12 @@ from motion_core.ddim import add_noise
 from motion_core.models import (
     ZEROSCOPE_UNET_CONFIG,
     ModelDefaults,
-    build_tiny_model,
     encode_prompt,
     load_model,
     model_defaults,
 )
 from motion_core.rundir import RunDir
+from motion_core.testing import build_tiny_model
 from motion_core.train import train_lora
 
 # ------------------------------------------------------------------------------------------- model defaults
