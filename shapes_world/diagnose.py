@@ -100,55 +100,46 @@ def feature_sensitivity(model: T2VModel, timesteps: tuple[int, ...] = (550, 700,
     """Per reference: mean lambda-weighted MSE of M's maps against the reference for motion and for look changes."""
     import torch.nn.functional as F
 
-    from motion_core.attention import MotionFeatureExtractor
+    from motion_core.attention import reference_features
     from motion_core.config import LossConfig
-    from motion_core.ddim import add_noise
     from motion_core.models import encode_prompt
 
     from . import detector
     from .evaluate import NEW_PROMPTS, REFERENCES, track_distance
 
     lam = LossConfig()
-    ext = MotionFeatureExtractor(model, blocks)  # None: the model's own capture blocks
     size = _size(model)
     rows = []
-    try:
-        for r_i, ref in enumerate(REFERENCES):
-            spec = world.make_spec(**ref, seed=r_i, **size)
-            frames, z_ref = clip_latents(model, spec)
-            text = encode_prompt(model, world.caption(spec)).float()
-            motions = [dict(ref, motion=o["motion"]) for o in REFERENCES if o["motion"] != ref["motion"]]
-            looks = []
-            for p in NEW_PROMPTS[:3]:
-                c = world.parse_caption(p)
-                looks.append(dict(ref, shape=c["shape"], colour=c["colour"], background=c["background"],
-                                  bg_colour=c["bg_colour"]))
-            ref_track = detector.track(frames)
-            # the reference's maps, once per (t, draw): every altered clip is compared with the same noise
-            noise, ref_maps = {}, {}
-            with torch.no_grad():
-                for t in timesteps:
-                    tt = torch.tensor([t])
-                    for d in range(draws):
-                        noise[t, d] = torch.randn(z_ref.shape, generator=torch.Generator().manual_seed(1000 * d + t))
-                        ref_maps[t, d] = ext(add_noise(model.scheduler, z_ref, noise[t, d], tt), tt, text)
-            drift: dict[str, list[float]] = {"motion": [], "look": []}
-            dist: dict[str, list[float]] = {"ca_motion": [], "tsa_motion": [], "ca_look": [], "tsa_look": []}
-            for kind, variants in (("motion", motions), ("look", looks)):
-                for v in variants:
-                    v_frames, z_v = clip_latents(model, world.make_spec(**v, seed=r_i, **size))
-                    # look clips keep the motion and placement: their tracks must stay far closer than others'
-                    drift[kind].append(track_distance(detector.track(v_frames), ref_track, float(size["width"])))
-                    for (t, d), a in ref_maps.items():
-                        tt = torch.tensor([t])
-                        with torch.no_grad():
-                            b = ext(add_noise(model.scheduler, z_v, noise[t, d], tt), tt, text)
-                        dist[f"ca_{kind}"].append(lam.lambda_ca * float(F.mse_loss(a.ca, b.ca)))
-                        dist[f"tsa_{kind}"].append(lam.lambda_tsa * float(F.mse_loss(a.tsa, b.tsa)))
-            rows.append({"motion": ref["motion"], **{k: float(np.mean(v)) for k, v in dist.items()},
-                         **{f"{k}_track_drift": float(np.nanmean(v)) for k, v in drift.items()}})
-    finally:
-        ext.remove()
+    for r_i, ref in enumerate(REFERENCES):
+        spec = world.make_spec(**ref, seed=r_i, **size)
+        frames, z_ref = clip_latents(model, spec)
+        text = encode_prompt(model, world.caption(spec)).float()
+        motions = [dict(ref, motion=o["motion"]) for o in REFERENCES if o["motion"] != ref["motion"]]
+        looks = []
+        for p in NEW_PROMPTS[:3]:
+            c = world.parse_caption(p)
+            looks.append(dict(ref, shape=c["shape"], colour=c["colour"], background=c["background"],
+                              bg_colour=c["bg_colour"]))
+        ref_track = detector.track(frames)
+        # the reference's maps, once per (t, draw): every altered clip is compared with the same noise
+        noise, ref_maps = {}, {}
+        for t in timesteps:
+            for d in range(draws):
+                noise[t, d] = torch.randn(z_ref.shape, generator=torch.Generator().manual_seed(1000 * d + t))
+                ref_maps[t, d] = reference_features(model, z_ref, text, t, blocks, noise=noise[t, d])
+        drift: dict[str, list[float]] = {"motion": [], "look": []}
+        dist: dict[str, list[float]] = {"ca_motion": [], "tsa_motion": [], "ca_look": [], "tsa_look": []}
+        for kind, variants in (("motion", motions), ("look", looks)):
+            for v in variants:
+                v_frames, z_v = clip_latents(model, world.make_spec(**v, seed=r_i, **size))
+                # look clips keep the motion and placement: their tracks must stay far closer than others'
+                drift[kind].append(track_distance(detector.track(v_frames), ref_track, float(size["width"])))
+                for (t, d), a in ref_maps.items():
+                    b = reference_features(model, z_v, text, t, blocks, noise=noise[t, d])
+                    dist[f"ca_{kind}"].append(lam.lambda_ca * float(F.mse_loss(a.ca, b.ca)))
+                    dist[f"tsa_{kind}"].append(lam.lambda_tsa * float(F.mse_loss(a.tsa, b.tsa)))
+        rows.append({"motion": ref["motion"], **{k: float(np.mean(v)) for k, v in dist.items()},
+                     **{f"{k}_track_drift": float(np.nanmean(v)) for k, v in drift.items()}})
     return rows
 
 

@@ -128,11 +128,14 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return 10 * math.log10(4.0 / max(mse, 1e-12))
 
 
-def train_vae(vae: AutoencoderKL, frames: np.ndarray, minutes: float, seed: int, log: list) -> dict:
-    """Reconstruction (L1 + MSE) with a tiny KL weight; a small latent scale keeps detail (PSNR target 30 dB)."""
+def train_vae(vae: AutoencoderKL, frames: np.ndarray, minutes: float, seed: int, log: list,
+              weights: np.ndarray | None = None) -> dict:
+    """Reconstruction (L1 + MSE) with a tiny KL weight; a small latent scale keeps detail (PSNR target 30 dB).
+    ``weights`` (N, F, H, W): per-pixel loss weights (``object_weights``), else uniform."""
     g = torch.Generator().manual_seed(seed)  # on the CPU: the same batches and noise on any device
     dev = vae.device
     flat = frames.reshape(-1, *frames.shape[-3:])
+    flat_w = None if weights is None else weights.reshape(-1, 1, *weights.shape[-2:])
     opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
     vae.train().requires_grad_(True)
     t0, step = time.time(), 0
@@ -143,7 +146,9 @@ def train_vae(vae: AutoencoderKL, frames: np.ndarray, minutes: float, seed: int,
         z = post.mean + post.std * torch.randn(post.mean.shape, generator=g).to(dev)
         rec = vae.decode(z).sample
         kl = post.kl().mean() / (z[0].numel())
-        loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + 1e-6 * kl
+        err = (rec - x).abs() + (rec - x) ** 2
+        w = None if flat_w is None else torch.from_numpy(flat_w[idx]).to(dev)
+        loss = (err.mean() if w is None else (w * err).mean() / w.mean()) + 1e-6 * kl
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)

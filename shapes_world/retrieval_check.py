@@ -150,25 +150,21 @@ def extract_features(model: Any, clips: Sequence[Any], t: int = 500, seed: int =
     if not 0 <= t < model.num_train_timesteps:
         raise ValueError(f"t must be in [0, {model.num_train_timesteps}), got {t}")
     feats: dict[str, list[np.ndarray]] = {k: [] for k, _ in ROWS if k != "random"}
-    extractor = MotionFeatureExtractor(model)
-    try:
-        with torch.no_grad():
-            for start in range(0, len(clips), batch):
-                chunk = clips[start:start + batch]
-                z0 = torch.cat([encode_video(model, frames_from_array(c.frames)) for c in chunk])
-                eps = torch.cat([_noise(z0.shape[1:], seed, start + i)[None] for i in range(len(chunk))])
-                tt = torch.full((len(chunk),), t, dtype=torch.long)
-                zt = add_noise(model.scheduler, z0, eps.to(z0.device), tt.to(z0.device))
-                prompts = [c.caption if text == "caption" else "" for c in chunk]
-                m = extractor(zt, tt.to(z0.device), encode_prompt(model, prompts).float())
-                parts = {"M_ca": m.ca, "M_tsa": m.tsa, "latents": z0, "residual": _residual(z0),
-                         "latents_noisy": zt, "residual_noisy": _residual(zt)}
-                for k, v in parts.items():
-                    feats[k].append(v.reshape(len(chunk), -1).float().cpu().numpy())
-                if progress is not None:
-                    progress(len(chunk))
-    finally:
-        extractor.remove()
+    with MotionFeatureExtractor(model) as extractor, torch.no_grad():
+        for start in range(0, len(clips), batch):
+            chunk = clips[start:start + batch]
+            z0 = torch.cat([encode_video(model, frames_from_array(c.frames)) for c in chunk])
+            eps = torch.cat([_noise(z0.shape[1:], seed, start + i)[None] for i in range(len(chunk))])
+            tt = torch.full((len(chunk),), t, dtype=torch.long)
+            zt = add_noise(model.scheduler, z0, eps.to(z0.device), tt.to(z0.device))
+            prompts = [c.caption if text == "caption" else "" for c in chunk]
+            m = extractor(zt, tt.to(z0.device), encode_prompt(model, prompts).float())
+            parts = {"M_ca": m.ca, "M_tsa": m.tsa, "latents": z0, "residual": _residual(z0),
+                     "latents_noisy": zt, "residual_noisy": _residual(zt)}
+            for k, v in parts.items():
+                feats[k].append(v.reshape(len(chunk), -1).float().cpu().numpy())
+            if progress is not None:
+                progress(len(chunk))
     out = {k: np.concatenate(v) for k, v in feats.items() if v}
     out["M"] = np.concatenate([out["M_ca"], out["M_tsa"]], axis=1)  # raw maps, no lambdas (see module docstring)
     return out
