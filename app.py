@@ -97,9 +97,9 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("motion_matcher.app")
 
-    from app.handlers import AppOptions, MotionApp
-    from app.jobs import JobError
-    from app.ui import CSS, THEME, build_ui
+    from motion_app.handlers import AppOptions, MotionApp
+    from motion_app.jobs import JobError
+    from motion_app.ui import CSS, THEME, build_ui
 
     opts = AppOptions(job_store=Path(args.job_store), model=args.model, lock_model=args.lock_model,
                       max_upload_mb=args.max_upload_mb, ttl_hours=args.job_ttl_hours, device=args.device,

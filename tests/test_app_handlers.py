@@ -14,9 +14,9 @@ import yaml
 from _app_server import make_clip
 from safetensors.torch import save_file
 
-from app import hub
-from app.handlers import AppOptions, MotionApp
-from app.jobs import DONE, FAILED, JobError, UploadError
+from motion_app import hub
+from motion_app.handlers import AppOptions, MotionApp
+from motion_app.jobs import DONE, FAILED, JobError, UploadError
 
 
 def wait_done(app: MotionApp, job_id: str, timeout: float = 120.0):
@@ -237,7 +237,7 @@ def test_model_card_names_a_hub_base_model():
 
 
 def test_figures(tmp_path):
-    from app import figures
+    from motion_app import figures
 
     recs = [{"step": i, "t": 600, "loss": 1e-3 / i, "ca": 5e-7 / i, "tsa": 5e-4 / i} for i in range(1, 40)]
     fig = figures.loss_figure(recs, 50)
@@ -256,7 +256,7 @@ def test_figures(tmp_path):
 
 
 def test_examples_are_read_safely(make_app, tmp_path, monkeypatch):
-    import app.handlers as handlers
+    import motion_app.handlers as handlers
 
     app = make_app()
     ex = tmp_path / "examples"
@@ -287,7 +287,7 @@ def test_preview_shows_the_clip_as_the_model_sees_it_or_says_why_not(make_app, c
 def test_the_page_layout_and_handlers_load_without_torch():
     import subprocess
 
-    code = ("import sys, app.ui, app.handlers, app.jobs, app.figures, app.hub; "
+    code = ("import sys, motion_app.ui, motion_app.handlers, motion_app.jobs, motion_app.figures, motion_app.hub; "
             "sys.exit(1 if 'torch' in sys.modules else 0)")
     from _app_server import REPO
 
@@ -517,7 +517,7 @@ def test_readme_names_the_button_as_the_page_does_and_its_screenshots_exist():
 
     from _app_server import REPO
 
-    ui, readme = (REPO / "app" / "ui.py").read_text(), (REPO / "README.md").read_text()
+    ui, readme = (REPO / "motion_app" / "ui.py").read_text(), (REPO / "README.md").read_text()
     label = re.search(r'start = gr\.Button\("([^"]+)"', ui).group(1)
     assert f"*{label}*" in readme
     shots = set(re.findall(r"docs/screenshots/[\w-]+\.(?:png|jpg)", readme))

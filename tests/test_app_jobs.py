@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from _app_server import make_clip
 
-from app.jobs import (
+from motion_app.jobs import (
     CANCELLED,
     DONE,
     FAILED,
@@ -212,7 +212,7 @@ def test_uploads_are_checked_for_type_size_and_content(store, clip, tmp_path):
 
 @pytest.fixture
 def make_app(tiny_model_dir, tmp_path):
-    from app.handlers import AppOptions, MotionApp
+    from motion_app.handlers import AppOptions, MotionApp
 
     apps = []
 

@@ -8,8 +8,8 @@ refresh, a closed tab, or an app restart. A hidden column holds the components o
 (``/train``, ``/status``, ``/cancel``, ``/sample``, ``/download`` and a few more), whose signatures stay
 stable whatever the page looks like.
 
-``build_ui(app)`` takes the handler object (``app.handlers.MotionApp``); ``THEME`` and ``CSS`` go to ``launch()``
-(Gradio 6 moved them there).
+``build_ui(app)`` takes the handler object (``motion_app.handlers.MotionApp``); ``THEME`` and ``CSS`` go to
+``launch()`` (Gradio 6 moved them there).
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ BETA_INFO = ("Higher β starts generation from noise closer to the inverted refe
 
 
 def build_ui(app: Any) -> gr.Blocks:
-    """The Blocks app for a ``MotionApp`` (see ``app.handlers``)."""
+    """The Blocks app for a ``MotionApp`` (see ``motion_app.handlers``)."""
     tr, lo, lc, sc = TrainConfig(), LoraConfig(), LossConfig(), SampleConfig()
     examples = app.examples()
     choices = app.model_choices()

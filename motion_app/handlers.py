@@ -1,16 +1,16 @@
 """The functions behind the page's events and the named API endpoints.
 
-``MotionApp`` owns the job store, the runner (one worker thread) and, through ``app.work``, the model cache. Its
+``MotionApp`` owns the job store, the runner (one worker thread) and, through ``motion_app.work``, the model cache. Its
 methods check inputs, submit jobs, and turn job state into what the page shows; none of them runs GPU work
 itself, so a closed tab or a dropped API client never stops a job.
 
 Two families of methods:
-- ``ui_*``: wired to the page by ``app.ui`` (they return Gradio updates);
+- ``ui_*``: wired to the page by ``motion_app.ui`` (they return Gradio updates);
 - ``api_*``: the named endpoints ``/train``, ``/status``, ``/cancel``, ``/sample``, ``/download`` (and
   ``/import_lora``, ``/resume``, ``/push_to_hub``), with plain parameters and JSON results for ``gradio_client``.
 
 Every bad input ends as a ``gr.Error`` with a readable message (``user_errors``); stack traces go to the server
-log only. ``app.work`` (torch, diffusers) is imported on first use, so the page is served before torch loads.
+log only. ``motion_app.work`` (torch, diffusers) is imported on first use, so the page is served before torch loads.
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _work() -> Any:
-    """``app.work`` imported on first use (it pulls in torch and diffusers: seconds of start-up)."""
+    """``motion_app.work`` imported on first use (it pulls in torch and diffusers: seconds of start-up)."""
     from . import work
 
     return work
@@ -134,7 +134,7 @@ def fmt_seconds(s: float | None) -> str:
 
 
 class MotionApp:
-    """The app's state: store, runner, worker. Build it, ``start()`` it, hand it to ``app.ui.build_ui``."""
+    """The app's state: store, runner, worker. Build it, ``start()`` it, hand it to ``motion_app.ui.build_ui``."""
 
     def __init__(self, opts: AppOptions) -> None:
         self.opts = opts
@@ -585,7 +585,8 @@ class MotionApp:
                 self.model_status(model), gr.Timer(active=bool(current) or self._warming_up()), {},
                 *presets, *section1)
 
-    # What a reopened run puts back in sections 1 and 2 (in ``app.ui``'s order), besides steps and learning rate.
+    # What a reopened run puts back in sections 1 and 2 (in ``motion_app.ui``'s order), besides steps and learning
+    # rate.
     RUN_FIELDS = ("video", "caption", "rank", "lambda_ca", "lambda_tsa", "seed", "objective")
 
     def run_fields(self, job_id: str, presets: list[Any]) -> tuple[list[Any], list[Any]]:
@@ -731,7 +732,7 @@ class MotionApp:
         samples = [j for j in self.store.children(job_id) if j.kind == "sample"]
         return samples[-1] if samples else None
 
-    # What one timer tick updates, in the order of ``app.ui``'s poll outputs (then the timer and the signature).
+    # What one timer tick updates, in the order of ``motion_app.ui``'s poll outputs (then the timer and the signature).
     POLL_KEYS = ("status", "progress", "loss", "ca", "tsa", "files", "gen_status", "gen_progress", "result",
                  "report", "report_img", "gallery", "model", "estimate", "cancel", "resume", "cancel_gen", "seed")
 

@@ -14,7 +14,7 @@ that the running job checks every step, which also works when the work runs in a
 Privacy: job ids are random (``secrets.token_urlsafe``), and every path is resolved and checked to stay inside
 its job folder, so one person cannot reach another's files or anything outside the store.
 
-This module knows nothing about torch or the model: ``app.work`` supplies one executor per job kind.
+This module knows nothing about torch or the model: ``motion_app.work`` supplies one executor per job kind.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ class Job:
     """One unit of GPU work and everything the page needs to show it; saved as ``job.json``."""
 
     id: str
-    kind: str  # "train", "sample", "import" (see app.work)
+    kind: str  # "train", "sample", "import" (see motion_app.work)
     state: str = QUEUED
     seq: int = 0  # queue order: creation time in ns, so the oldest job runs first
     created: float = 0.0
@@ -454,7 +454,7 @@ def user_message(err: BaseException) -> str:
         return ("Out of memory. Try fewer frames or a smaller size, a lower LoRA rank, fewer videos at once, or a "
                 "machine with more (GPU) memory. The last checkpoint is kept. " + text[:300])
     mod = type(err).__module__ or ""
-    if isinstance(err, ValueError) or mod.startswith(("motion_core", "app")):
+    if isinstance(err, ValueError) or mod.startswith(("motion_core", "motion_app")):
         return text[:2000]
     return f"Internal error ({name}): {text[:500]}"
 

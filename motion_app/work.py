@@ -1,6 +1,6 @@
 """What each job kind does with ``motion_core``: train a motion LoRA, generate videos, check an uploaded LoRA.
 
-The runner in ``app.jobs`` calls ``Worker.train``, ``Worker.sample`` and ``Worker.import_lora`` in its single
+The runner in ``motion_app.jobs`` calls ``Worker.train``, ``Worker.sample`` and ``Worker.import_lora`` in its single
 worker thread, one job at a time, so the model (loaded once per source and kept in ``ModelCache``) is never
 used by two jobs at once. Everything a job needs is read from its folder, and everything it makes is written
 there, so a job resumes after an app restart from its files alone.
