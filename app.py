@@ -97,15 +97,15 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("motion_matcher.app")
 
-    from motion_app.handlers import AppOptions, MotionApp
     from motion_app.jobs import JobError
+    from motion_app.service import AppOptions, MotionService
     from motion_app.ui import CSS, THEME, build_ui
 
     opts = AppOptions(job_store=Path(args.job_store), model=args.model, lock_model=args.lock_model,
                       max_upload_mb=args.max_upload_mb, ttl_hours=args.job_ttl_hours, device=args.device,
                       dtype=args.dtype, preload=not args.no_preload)
     try:
-        motion = MotionApp(opts).start()
+        motion = MotionService(opts).start()
     except JobError as err:
         sys.exit(f"error: {err}")
     demo = build_ui(motion)

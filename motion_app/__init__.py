@@ -1,11 +1,25 @@
 """The MotionMatcher web app: learn a reference video's motion in the browser, generate, download the LoRA.
 
-- ``ui.py``: the Gradio layout only (no torch);
-- ``handlers.py``: the functions behind the page's events and the named API endpoints;
-- ``jobs.py``: the on-disk job store and the single GPU worker (queue, progress, cancel, resume, cleanup);
-- ``work.py``: what each job kind does with ``motion_core`` (train, sample, import a LoRA), and the model cache;
-- ``figures.py``: loss curves and motion-feature pictures;
+Gradio (the page and the API):
+
+- ``ui.py``: the layout only, and which handler each event calls (no torch, no work);
+- ``page.py``: the page's event handlers (``ui_*``) and its timer's ``poll``;
+- ``api.py``: the named endpoints (``/train``, ``/status``, ``/cancel``, ``/resume``, ``/sample``, ``/download``,
+  ``/import_lora``, ``/push_to_hub``) and ``user_errors``, which turns any error into a readable ``gr.Error``.
+
+The work, in plain modules (no Gradio):
+
+- ``service.py``: the job service both of them call: checks inputs, submits train / sample / import jobs, cancel,
+  resume, status, the files a job serves, the Hub push;
+- ``jobs.py``: what a job is (its record, states, errors, the messages users read);
+- ``store.py``: the on-disk job store (folders, records, safe paths, served files, uploads, measured speeds);
+- ``runner.py``: the single GPU worker thread (queue, progress, cancel, pause on shutdown);
+- ``worker.py``: what each job kind does with ``motion_core`` (train, sample, import a LoRA), the model cache and
+  ZeroGPU;
+- ``media.py``: the motion-feature pictures, the side-by-side comparison video, the preview;
+- ``views.py``: a job's state as the page's Markdown and HTML; ``examples.py``: the bundled example clips;
+- ``figures.py``: loss curves and motion-feature pictures (numpy and matplotlib);
 - ``hub.py``: pushing a LoRA with a generated model card to the Hugging Face Hub.
 
-``app.py`` at the repository root is the entry point.
+``app.py`` at the repository root is the entry point (also the Hugging Face Space's).
 """

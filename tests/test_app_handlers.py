@@ -14,12 +14,14 @@ import yaml
 from _app_server import make_clip
 from safetensors.torch import save_file
 
-from motion_app import hub
-from motion_app.handlers import AppOptions, MotionApp
+from motion_app import hub, views
+from motion_app.api import Api
 from motion_app.jobs import DONE, FAILED, JobError, UploadError
+from motion_app.page import Page
+from motion_app.service import AppOptions, MotionService
 
 
-def wait_done(app: MotionApp, job_id: str, timeout: float = 120.0):
+def wait_done(app: MotionService, job_id: str, timeout: float = 120.0):
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         job = app.store.load(job_id)
@@ -39,7 +41,7 @@ def make_app(tiny_model_dir, tmp_path):
     apps = []
 
     def make(**kw):
-        app = MotionApp(AppOptions(job_store=tmp_path / "jobs", model=str(tiny_model_dir), preload=False, **kw))
+        app = MotionService(AppOptions(job_store=tmp_path / "jobs", model=str(tiny_model_dir), preload=False, **kw))
         apps.append(app.start())
         return app
 
@@ -51,7 +53,7 @@ def make_app(tiny_model_dir, tmp_path):
 @pytest.fixture(scope="module")
 def trained(tiny_model_dir, tmp_path_factory, clip):
     """One finished 2-step run, shared by the tests that only read it."""
-    app = MotionApp(AppOptions(job_store=tmp_path_factory.mktemp("jobs"), model=str(tiny_model_dir),
+    app = MotionService(AppOptions(job_store=tmp_path_factory.mktemp("jobs"), model=str(tiny_model_dir),
                                preload=False)).start()
     job = app.submit_train(str(clip), "a red square moving right", None, 2, 5e-4, 4, 2000, 2000, 0, "motion")
     assert wait_done(app, job.id).state == DONE
@@ -116,15 +118,15 @@ def test_generate_needs_a_finished_run_and_sane_settings(trained):
 
 def test_poll_shows_the_run_and_then_sends_only_changes(trained):
     app, job_id = trained
-    out = app.poll(job_id, {}, None)
+    out = Page(app).poll(job_id, {}, None)
     status, progress, loss, ca, tsa, files, *_rest, timer, sig = out
     assert "Training run: done" in status and f"?job={job_id}" in status and "Finished 2 steps" in status
     assert loss is not None and ca.endswith("cross_attention.png") and tsa.endswith("temporal_attention.png")
     assert sorted(f.rsplit("/", 1)[-1] for f in files) == ["config.json", "lora.safetensors"]
-    assert len(out) == len(app.POLL_KEYS) + 2
-    again = app.poll(job_id, sig, None)
-    assert all(v == {"__type__": "update"} for v in again[:len(app.POLL_KEYS)])  # nothing changed: nothing sent
-    gone = app.poll("A" * 22, {}, None)
+    assert len(out) == len(Page.POLL_KEYS) + 2
+    again = Page(app).poll(job_id, sig, None)
+    assert all(v == {"__type__": "update"} for v in again[:len(Page.POLL_KEYS)])  # nothing changed: nothing sent
+    gone = Page(app).poll("A" * 22, {}, None)
     assert "no job" in gone[0]
 
 
@@ -143,7 +145,7 @@ def test_zero_gpu_runs_gpu_work_under_spaces_gpu_in_chunks(tiny_model_dir, tmp_p
     spaces.GPU = gpu
     monkeypatch.setitem(sys.modules, "spaces", spaces)
     monkeypatch.setenv("SPACES_ZERO_GPU", "true")
-    app = MotionApp(AppOptions(job_store=tmp_path / "jobs", model=str(tiny_model_dir), preload=False)).start()
+    app = MotionService(AppOptions(job_store=tmp_path / "jobs", model=str(tiny_model_dir), preload=False)).start()
     try:
         app.worker().chunk_steps = 1
         job = app.submit_train(str(clip), "a red square", None, 3, 5e-4, 4, 2000, 2000, 0, "motion")
@@ -255,40 +257,40 @@ def test_figures(tmp_path):
     assert figures.caption_words(["a</w>"]) == [("a", [1])]
 
 
-def test_examples_are_read_safely(make_app, tmp_path, monkeypatch):
-    import motion_app.handlers as handlers
+def test_examples_are_read_safely(tmp_path, monkeypatch):
+    from motion_app import examples
 
-    app = make_app()
     ex = tmp_path / "examples"
-    monkeypatch.setattr(handlers, "EXAMPLES_DIR", ex)
-    assert app.examples() == []  # no folder: no examples, no error
+    monkeypatch.setattr(examples, "EXAMPLES_DIR", ex)
+    assert examples.examples() == []  # no folder: no examples, no error
     ex.mkdir()
     make_clip(ex / "zig.mp4")
     (tmp_path / "secret.mp4").write_text("x")
     (ex / "examples.json").write_text(json.dumps([
         {"file": "zig.mp4", "caption": "a red square", "motion": "zigzag"},
         {"file": "../secret.mp4", "caption": "escape"}, {"file": "missing.mp4"}, "junk"]))
-    assert [(e["name"], e["caption"]) for e in app.examples()] == [("zig (zigzag)", "a red square")]
+    assert [(e["name"], e["caption"]) for e in examples.examples()] == [("zig (zigzag)", "a red square")]
     (ex / "examples.json").write_text("{broken")
-    assert [e["name"] for e in app.examples()] == ["zig"]  # a broken index: the clips, without captions
+    assert [e["name"] for e in examples.examples()] == ["zig"]  # a broken index: the clips, without captions
 
 
 def test_preview_shows_the_clip_as_the_model_sees_it_or_says_why_not(make_app, clip, tmp_path):
     app = make_app()
-    path, text = app.ui_preview(str(clip), None)
+    path, text = Page(app).ui_preview(str(clip), None)
     assert path.endswith("preview.mp4") and "8 frames at 8 fps" in text and "32×32" in text
     bad = tmp_path / "clip.mp4"
     bad.write_text("not a video")
     with pytest.warns(UserWarning):  # gr.Warning outside a request: a Python warning
-        path, text = app.ui_preview(str(bad), None)
+        path, text = Page(app).ui_preview(str(bad), None)
     assert path is None and "Cannot use this video" in text and "not a video" in text
 
 
 def test_the_page_layout_and_handlers_load_without_torch():
     import subprocess
 
-    code = ("import sys, motion_app.ui, motion_app.handlers, motion_app.jobs, motion_app.figures, motion_app.hub; "
-            "sys.exit(1 if 'torch' in sys.modules else 0)")
+    mods = ", ".join(f"motion_app.{m}" for m in ("ui", "page", "api", "views", "examples", "service", "jobs", "store",
+                                                 "runner", "figures", "hub"))
+    code = f"import sys, {mods}; sys.exit(1 if 'torch' in sys.modules else 0)"
     from _app_server import REPO
 
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0, "torch was imported at start-up"
@@ -343,7 +345,7 @@ def test_a_lora_naming_another_base_model_is_imported_with_a_warning(make_app, t
     other = _rewritten(good, tmp_path / "other.safetensors", base_fingerprint=f"someone/other-model|{shape}")
     job = wait_done(app, app.submit_import(str(other), None, "", None).id)
     assert job.state == DONE and "Warning" in job.message and "someone/other-model" in job.message
-    assert "someone/other-model" in app._status_md(job)
+    assert "someone/other-model" in views.status_md(job)
 
 
 def test_a_one_frame_upload_is_reported_under_the_users_file_name(make_app, tmp_path):
@@ -379,7 +381,7 @@ def test_only_allow_listed_result_files_are_served(trained):
 
     app, job_id = trained
     job = app.store.load(job_id)
-    served = app.api_download(job_id)
+    served = Api(app).download(job_id)
     assert sorted(p.rsplit("/", 1)[-1] for p in served) == ["config.json", "lora.safetensors"]
     for p in served:
         assert p.startswith(str(app.store.served_root) + "/")
@@ -398,7 +400,7 @@ def test_only_allow_listed_result_files_are_served(trained):
 
 
 def test_a_damaged_checkpoint_fails_the_job_by_name_and_resume_starts_over(tiny_model_dir, tmp_path, clip):
-    app = MotionApp(AppOptions(job_store=tmp_path / "jobs", model=str(tiny_model_dir), preload=False))
+    app = MotionService(AppOptions(job_store=tmp_path / "jobs", model=str(tiny_model_dir), preload=False))
     job = app.submit_train(str(clip), "a red square", None, 2, 5e-4, 4, 2000, 2000, 0, "ddpm")
     d = app.store.job_dir(job.id)
     (d / "train").mkdir()
@@ -460,7 +462,7 @@ def test_each_generated_video_gets_a_motion_report_on_one_progress_bar(trained, 
         return update(jid, **fields)
 
     monkeypatch.setattr(app.store, "update", spy)
-    files, info = app.api_sample(job_id, "a blue circle", "", 0.3, 7, 2, 12, 1, 1, True)
+    files, info = Api(app).sample(job_id, "a blue circle", "", 0.3, 7, 2, 12, 1, 1, True)
     rep = info["videos"][0]["report"]
     assert rep["lora"]["motion_discrepancy"] >= 0 and rep["base"]["motion_discrepancy"] >= 0
     assert rep["tracker"] in ("lk", "cotracker3") and rep["verdict"] in ("closer", "same", "further")
@@ -473,7 +475,7 @@ def test_each_generated_video_gets_a_motion_report_on_one_progress_bar(trained, 
     assert any("motion LoRA" in ph for ph in phases) and any("base model" in ph for ph in phases)
     assert any("measuring the motion" in ph for ph in phases)
     # The page shows the same numbers, the sentence and the track picture; the seed box the seed used.
-    out = dict(zip(app.POLL_KEYS, app.poll(job_id, {}, None)))
+    out = dict(zip(Page.POLL_KEYS, Page(app).poll(job_id, {}, None)))
     assert rep["sentence"] in out["report"] and f"{rep['lora']['motion_discrepancy']:.4g}" in out["report"]
     assert f"{rep['base']['motion_discrepancy']:.4g}" in out["report"] and "unavailable" in out["report"]
     assert out["report_img"].endswith("report_0.png") and out["seed"] == 7
@@ -481,7 +483,7 @@ def test_each_generated_video_gets_a_motion_report_on_one_progress_bar(trained, 
 
 def test_buttons_seed_and_speed_say_what_is_true_after_a_run(trained):
     app, job_id = trained
-    out = dict(zip(app.POLL_KEYS, app.poll(job_id, {}, None, 400)))
+    out = dict(zip(Page.POLL_KEYS, Page(app).poll(job_id, {}, None, 400)))
     assert out["cancel"]["interactive"] is False and out["resume"]["interactive"] is False
     assert out["cancel_gen"]["interactive"] is False
     assert "s per step, measured" in out["status"]
@@ -491,13 +493,13 @@ def test_buttons_seed_and_speed_say_what_is_true_after_a_run(trained):
 def test_a_reopened_run_link_fills_the_reference_and_settings(trained):
     app, job_id = trained
     request = types.SimpleNamespace(query_params={"job": job_id})
-    out = app.ui_load({}, None, request=request)
+    out = Page(app).ui_load({}, None, request=request)
     current, _saved, _hist, _model, _timer, _sig, steps, lr, _s_steps, _guidance, *section1 = out
-    fields = dict(zip(app.RUN_FIELDS, section1))
+    fields = dict(zip(Page.RUN_FIELDS, section1))
     assert current == job_id and steps == 2 and lr == 5e-4
     assert fields["caption"] == "a red square moving right" and fields["video"].endswith("preview.mp4")
     assert (fields["rank"], fields["lambda_ca"], fields["seed"], fields["objective"]) == (4, 2000, 0, "motion")
-    opened = app.ui_open(job_id, {})
+    opened = Page(app).ui_open(job_id, {})
     assert opened[0] == job_id and opened[4:6] == (2, 5e-4) and opened[6].endswith("preview.mp4")
 
 
@@ -550,7 +552,7 @@ def test_training_takes_the_models_own_defaults_under_the_pages_settings(tiny_mo
     side = json.loads((model / "motion_matcher.json").read_text())
     side["train"] = {"conv_targets": ["temp_convs"], "learning_rate": 1e-3}
     (model / "motion_matcher.json").write_text(json.dumps(side))
-    app = MotionApp(AppOptions(job_store=tmp_path / "jobs", model=str(model), preload=False)).start()
+    app = MotionService(AppOptions(job_store=tmp_path / "jobs", model=str(model), preload=False)).start()
     try:
         job = app.submit_train(str(clip), "a red square", None, 2, 5e-4, 4, 2000, 2000, 0, "motion")
         cfg = job.params["config"]
@@ -567,7 +569,7 @@ def test_the_page_shows_the_predicted_gpu_memory_before_a_run(make_app, monkeypa
     app = make_app()
     monkeypatch.setattr(preflight, "check_run", lambda source, cfg, device_gb=None: preflight.Prediction(
         9.13, 8.92, 24.0, "half weights + checkpointing", cfg.video.num_frames, cfg.video.height, True, "fits"))
-    text = app.estimate(None, 400)
+    text = Page(app).estimate(None, 400)
     assert "400 steps" in text
     assert "Predicted GPU memory: 9.1 GB to train, 8.9 GB to sample of this GPU's 24 GB" in text
 
@@ -575,6 +577,6 @@ def test_the_page_shows_the_predicted_gpu_memory_before_a_run(make_app, monkeypa
         raise preflight.MemoryFitError("needs about 51.5 GB. This fits: --grad-checkpointing on")
 
     monkeypatch.setattr(preflight, "check_run", too_big)
-    assert "**Will not fit this GPU:** needs about 51.5 GB. This fits" in app.estimate(None, 400)
+    assert "**Will not fit this GPU:** needs about 51.5 GB. This fits" in Page(app).estimate(None, 400)
     monkeypatch.setattr(preflight, "check_run", lambda source, cfg, device_gb=None: None)  # no GPU here
-    assert "GPU" not in app.estimate(None, 400)
+    assert "GPU" not in Page(app).estimate(None, 400)

@@ -12,20 +12,9 @@ from pathlib import Path
 import pytest
 from _app_server import make_clip
 
-from motion_app.jobs import (
-    CANCELLED,
-    DONE,
-    FAILED,
-    QUEUED,
-    RUNNING,
-    JobContext,
-    JobError,
-    JobStore,
-    Runner,
-    UploadError,
-    running,
-    user_message,
-)
+from motion_app.jobs import CANCELLED, DONE, FAILED, QUEUED, RUNNING, JobError, UploadError, user_message
+from motion_app.runner import JobContext, Runner, running
+from motion_app.store import JobStore
 
 
 def wait_for(pred, timeout=60.0, every=0.05):
@@ -212,13 +201,13 @@ def test_uploads_are_checked_for_type_size_and_content(store, clip, tmp_path):
 
 @pytest.fixture
 def make_app(tiny_model_dir, tmp_path):
-    from motion_app.handlers import AppOptions, MotionApp
+    from motion_app.service import AppOptions, MotionService
 
     apps = []
 
     def make(**kw):
         opts = AppOptions(job_store=tmp_path / "jobs", model=str(tiny_model_dir), preload=False, **kw)
-        app = MotionApp(opts).start()
+        app = MotionService(opts).start()
         apps.append(app)
         return app
 

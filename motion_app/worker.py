@@ -1,9 +1,9 @@
 """What each job kind does with ``motion_core``: train a motion LoRA, generate videos, check an uploaded LoRA.
 
-The runner in ``motion_app.jobs`` calls ``Worker.train``, ``Worker.sample`` and ``Worker.import_lora`` in its single
+The runner (``runner.Runner``) calls ``Worker.train``, ``Worker.sample`` and ``Worker.import_lora`` in its single
 worker thread, one job at a time, so the model (loaded once per source and kept in ``ModelCache``) is never
 used by two jobs at once. Everything a job needs is read from its folder, and everything it makes is written
-there, so a job resumes after an app restart from its files alone.
+there, so a job resumes after an app restart from its files alone. Pictures and video helpers: ``media``.
 
 On Hugging Face ZeroGPU (the ``spaces`` package importable and ``SPACES_ZERO_GPU`` set) the GPU parts run under
 ``@spaces.GPU``, which runs them in a short-lived worker process with a per-call time limit; training is then cut
@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
-import math
 import os
 import re
 import threading
@@ -27,35 +25,24 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from motion_core.attention import MotionFeatureExtractor
 from motion_core.config import RunConfig, SampleConfig, VideoConfig
-from motion_core.ddim import add_noise
-from motion_core.lora_io import base_model_warning, load_lora, read_lora
-from motion_core.models import (
-    DEFAULT_MODEL_DIR,
-    ModelLoadError,
-    T2VModel,
-    encode_prompt,
-    encode_video,
-    load_model,
-    read_sidecar,
-)
+from motion_core.lora_io import base_model_warning, load_lora
+from motion_core.models import DEFAULT_MODEL_DIR, ModelLoadError, T2VModel, encode_video, load_model, read_sidecar
 from motion_core.report import motion_report, save_figure, tracks_figure
 from motion_core.sample import invert_cached, sample
 from motion_core.train import CHECKPOINT, LORA_FILE, CheckpointError, Progress, train_lora
-from motion_core.video import read_video, to_uint8, write_gif, write_mp4
+from motion_core.video import read_video, write_gif, write_mp4
 
-from . import figures
-from .jobs import DONE, JobContext, JobError, JobStore, Runner, atomic_write_text
+from .jobs import DONE, JobError
+from .media import FEATURES, feature_pictures, side_by_side
+from .runner import JobContext, Runner
+from .store import JobStore
 
 log = logging.getLogger(__name__)
 
 LATENTS = "reference_latents.pt"
-PREVIEW = "preview.mp4"
-FEATURES = {"ca": "features/cross_attention.png", "tsa": "features/temporal_attention.png"}
 HUB_ID_RE = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
@@ -185,7 +172,6 @@ class Worker:
             # worker process reaches this Worker through the module global, so the model is never pickled.
             _ACTIVE = self
             self._gpu = self.spaces.GPU(duration=gpu_seconds)(_gpu_entry)
-        self.speeds_path = store.root / "speeds.json"
 
     def _call(self, method: str, *args: Any) -> Any:
         return getattr(self, method)(*args)
@@ -200,22 +186,6 @@ class Worker:
     def _ctx(self, job_id: str) -> JobContext:
         assert self.runner is not None, "Worker.runner is not set"
         return JobContext(self.runner, self.store.load(job_id, fresh=True))
-
-    # --------------------------------------------------------------------------------------- speeds
-
-    def speeds(self) -> dict[str, float]:
-        """Measured training steps per second by model source, for the estimate shown before a run."""
-        try:
-            return {k: float(v) for k, v in json.loads(self.speeds_path.read_text()).items()}
-        except (OSError, ValueError, AttributeError):
-            return {}
-
-    def _record_speed(self, source: str, rate: float) -> None:
-        if rate > 0 and math.isfinite(rate):
-            speeds = self.speeds()
-            speeds[source] = rate
-            with contextlib.suppress(OSError):
-                atomic_write_text(self.speeds_path, json.dumps(speeds, indent=1))
 
     # ----------------------------------------------------------------------------------------- train
 
@@ -241,7 +211,7 @@ class Worker:
             raise JobError(self._set_aside(ctx, err)) from err
         if out["cancelled"]:
             ctx.check()  # raises JobCancelled or RunnerStopped: the runner records which
-        self._record_speed(p["model"], out["steps_per_sec"])
+        self.store.record_speed(p["model"], out["steps_per_sec"])
         lora = str(Path("train") / LORA_FILE)
         return {"lora": lora, "config": "train/config.json", "steps": out["steps_done"],
                 "seconds": round(out["seconds"], 1), "features": [v for v in FEATURES.values()
@@ -270,7 +240,7 @@ class Worker:
         os.replace(ctx.path(".latents.tmp"), ctx.path(LATENTS))
         ctx.phase("computing the motion features")
         try:
-            self.feature_pictures(model, frames, z0, p["caption"], cfg, ctx.dir)
+            feature_pictures(model, frames, z0, p["caption"], cfg, ctx.dir)
         except Exception as err:  # pictures are a bonus: never let them stop the training
             log.warning("motion feature pictures failed for job %s: %s", ctx.id, err, exc_info=True)
             ctx.log(f"warning: no motion feature pictures ({type(err).__name__}: {err})")
@@ -315,34 +285,6 @@ class Worker:
         return {"steps_done": res.steps_done, "cancelled": res.cancelled, "done": res.lora_path is not None,
                 "seconds": res.seconds, "steps_per_sec": rate[0]}
 
-    @torch.no_grad()
-    def feature_pictures(self, model: T2VModel, frames: torch.Tensor, z0: torch.Tensor, caption: str,
-                         cfg: RunConfig, out_dir: Path) -> None:
-        """The reference's motion features as the extractor sees them at one noise level of the training range:
-        cross-attention maps of the caption's words over the frames, and temporal attention heat maps."""
-        lo, hi = cfg.loss.t_range(model.num_train_timesteps)
-        t = torch.tensor([lo + (hi - lo) // 4], device=model.device)  # noisy enough to be in range, clear enough
-        eps = torch.randn(z0.shape, generator=torch.Generator().manual_seed(0))
-        z_t = add_noise(model.scheduler, z0.float(), eps, t.cpu()).to(model.device)
-        text = encode_prompt(model, caption)
-        ext = MotionFeatureExtractor(model, cfg.loss.capture_blocks)
-        try:
-            feats = ext(z_t, t, text)
-        finally:
-            ext.remove()
-        ca = feats.ca[0].float().cpu().numpy()  # (F, HW, 77)
-        tsa = feats.tsa[0].float().cpu().numpy()  # (HW, F, F)
-        grid = _capture_grid(ext.blocks, z0.shape[3], z0.shape[4])
-        if grid is not None and grid[0] * grid[1] < ca.shape[1]:
-            hw = grid[0] * grid[1]  # several capture blocks are concatenated: picture the first one
-            ca, tsa = ca[:, :hw], tsa[:hw]
-        elif grid is not None and grid[0] * grid[1] != ca.shape[1]:
-            grid = None
-        tokens = model.tokenizer.tokenize(caption)[: ca.shape[2] - 2]
-        words = figures.caption_words(tokens)
-        rgb = to_uint8(frames)
-        figures.save(figures.cross_attention_picture(rgb, ca, words, grid), out_dir / FEATURES["ca"])
-        figures.save(figures.temporal_attention_picture(tsa, ca, words), out_dir / FEATURES["tsa"])
 
     # ---------------------------------------------------------------------------------------- sample
 
@@ -491,54 +433,4 @@ class Worker:
         if warning:
             out["note"] = f"Warning: {warning}"
         return out
-
-
-def _capture_grid(blocks: tuple[str, ...], h: int, w: int) -> tuple[int, int] | None:
-    """The attention map size of the first capture block: each down block before it halves the latent size."""
-    m = re.fullmatch(r"down_blocks\.(\d+)", blocks[0]) if blocks else None
-    if m is None:
-        return None
-    k = int(m.group(1))
-    return max(1, h >> k), max(1, w >> k)
-
-
-# ----------------------------------------------------------------------------------------- video helpers
-
-
-def side_by_side(a: torch.Tensor, b: torch.Tensor, labels: tuple[str, str] = ("motion LoRA", "base model"),
-                 min_side: int = 192) -> np.ndarray:
-    """Two clips (F, 3, H, W) next to each other, labelled, enlarged by a whole factor (nearest neighbour, so
-    small models' pixels stay crisp) until the shorter side reaches ``min_side``. Returns uint8 (F, H', W', 3)."""
-    from PIL import Image, ImageDraw, ImageFont
-
-    x, y = to_uint8(a), to_uint8(b)
-    n, h, w, _ = x.shape
-    k = max(1, math.ceil(min_side / min(h, w)))
-    x = x.repeat(k, axis=1).repeat(k, axis=2)
-    y = y.repeat(k, axis=1).repeat(k, axis=2)
-    gap, strip = 6, 20
-    out = np.full((n, h * k + strip, 2 * w * k + gap, 3), 255, np.uint8)
-    out[:, strip:, : w * k] = x
-    out[:, strip:, w * k + gap:] = y
-    banner = Image.new("RGB", (out.shape[2], strip), "white")
-    draw = ImageDraw.Draw(banner)
-    font = ImageFont.load_default()
-    for i, text in enumerate(labels):
-        draw.text((i * (w * k + gap) + 4, 4), text, fill=(0, 0, 0), font=font)
-    out[:, :strip] = np.asarray(banner)
-    return out
-
-
-def lora_meta_of(path: str | os.PathLike) -> dict[str, Any]:
-    """The metadata of a LoRA file (no model needed); ``LoraFileError`` for files that are not ours."""
-    return read_lora(path)[1]
-
-
-def write_preview(path_in: str | os.PathLike, vcfg: VideoConfig, out: Path) -> torch.Tensor:
-    """Read the clip as training will and write it as an MP4 (what the page shows as 'as the model sees it')."""
-    frames = read_video(path_in, vcfg)
-    k = max(1, math.ceil(192 / min(vcfg.height, vcfg.width)))  # tiny clips are enlarged to be visible
-    big = to_uint8(frames).repeat(k, axis=1).repeat(k, axis=2) if k > 1 else frames
-    write_mp4(big, out, vcfg.fps)
-    return frames
 
