@@ -37,6 +37,9 @@ SERVED_DIR = "served"  # the only folder of the store the web server may hand ou
 # matched on our own names.
 SERVABLE_RE = re.compile(r"(?:train/)?(?:lora\.safetensors|config\.json)|(?:motion|base|pair)_\d{1,3}\.(?:mp4|gif)"
                          r"|features/(?:cross|temporal)_attention\.png|preview\.mp4|report_\d{1,3}\.png")
+# Where a job keeps its run (``motion_core.rundir.RunDir``: LoRA, config.json, training log, checkpoint, reference
+# latents, inversion cache), inside its folder: a training run in train/, an uploaded LoRA in the job folder itself.
+RUN_FOLDERS = {"train": "train", "import": ""}
 VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".m4v", ".webm", ".mkv", ".avi", ".gif"})
 LORA_EXTENSIONS = frozenset({".safetensors"})
 

@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from motion_core.attention import MotionFeatureExtractor
+from motion_core.attention import feature_grid, reference_features
 from motion_core.config import RunConfig, VideoConfig
-from motion_core.ddim import add_noise
 from motion_core.lora_io import read_lora
-from motion_core.models import T2VModel, encode_prompt
+from motion_core.models import T2VModel
 from motion_core.video import read_video, to_uint8, write_mp4
 
 from . import figures
@@ -29,43 +27,22 @@ PREVIEW = "preview.mp4"
 FEATURES = {"ca": "features/cross_attention.png", "tsa": "features/temporal_attention.png"}
 
 
-@torch.no_grad()
 def feature_pictures(model: T2VModel, frames: torch.Tensor, z0: torch.Tensor, caption: str, cfg: RunConfig,
                      out_dir: Path) -> None:
-        """The reference's motion features as the extractor sees them at one noise level of the training range:
-        cross-attention maps of the caption's words over the frames, and temporal attention heat maps."""
-        lo, hi = cfg.loss.t_range(model.num_train_timesteps)
-        t = torch.tensor([lo + (hi - lo) // 4], device=model.device)  # noisy enough to be in range, clear enough
-        eps = torch.randn(z0.shape, generator=torch.Generator().manual_seed(0))
-        z_t = add_noise(model.scheduler, z0.float(), eps, t.cpu()).to(model.device)
-        text = encode_prompt(model, caption)
-        ext = MotionFeatureExtractor(model, cfg.loss.capture_blocks)
-        try:
-            feats = ext(z_t, t, text)
-        finally:
-            ext.remove()
-        ca = feats.ca[0].float().cpu().numpy()  # (F, HW, 77)
-        tsa = feats.tsa[0].float().cpu().numpy()  # (HW, F, F)
-        grid = _capture_grid(ext.blocks, z0.shape[3], z0.shape[4])
-        if grid is not None and grid[0] * grid[1] < ca.shape[1]:
-            hw = grid[0] * grid[1]  # several capture blocks are concatenated: picture the first one
-            ca, tsa = ca[:, :hw], tsa[:hw]
-        elif grid is not None and grid[0] * grid[1] != ca.shape[1]:
-            grid = None
-        tokens = model.tokenizer.tokenize(caption)[: ca.shape[2] - 2]
-        words = figures.caption_words(tokens)
-        rgb = to_uint8(frames)
-        figures.save(figures.cross_attention_picture(rgb, ca, words, grid), out_dir / FEATURES["ca"])
-        figures.save(figures.temporal_attention_picture(tsa, ca, words), out_dir / FEATURES["tsa"])
-
-
-def _capture_grid(blocks: tuple[str, ...], h: int, w: int) -> tuple[int, int] | None:
-    """The attention map size of the first capture block: each down block before it halves the latent size."""
-    m = re.fullmatch(r"down_blocks\.(\d+)", blocks[0]) if blocks else None
-    if m is None:
-        return None
-    k = int(m.group(1))
-    return max(1, h >> k), max(1, w >> k)
+    """The reference's motion features as the extractor sees them at one noise level of the training range
+    (``motion_core.attention.reference_features``): cross-attention maps of the caption's words over the frames,
+    and temporal attention heat maps. Several capture blocks: the first one's."""
+    lo, hi = cfg.loss.t_range(model.num_train_timesteps)
+    t = lo + (hi - lo) // 4  # noisy enough to be in range, clear enough to show the clip
+    feats = reference_features(model, z0, caption, t, cfg.loss.capture_blocks, seed=0).block(0)
+    ca = feats.ca[0].float().cpu().numpy()  # (F, HW, 77)
+    tsa = feats.tsa[0].float().cpu().numpy()  # (HW, F, F)
+    grid = feature_grid(ca.shape[1], z0.shape[3], z0.shape[4])  # None: figures guesses from the frame's shape
+    tokens = model.tokenizer.tokenize(caption)[: ca.shape[2] - 2]
+    words = figures.caption_words(tokens)
+    rgb = to_uint8(frames)
+    figures.save(figures.cross_attention_picture(rgb, ca, words, grid), out_dir / FEATURES["ca"])
+    figures.save(figures.temporal_attention_picture(tsa, ca, words), out_dir / FEATURES["tsa"])
 
 
 # ----------------------------------------------------------------------------------------- video helpers

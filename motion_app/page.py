@@ -18,7 +18,7 @@ import gradio as gr
 from . import examples, views
 from .api import user_errors
 from .jobs import CANCELLED, DONE, FAILED, Job, JobError, UploadError, user_message
-from .service import MotionService, _num
+from .service import MotionService, _media, _num
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class Page:
         from motion_core.preflight import MemoryFitError, check_run
 
         try:
-            fit = check_run(source, self.svc.run_defaults(source, self.svc.video_config(source)))
+            fit = check_run(source, self.svc.run_defaults(source))
         except MemoryFitError as err:
             return f" **Will not fit this GPU:** {err}"
         except Exception:  # a prediction is a courtesy: never let it break the page
@@ -204,11 +204,9 @@ class Page:
             src = self.store.check_video_upload(video)
             from motion_core.video import probe_video
 
-            from . import media
-
             info = probe_video(src)
             out = self.store.new_preview_dir() / "preview.mp4"
-            media.write_preview(src, vcfg, out)
+            _media().write_preview(src, vcfg, out)
         except Exception as err:
             msg = user_message(err)
             gr.Warning(msg)
@@ -348,7 +346,7 @@ class Page:
                 return gr.skip()
             sig["loss"] = key
             return None
-        path = self.store.job_dir(job.id) / "train" / "train_log.jsonl"
+        path = self.svc.run_dir(job).log
         size = path.stat().st_size if path.is_file() else 0
         key = f"{job.id}:{size}:{job.state}"
         if sig.get("loss") == key:

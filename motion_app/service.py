@@ -21,7 +21,6 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 from motion_core.config import (
@@ -29,11 +28,13 @@ from motion_core.config import (
     ConfigError,
     RunConfig,
     SampleConfig,
+    VideoConfig,
     check_seed,
     check_text,
     resolve_seed,
 )
 
+from .hub import HUB_ID_RE
 from .jobs import CANCELLED, DONE, FAILED, LORA_EXTENSIONS, QUEUED, RUNNING, Job, JobError, UploadError
 from .runner import Runner
 from .store import JobStore
@@ -60,10 +61,40 @@ class AppOptions:
 
 
 def _work() -> Any:
-    """``motion_app.worker`` imported on first use (it pulls in torch and diffusers: seconds of start-up)."""
+    """``motion_app.worker`` imported on first use: it pulls in torch, diffusers and the library (seconds of
+    start-up). Every method here that needs the library imports it after this call: the warm-up thread imports
+    ``worker`` at start-up, and a request importing diffusers' lazy modules beside it met them half-imported
+    (ImportError "partially initialized module"); importing ``worker`` first makes the request wait for it."""
     from . import worker
 
     return worker
+
+
+def _media() -> Any:
+    """``motion_app.media`` (pictures and videos: torch), after ``_work``."""
+    _work()
+    from . import media
+
+    return media
+
+
+def check_source(source: str) -> None:
+    """Cheap checks before a job is queued, so a typo fails at once and not after a wait in the queue."""
+    from motion_core.models import DEFAULT_MODEL_DIR, ModelLoadError
+
+    p = Path(source).expanduser()
+    if p.is_dir():
+        missing = [s for s in ("unet", "vae", "text_encoder", "tokenizer", "scheduler") if not (p / s).is_dir()]
+        if missing:
+            raise ModelLoadError(f"{source} is not a text-to-video model folder: it lacks {', '.join(missing)}.")
+        return
+    if source == str(DEFAULT_MODEL_DIR):
+        raise ModelLoadError(
+            f"The embedded model is not installed ({DEFAULT_MODEL_DIR} does not exist yet). Start the app with "
+            "--model pointing at a model folder or a Hugging Face id such as cerspense/zeroscope_v2_576w, or set "
+            "MOTION_MATCHER_MODEL.")
+    if source.startswith(("/", ".", "~")) or not HUB_ID_RE.fullmatch(source):
+        raise ModelLoadError(f"There is no model folder {source!r}, and it is not a Hugging Face id (owner/name).")
 
 
 def _num(value: Any, name: str, lo: float, hi: float, integer: bool = False) -> Any:
@@ -140,7 +171,10 @@ class MotionService:
     # ---------------------------------------------------------------------------------------- models
 
     def default_source(self) -> str:
-        return _work().resolve_source(self.opts.model)
+        _work()
+        from motion_core.models import resolve_source
+
+        return resolve_source(self.opts.model)
 
     def model_choices(self) -> list[tuple[str, str]]:
         """(label, value) for the model dropdown: the app's model first, Zeroscope for GPU machines."""
@@ -162,27 +196,44 @@ class MotionService:
         allowed = [v for _, v in self.model_choices()]
         if self.opts.lock_model and choice not in allowed:
             raise JobError("This app only runs its own model; the model cannot be changed here.")
-        source = _work().resolve_source(choice)
-        _work().check_source(source)
+        _work()
+        from motion_core.models import resolve_source
+
+        source = resolve_source(choice)
+        check_source(source)
         return source
 
     def model_loaded(self, source: str) -> bool:
         return self._worker is not None and self._worker.models.peek(source) is not None
 
-    def video_config(self, source: str, lora_meta: dict[str, Any] | None = None) -> Any:
-        w = self._worker
-        return _work().video_config_for(source, w.models if w else None, self.opts.max_upload_mb, lora_meta)
+    def video_config(self, source: str, lora_meta: dict[str, Any] | None = None) -> VideoConfig:
+        """How a reference clip is read for this model (``VideoConfig.for_model``: its sidecar's frames, fps and
+        size, else the paper's); a LoRA's own recorded clip first when one is given; uploads up to the app's
+        limit."""
+        _work()
+        from motion_core.models import model_defaults
 
-    def run_defaults(self, source: str, vcfg: Any) -> RunConfig:
-        """A run's settings before the page's: the model's own training defaults (its sidecar's train section:
-        LoRA targets ...) over the library's, at the clip size ``vcfg``."""
-        own = _work().model_defaults(source)
-        return RunConfig.for_model(SimpleNamespace(video_defaults=vcfg.to_dict(), sample_defaults=own["sample"],
-                                                   train_defaults=own["train"]))
+        meta = lora_meta or {}
+        return VideoConfig.for_model(model_defaults(source), {
+            "num_frames": meta.get("frames"), "fps": meta.get("fps"), "height": meta.get("height"),
+            "width": meta.get("width"), "max_file_mb": self.opts.max_upload_mb})
+
+    def run_defaults(self, source: str, vcfg: VideoConfig | None = None) -> RunConfig:
+        """A run's settings before the page's: ``RunConfig.for_model`` (the method's, then the model's own: its
+        sidecar's train and sample sections), at the clip size ``vcfg`` (default: the model's)."""
+        _work()
+        from motion_core.models import model_defaults
+
+        vcfg = vcfg or self.video_config(source)
+        return RunConfig.for_model(model_defaults(source), {"video": vcfg.to_dict()})
 
     def model_presets(self, source: str) -> dict[str, Any]:
-        """Optional presets of the model (its sidecar's ``train`` and ``sample`` sections)."""
-        return _work().model_defaults(source)
+        """What the model itself says (its sidecar's ``train`` and ``sample`` sections)."""
+        _work()
+        from motion_core.models import model_defaults
+
+        own = model_defaults(source)
+        return {"train": own.train_defaults, "sample": own.sample_defaults}
 
     # ----------------------------------------------------------------------------------- job actions
 
@@ -218,7 +269,7 @@ class MotionService:
             log.info("preflight: %s", fit.advice)
         src = self.store.check_video_upload(video)
         name = "reference" + src.suffix.lower()
-        from . import media
+        media = _media()
 
         def prepare(d: Path) -> None:
             # Read from the upload itself, not the job's copy: a refusal names the user's file, not reference.mp4.
@@ -250,18 +301,19 @@ class MotionService:
     def submit_import(self, lora: str | None, video: str | None, caption: str | None, model: str | None,
                       config: str | None = None) -> Job:
         src = self.store.check_upload(lora, LORA_EXTENSIONS, "LoRA file")
-        from . import media
-
+        media = _media()
         meta = media.lora_meta_of(src)  # LoraFileError for files that are not MotionMatcher LoRAs
         source = self.source_of(model)
-        files: dict[str, Any] = {"lora.safetensors": src}
+        from motion_core.rundir import CONFIG_FILE, LORA_FILE  # an import job's folder is its run folder
+
+        files: dict[str, Any] = {LORA_FILE: src}
         if config:
             cfg_path = self.store.check_upload(config, frozenset({".json"}), "config file")
             try:
                 RunConfig.from_dict(json.loads(Path(cfg_path).read_text(encoding="utf-8")))
             except (ValueError, TypeError) as err:
                 raise UploadError(f"{Path(cfg_path).name} is not a MotionMatcher config.json ({err}).") from err
-            files["config.json"] = cfg_path
+            files[CONFIG_FILE] = cfg_path
         caption = check_text(caption, "caption", required=False) or str(meta.get("caption", ""))[:500]
         params: dict[str, Any] = {"model": source, "caption": caption,
                                   "lora_name": Path(src).name[:200]}
@@ -307,6 +359,11 @@ class MotionService:
                                 message="Resumed: it continues from its last checkpoint.", log_tail=[])
         self.runner.notify()
         return job
+
+    def run_dir(self, job: Job) -> Any:
+        """The job's run folder, a ``motion_core.rundir.RunDir`` (``JobStore.run_dir``)."""
+        _work()
+        return self.store.run_dir(job)
 
     def samples_of(self, job_id: str) -> list[Job]:
         """A run's generations, oldest first."""
@@ -361,9 +418,7 @@ class MotionService:
                     files[name] = self.store.file_in(child.id, v["pair"])
                     samples.append(name)
         run_cfg = json.loads(rest[0].read_text()) if rest else None
-        from . import media
-
-        meta = job.results.get("meta") or media.lora_meta_of(lora)
+        meta = job.results.get("meta") or _media().lora_meta_of(lora)
         from motion_core.models import model_name  # the card is public: a folder by its name, never its path
 
         card = hub.model_card(repo_id, model_name(job.params.get("model", "")), job.params.get("caption", "") or

@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .jobs import (
     CANCEL_FILE,
@@ -31,6 +31,7 @@ from .jobs import (
     JOB_ID_RE,
     LOG_FILE,
     QUEUED,
+    RUN_FOLDERS,
     RUNNING,
     SERVABLE_RE,
     SERVED_DIR,
@@ -42,6 +43,9 @@ from .jobs import (
     atomic_write_text,
     now,
 )
+
+if TYPE_CHECKING:
+    from motion_core.rundir import RunDir
 
 SPEEDS_FILE = "speeds.json"  # measured training speed per model, for the estimate before a run
 
@@ -108,6 +112,14 @@ class JobStore:
         if not p.is_file():
             raise JobError(f"job {job_id} has no file {os.fspath(rel)!r}")
         return p
+
+    def run_dir(self, job: Job) -> RunDir:
+        """The job's run folder (``RUN_FOLDERS``): the library's names for its LoRA, log, checkpoint, latents."""
+        from motion_core.rundir import RunDir  # lazy: it imports torch
+
+        if job.kind not in RUN_FOLDERS:
+            raise JobError(f"a {job.kind} job has no run folder")
+        return RunDir(self.job_dir(job.id) / RUN_FOLDERS[job.kind])
 
     def serve(self, job_id: str, rel: str) -> Path:
         """A result file of a job, as a path the web server may hand out: a hard link (a copy where the file

@@ -196,8 +196,9 @@ def test_the_store_s_own_files_are_never_served_but_results_are(server, client, 
     store = Path(server.store).resolve()
     job = store / "jobs" / trained["job_id"]
     secret = store / "browser_secret"
+    run = job / "train"
     private = [secret, store / "speeds.json", store / "runner.lock", job / "job.json", job / "job.log",
-               job / "train" / "checkpoint.pt", job / "reference_latents.pt", job / "train" / "lora.safetensors"]
+               run / "checkpoint.pt", run / "reference_latents.pt", run / "reference.mp4", run / "lora.safetensors"]
     for p in private:
         assert p.is_file(), p
         status, body = get(p)

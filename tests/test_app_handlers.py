@@ -387,8 +387,8 @@ def test_only_allow_listed_result_files_are_served(trained):
         assert p.startswith(str(app.store.served_root) + "/")
     lora = next(p for p in served if p.endswith(".safetensors"))
     assert open(lora, "rb").read() == app.store.file_in(job_id, "train/lora.safetensors").read_bytes()
-    for rel in ("job.json", "job.log", "train/checkpoint.pt", "reference_latents.pt", "reference.mp4",
-                "../../browser_secret", "train/../job.json", "/etc/passwd"):
+    for rel in ("job.json", "job.log", "train/checkpoint.pt", "train/reference_latents.pt", "train/reference.mp4",
+                "reference_latents.pt", "reference.mp4", "../../browser_secret", "train/../job.json", "/etc/passwd"):
         with pytest.raises(JobError):
             app.store.serve(job.id, rel)
     app_py = Path(hub.__file__).resolve().parent.parent / "app.py"
