@@ -11,6 +11,8 @@ The work, in plain modules (no Gradio):
 
 - ``service.py``: the job service both of them call: checks inputs, submits train / sample / import jobs, cancel,
   resume, status, the files a job serves, the Hub push;
+- ``settings.py``: a job's settings: the model a choice names, its own defaults (``RunConfig.for_model`` ...), and
+  what the page or a client sent, converted (the ranges are the config's); one rule for the page and the API;
 - ``jobs.py``: what a job is (its record, states, errors, the messages users read);
 - ``store.py``: the on-disk job store (folders, records, safe paths, served files, uploads, measured speeds);
 - ``runner.py``: the single GPU worker thread (queue, progress, cancel, pause on shutdown);

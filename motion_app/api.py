@@ -46,10 +46,16 @@ class Api:
         self.svc = service
 
     @user_errors
-    def train(self, video: str, caption: str, model: str = "", steps: float = 400,
-              learning_rate: float = 5e-4, rank: float = 32, lambda_ca: float = 2000.0,
-              lambda_tsa: float = 2000.0, seed: float = 0, objective: str = "motion") -> dict[str, Any]:
-        """Queue a training run on an uploaded video; returns its status (``job_id`` for the other endpoints)."""
+    def train(self, video: str, caption: str, model: str = "", steps: float | None = None,
+              learning_rate: float | None = None, rank: float | None = None, lambda_ca: float | None = None,
+              lambda_tsa: float | None = None, seed: float | None = None,
+              objective: str | None = None) -> dict[str, Any]:
+        """Queue a training run on an uploaded video; returns its status (``job_id`` for the other endpoints).
+
+        ``model``: empty for the app's own. Every setting left out (None) is the model's own default, the value the
+        page shows for it (``RunConfig.for_model``: the paper's 400 steps, learning rate 5e-4, rank 32, λ 2000,
+        seed 0, objective "motion", unless the model's sidecar says otherwise); ``seed`` -1 draws a random one,
+        recorded in the run's config. Out-of-range values are refused with the config's message."""
         job = self.svc.submit_train(video, caption, model, steps, learning_rate, rank, lambda_ca, lambda_tsa, seed,
                                     objective)
         return self.svc.status_dict(job)
@@ -70,12 +76,18 @@ class Api:
         return self.svc.status_dict(self.svc.resume((job_id or "").strip()))
 
     @user_errors
-    def sample(self, job_id: str, prompt: str, negative_prompt: str = "", beta: float = 0.3,
-               seed: float = -1, steps: float = 75, guidance: float = 12.0, lora_strength: float = 1.0,
-               num_videos: float = 1, compare_base: bool = True) -> tuple[list[str], dict[str, Any]]:
+    def sample(self, job_id: str, prompt: str, negative_prompt: str | None = None, beta: float | None = None,
+               seed: float | None = None, steps: float | None = None, guidance: float | None = None,
+               lora_strength: float | None = None, num_videos: float | None = None,
+               compare_base: bool = True) -> tuple[list[str], dict[str, Any]]:
         """Generate with a finished run's LoRA (waits for the job). Returns the MP4s and a JSON description:
         for each video its seed, the motion-LoRA file, the base model's file for the same seed and β, and its
-        motion report (``motion_core.report``: motion discrepancies, the sentence, CLIP scores where available)."""
+        motion report (``motion_core.report``: motion discrepancies, the sentence, CLIP scores where available).
+
+        Every setting left out (None) is the run's model's own default, the value the page shows for it
+        (``SampleConfig.for_model``: e.g. 25 DDIM steps and guidance 7.5 for the embedded model, the release's 75
+        and 12 for Zeroscope; β 0.3, LoRA strength 1, one video); ``seed`` left out or -1: a random one,
+        reported. Out-of-range values are refused with the config's message."""
         job = self.svc.submit_sample((job_id or "").strip(), prompt, negative_prompt, beta, seed, steps, guidance,
                                      lora_strength, num_videos, compare_base)
         job = self.svc.runner.wait(job.id)

@@ -15,10 +15,13 @@ from typing import Any
 
 import gradio as gr
 
+from motion_core.config import TrainConfig
+
 from . import examples, views
 from .api import user_errors
 from .jobs import CANCELLED, DONE, FAILED, Job, JobError, UploadError, user_message
-from .service import MotionService, _media, _num
+from .service import MotionService
+from .settings import as_number, load_media
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +34,18 @@ class Page:
     # What one timer tick updates, in the order of ``ui``'s poll outputs (then the timer and the signature).
     POLL_KEYS = ("status", "progress", "loss", "ca", "tsa", "files", "gen_status", "gen_progress", "result",
                  "report", "report_img", "gallery", "model", "estimate", "cancel", "resume", "cancel_gen", "seed")
-    # What a reopened run puts back in sections 1 and 2 (in ``ui``'s order), besides steps and learning rate.
-    RUN_FIELDS = ("video", "caption", "rank", "lambda_ca", "lambda_tsa", "seed", "objective")
-    PRESET_FIELDS = (("train", "steps"), ("train", "learning_rate"), ("sample", "num_inference_steps"),
-                     ("sample", "guidance_scale"))
+    # The page's settings, in ``ui``'s order: (component, config section, field). They show the model's own
+    # defaults (``MotionService.run_defaults``, what the API uses for a setting not given); a reopened run shows
+    # its own training settings.
+    PRESET_FIELDS = (("steps", "train", "steps"), ("lr", "train", "learning_rate"), ("rank", "lora", "rank"),
+                     ("lambda_ca", "loss", "lambda_ca"), ("lambda_tsa", "loss", "lambda_tsa"),
+                     ("seed", "train", "seed"), ("objective", "loss", "objective"),
+                     ("sample_steps", "sample", "num_inference_steps"), ("guidance", "sample", "guidance_scale"),
+                     ("beta", "sample", "beta"), ("strength", "sample", "lora_scale"),
+                     ("num_videos", "sample", "num_videos"))
+    TRAIN_PRESETS = tuple(f for f in PRESET_FIELDS if f[1] != "sample")  # what a run's own config holds
+    # What a reopened run puts back in section 1 (in ``ui``'s order), besides its settings.
+    RUN_FIELDS = ("video", "caption")
 
     def __init__(self, service: MotionService) -> None:
         self.svc = service
@@ -77,7 +88,8 @@ class Page:
     def estimate(self, choice: str | None, steps: Any) -> str:
         try:
             source = self.svc.source_of(choice)
-            n = _num(steps, "steps", 1, 100_000, integer=True)
+            n = as_number(steps, "steps", integer=True)
+            TrainConfig(steps=n).validate()  # the config's range
         except Exception:
             return ""
         rate = self.store.speeds().get(source)
@@ -87,14 +99,14 @@ class Page:
         return f"{n} steps. The time per step is measured on the first run with this model." + self.memory_note(source)
 
     def presets(self, model: str | None) -> list[Any]:
-        """Updates for the train steps, learning rate, sampling steps and guidance from the model's sidecar
-        presets (a small CPU model wants fewer steps than Zeroscope); skipped where it has none."""
+        """The settings' values for the model (``PRESET_FIELDS``): its own defaults, the same the API uses for a
+        setting not given (a small CPU model wants fewer sampling steps than Zeroscope). Left as they are when
+        the model is not usable."""
         try:
-            found = self.svc.model_presets(self.svc.source_of(model))
+            cfg = self.svc.run_defaults(self.svc.source_of(model))
         except Exception:
-            found = {}
-        return [gr.update(value=found[sec][key]) if key in found.get(sec, {}) else gr.skip()
-                for sec, key in self.PRESET_FIELDS]
+            return [gr.skip()] * len(self.PRESET_FIELDS)
+        return [getattr(getattr(cfg, sec), name) for _, sec, name in self.PRESET_FIELDS]
 
     # -------------------------------------------------------------------------------------- examples
 
@@ -158,32 +170,30 @@ class Page:
 
     def run_fields(self, job_id: str, presets: list[Any]) -> tuple[list[Any], list[Any]]:
         """A reopened run (a link, the history) shows its own clip (as the model saw it), caption and settings, so
-        the page says what the run was, and Learn motion repeats it. Returns (RUN_FIELDS updates, presets)."""
+        the page says what the run was, and Learn motion repeats it. Returns (RUN_FIELDS updates, ``presets``
+        with the run's own training settings in place of the model's)."""
         job = self.store.load(job_id)
         p = job.params
         cfg = p.get("config", {}) if job.kind == "train" else {}
         values: dict[str, Any] = {"caption": p.get("caption") or gr.skip()}
         preview = self.store.job_dir(job.id) / "preview.mp4"
         values["video"] = self.svc.served(job, "preview.mp4") if preview.is_file() else gr.skip()
-        tr, lo, ls = cfg.get("train", {}), cfg.get("lora", {}), cfg.get("loss", {})
-        for key, value in (("rank", lo.get("rank")), ("lambda_ca", ls.get("lambda_ca")),
-                           ("lambda_tsa", ls.get("lambda_tsa")), ("seed", tr.get("seed")),
-                           ("objective", ls.get("objective"))):
-            values[key] = value if value is not None else gr.skip()
         presets = list(presets)
-        if tr.get("steps") is not None:
-            presets[0] = tr["steps"]
-        if tr.get("learning_rate") is not None:
-            presets[1] = tr["learning_rate"]
+        for i, (_, sec, name) in enumerate(self.PRESET_FIELDS):
+            value = cfg.get(sec, {}).get(name) if sec != "sample" else None
+            if value is not None:
+                presets[i] = value
         return [values[k] for k in self.RUN_FIELDS], presets
 
     @user_errors
     def ui_open(self, job_id: str | None, saved):
-        """A run picked from the history: shown, with its clip, caption and settings in sections 1 and 2."""
+        """A run picked from the history: shown, with its clip, caption and training settings in sections 1 and
+        2 (``TRAIN_PRESETS``, then ``RUN_FIELDS``)."""
+        n = len(self.TRAIN_PRESETS)
         if not job_id:
-            return (gr.skip(),) * (6 + len(self.RUN_FIELDS))
-        section1, (steps, lr) = self.run_fields(job_id, [gr.skip(), gr.skip()])
-        return job_id, self.remember(saved, job_id), gr.Timer(active=True), {}, steps, lr, *section1
+            return (gr.skip(),) * (4 + n + len(self.RUN_FIELDS))
+        section1, presets = self.run_fields(job_id, [gr.skip()] * len(self.PRESET_FIELDS))
+        return job_id, self.remember(saved, job_id), gr.Timer(active=True), {}, *presets[:n], *section1
 
     # --------------------------------------------------------------------------------------- events
 
@@ -206,7 +216,7 @@ class Page:
 
             info = probe_video(src)
             out = self.store.new_preview_dir() / "preview.mp4"
-            _media().write_preview(src, vcfg, out)
+            load_media().write_preview(src, vcfg, out)
         except Exception as err:
             msg = user_message(err)
             gr.Warning(msg)

@@ -5,8 +5,9 @@ checks inputs, submits training, sampling and import jobs, cancels and resumes t
 (``status_dict``) and which of its files may be handed out; none of it runs GPU work itself, so a closed tab or
 a dropped API client never stops a job. ``page`` and ``api`` turn its answers into what Gradio shows.
 
-``worker`` (torch, diffusers) is imported on first use, so the page is served before torch loads. Bad input
-raises ``JobError`` or the library's ``ConfigError`` (both ``ValueError``) with a message for the user.
+``worker`` (torch, diffusers) is imported on first use, so the page is served before torch loads. A job's
+settings are resolved by ``settings`` (the model's own, then what was given). Bad input raises ``JobError`` or the
+library's ``ConfigError`` (both ``ValueError``) with a message for the user.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 import secrets
 import threading
@@ -23,18 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from motion_core.config import (
-    OBJECTIVE_NAMES,
-    ConfigError,
-    RunConfig,
-    SampleConfig,
-    VideoConfig,
-    check_seed,
-    check_text,
-    resolve_seed,
-)
+from motion_core.config import RunConfig, VideoConfig, check_text
 
-from .hub import HUB_ID_RE
+from . import settings
 from .jobs import CANCELLED, DONE, FAILED, LORA_EXTENSIONS, QUEUED, RUNNING, Job, JobError, UploadError
 from .runner import Runner
 from .store import JobStore
@@ -58,57 +49,6 @@ class AppOptions:
     preload: bool = True  # load the default model in the background at start-up
     poll_seconds: float = 1.0
     extra_models: list[str] = field(default_factory=list)
-
-
-def _work() -> Any:
-    """``motion_app.worker`` imported on first use: it pulls in torch, diffusers and the library (seconds of
-    start-up). Every method here that needs the library imports it after this call: the warm-up thread imports
-    ``worker`` at start-up, and a request importing diffusers' lazy modules beside it met them half-imported
-    (ImportError "partially initialized module"); importing ``worker`` first makes the request wait for it."""
-    from . import worker
-
-    return worker
-
-
-def _media() -> Any:
-    """``motion_app.media`` (pictures and videos: torch), after ``_work``."""
-    _work()
-    from . import media
-
-    return media
-
-
-def check_source(source: str) -> None:
-    """Cheap checks before a job is queued, so a typo fails at once and not after a wait in the queue."""
-    from motion_core.models import DEFAULT_MODEL_DIR, ModelLoadError
-
-    p = Path(source).expanduser()
-    if p.is_dir():
-        missing = [s for s in ("unet", "vae", "text_encoder", "tokenizer", "scheduler") if not (p / s).is_dir()]
-        if missing:
-            raise ModelLoadError(f"{source} is not a text-to-video model folder: it lacks {', '.join(missing)}.")
-        return
-    if source == str(DEFAULT_MODEL_DIR):
-        raise ModelLoadError(
-            f"The embedded model is not installed ({DEFAULT_MODEL_DIR} does not exist yet). Start the app with "
-            "--model pointing at a model folder or a Hugging Face id such as cerspense/zeroscope_v2_576w, or set "
-            "MOTION_MATCHER_MODEL.")
-    if source.startswith(("/", ".", "~")) or not HUB_ID_RE.fullmatch(source):
-        raise ModelLoadError(f"There is no model folder {source!r}, and it is not a Hugging Face id (owner/name).")
-
-
-def _num(value: Any, name: str, lo: float, hi: float, integer: bool = False) -> Any:
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name} must be a number, got {value!r}") from None
-    if not math.isfinite(x) or not lo <= x <= hi:
-        raise ConfigError(f"{name} must be between {lo:g} and {hi:g}, got {value!r}")
-    if integer:
-        if x != int(x):
-            raise ConfigError(f"{name} must be a whole number, got {value!r}")
-        return int(x)
-    return x
 
 
 class MotionService:
@@ -138,7 +78,7 @@ class MotionService:
     def worker(self) -> Any:
         with self._worker_lock:
             if self._worker is None:
-                work = _work()
+                work = settings.load_worker()
                 models = work.ModelCache(self.opts.device, self.opts.dtype)
                 self._worker = work.Worker(self.store, models, default_source=self.default_source())
                 self._worker.runner = self.runner
@@ -171,7 +111,7 @@ class MotionService:
     # ---------------------------------------------------------------------------------------- models
 
     def default_source(self) -> str:
-        _work()
+        settings.load_worker()
         from motion_core.models import resolve_source
 
         return resolve_source(self.opts.model)
@@ -196,69 +136,39 @@ class MotionService:
         allowed = [v for _, v in self.model_choices()]
         if self.opts.lock_model and choice not in allowed:
             raise JobError("This app only runs its own model; the model cannot be changed here.")
-        _work()
+        settings.load_worker()
         from motion_core.models import resolve_source
 
         source = resolve_source(choice)
-        check_source(source)
+        settings.check_source(source)
         return source
 
     def model_loaded(self, source: str) -> bool:
         return self._worker is not None and self._worker.models.peek(source) is not None
 
     def video_config(self, source: str, lora_meta: dict[str, Any] | None = None) -> VideoConfig:
-        """How a reference clip is read for this model (``VideoConfig.for_model``: its sidecar's frames, fps and
-        size, else the paper's); a LoRA's own recorded clip first when one is given; uploads up to the app's
-        limit."""
-        _work()
-        from motion_core.models import model_defaults
-
-        meta = lora_meta or {}
-        return VideoConfig.for_model(model_defaults(source), {
-            "num_frames": meta.get("frames"), "fps": meta.get("fps"), "height": meta.get("height"),
-            "width": meta.get("width"), "max_file_mb": self.opts.max_upload_mb})
+        """How a reference clip is read for this model, uploads up to the app's limit (``settings.video_config``)."""
+        return settings.video_config(source, self.opts.max_upload_mb, lora_meta)
 
     def run_defaults(self, source: str, vcfg: VideoConfig | None = None) -> RunConfig:
-        """A run's settings before the page's: ``RunConfig.for_model`` (the method's, then the model's own: its
-        sidecar's train and sample sections), at the clip size ``vcfg`` (default: the model's)."""
-        _work()
-        from motion_core.models import model_defaults
-
-        vcfg = vcfg or self.video_config(source)
-        return RunConfig.for_model(model_defaults(source), {"video": vcfg.to_dict()})
-
-    def model_presets(self, source: str) -> dict[str, Any]:
-        """What the model itself says (its sidecar's ``train`` and ``sample`` sections)."""
-        _work()
-        from motion_core.models import model_defaults
-
-        own = model_defaults(source)
-        return {"train": own.train_defaults, "sample": own.sample_defaults}
+        """The model's own run settings at the clip size ``vcfg`` (default: the model's): what the page shows
+        before a run, and what the API uses for a setting not given (``settings.run_defaults``)."""
+        return settings.run_defaults(source, vcfg or self.video_config(source))
 
     # ----------------------------------------------------------------------------------- job actions
 
-    def submit_train(self, video: str | None, caption: str, model: str | None, steps: Any, learning_rate: Any,
-                     rank: Any, lambda_ca: Any, lambda_tsa: Any, seed: Any, objective: str | None) -> Job:
+    def submit_train(self, video: str | None, caption: str, model: str | None, steps: Any = None,
+                     learning_rate: Any = None, rank: Any = None, lambda_ca: Any = None, lambda_tsa: Any = None,
+                     seed: Any = None, objective: str | None = None) -> Job:
+        """Queue a training run; settings not given (None) are the model's own (``train_config``)."""
         if not (caption or "").strip():
             raise JobError("Write a caption describing the reference video (e.g. 'a red circle on a blue "
                            "background'): training needs it.")
         caption = check_text(caption, "caption")
         source = self.source_of(model)
-        vcfg = self.video_config(source)
-        cfg = self.run_defaults(source, vcfg)
-        cfg.model, cfg.caption = source, caption
-        cfg.train.steps = _num(steps, "steps", 1, 100_000, integer=True)
-        cfg.train.learning_rate = _num(learning_rate, "learning rate", 1e-7, 1.0)
-        cfg.train.seed = resolve_seed(seed)  # -1: a random seed, recorded in the run's config
-        # Checkpoints about every tenth of the run (at most every 50 steps), so a restart or a cancel loses little.
-        cfg.train.checkpoint_every = max(1, min(cfg.train.checkpoint_every, cfg.train.steps // 10))
-        cfg.lora.rank = _num(rank, "LoRA rank", 1, 512, integer=True)
-        cfg.loss.lambda_ca = _num(lambda_ca, "λ_CA", 0, 1e7)
-        cfg.loss.lambda_tsa = _num(lambda_tsa, "λ_TSA", 0, 1e7)
-        cfg.loss.objective = (objective or "motion").strip()
-        if cfg.loss.objective not in OBJECTIVE_NAMES:
-            raise ConfigError(f"objective must be one of {', '.join(OBJECTIVE_NAMES)}, got {objective!r}")
-        cfg.validate()
+        cfg = settings.train_config(source, caption, self.video_config(source), steps, learning_rate, rank,
+                                    lambda_ca, lambda_tsa, seed, objective)
+        vcfg = cfg.video
         from motion_core.preflight import MemoryFitError, check_run  # issue 16: refuse what cannot fit the GPU
 
         try:
@@ -269,7 +179,7 @@ class MotionService:
             log.info("preflight: %s", fit.advice)
         src = self.store.check_video_upload(video)
         name = "reference" + src.suffix.lower()
-        media = _media()
+        media = settings.load_media()
 
         def prepare(d: Path) -> None:
             # Read from the upload itself, not the job's copy: a refusal names the user's file, not reference.mp4.
@@ -279,29 +189,24 @@ class MotionService:
                   "video_name": Path(src).name[:200]}
         return self.runner.submit("train", params, files={name: src}, prepare=prepare)
 
-    def submit_sample(self, job_id: str, prompt: str, negative_prompt: str, beta: Any, seed: Any, steps: Any,
-                      guidance: Any, lora_strength: Any, num_videos: Any, compare_base: bool = True) -> Job:
+    def submit_sample(self, job_id: str, prompt: str, negative_prompt: str | None = None, beta: Any = None,
+                      seed: Any = None, steps: Any = None, guidance: Any = None, lora_strength: Any = None,
+                      num_videos: Any = None, compare_base: bool = True) -> Job:
+        """Queue a generation with a finished run's LoRA; its params carry the resolved ``SampleConfig`` (as a
+        training job's carry its ``RunConfig``). Settings not given are the run's model's own."""
         parent = self.run_with_lora(job_id)
         if not (prompt or "").strip():
             raise JobError("Write a prompt describing the new video (e.g. 'a green star on a dotted background').")
         prompt = check_text(prompt, "prompt")
-        seed_v = check_seed(seed)  # -1 (the API's default) or empty: a random seed, reported with the result
-        cfg = SampleConfig(num_inference_steps=_num(steps, "steps", 1, 1000, integer=True),
-                           guidance_scale=_num(guidance, "guidance", 0, 50), beta=_num(beta, "β", 0, 1),
-                           lora_scale=_num(lora_strength, "LoRA strength", 0, 4),
-                           negative_prompt=check_text(negative_prompt, "negative prompt", required=False),
-                           seed=seed_v,
-                           num_videos=_num(num_videos, "number of videos", 1, 16, integer=True))
-        cfg.validate()
-        params = {"prompt": prompt, "negative_prompt": cfg.negative_prompt, "beta": cfg.beta,
-                  "seed": cfg.seed, "steps": cfg.num_inference_steps, "guidance": cfg.guidance_scale,
-                  "lora_strength": cfg.lora_scale, "num_videos": cfg.num_videos, "compare_base": bool(compare_base)}
+        cfg = settings.sample_config(parent.params["model"], negative_prompt, beta, seed, steps, guidance,
+                                     lora_strength, num_videos)
+        params = {"prompt": prompt, "compare_base": bool(compare_base), "config": cfg.to_dict()}
         return self.runner.submit("sample", params, parent=parent.id)
 
     def submit_import(self, lora: str | None, video: str | None, caption: str | None, model: str | None,
                       config: str | None = None) -> Job:
         src = self.store.check_upload(lora, LORA_EXTENSIONS, "LoRA file")
-        media = _media()
+        media = settings.load_media()
         meta = media.lora_meta_of(src)  # LoraFileError for files that are not MotionMatcher LoRAs
         source = self.source_of(model)
         from motion_core.rundir import CONFIG_FILE, LORA_FILE  # an import job's folder is its run folder
@@ -362,7 +267,7 @@ class MotionService:
 
     def run_dir(self, job: Job) -> Any:
         """The job's run folder, a ``motion_core.rundir.RunDir`` (``JobStore.run_dir``)."""
-        _work()
+        settings.load_worker()
         return self.store.run_dir(job)
 
     def samples_of(self, job_id: str) -> list[Job]:
@@ -418,7 +323,7 @@ class MotionService:
                     files[name] = self.store.file_in(child.id, v["pair"])
                     samples.append(name)
         run_cfg = json.loads(rest[0].read_text()) if rest else None
-        meta = job.results.get("meta") or _media().lora_meta_of(lora)
+        meta = job.results.get("meta") or settings.load_media().lora_meta_of(lora)
         from motion_core.models import model_name  # the card is public: a folder by its name, never its path
 
         card = hub.model_card(repo_id, model_name(job.params.get("model", "")), job.params.get("caption", "") or

@@ -207,8 +207,10 @@ def build_ui(service: Any) -> gr.Blocks:
                     report_md, report_img, gallery, model_md, estimate, cancel, resume, cancel_gen, sample_seed,
                     timer, sig]
         poll_in = [current, sig, model, steps]
-        section1 = [video, caption, rank, lca, ltsa, seed, objective]  # Page.RUN_FIELDS
-        presets = [steps, lr, s_steps, guidance]
+        section1 = [video, caption]  # Page.RUN_FIELDS
+        # Page.PRESET_FIELDS: the model's own defaults (a reopened run: its own training settings first).
+        presets = [steps, lr, rank, lca, ltsa, seed, objective, s_steps, guidance, beta, strength, n_videos]
+        train_presets = presets[:len(Page.TRAIN_PRESETS)]
         private_ev: dict[str, Any] = {"api_visibility": "private"}
         run_out = [current, saved, history, timer, sig]
 
@@ -233,7 +235,7 @@ def build_ui(service: Any) -> gr.Blocks:
                              **private_ev))
         cancel.click(page.ui_cancel, [current], [timer], **private_ev)
         resume.click(page.ui_resume, [current], [timer], **private_ev)
-        show_run(history.input(page.ui_open, [history, saved], [current, saved, timer, sig, steps, lr, *section1],
+        show_run(history.input(page.ui_open, [history, saved], [current, saved, timer, sig, *train_presets, *section1],
                                **private_ev))
         generate.click(page.ui_generate, [current, prompt, negative, beta, fixed_seed, sample_seed, s_steps,
                                          guidance, strength, n_videos, compare], [timer], **private_ev)
@@ -242,13 +244,14 @@ def build_ui(service: Any) -> gr.Blocks:
                                   **private_ev))
         push_btn.click(page.ui_push, [current, repo_id, token, private], [push_md], **private_ev)
 
-        _api_endpoints(api, tr, lo, lc, sc)
+        _api_endpoints(api)
     return demo
 
 
-def _api_endpoints(api: Any, tr: TrainConfig, lo: LoraConfig, lc: LossConfig, sc: SampleConfig) -> None:
+def _api_endpoints(api: Any) -> None:
     """Hidden components and triggers for the named endpoints; parameter names come from the ``api.Api``
-    method signatures, defaults from these components' values (``docs/api.md`` shows a client session)."""
+    method signatures. A setting's component starts empty (None): a client that leaves it out gets the model's
+    own value, the one the page shows (``docs/api.md`` shows a client session)."""
     with gr.Column(visible=False):
         job_id = gr.Textbox(label="job_id")
         as_json = gr.JSON(label="status")
@@ -256,22 +259,22 @@ def _api_endpoints(api: Any, tr: TrainConfig, lo: LoraConfig, lc: LossConfig, sc
         t_video = gr.File(label="video")
         t_caption = gr.Textbox(label="caption")
         t_model = gr.Textbox("", label="model")  # empty: the app's own model (its --model)
-        t_steps = gr.Number(tr.steps, label="steps", precision=0)
-        t_lr = gr.Number(tr.learning_rate, label="learning_rate")
-        t_rank = gr.Number(lo.rank, label="rank", precision=0)
-        t_lca = gr.Number(lc.lambda_ca, label="lambda_ca")
-        t_ltsa = gr.Number(lc.lambda_tsa, label="lambda_tsa")
-        t_seed = gr.Number(tr.seed, label="seed", precision=0)
-        t_objective = gr.Textbox(lc.objective, label="objective")
+        t_steps = gr.Number(None, label="steps", precision=0)
+        t_lr = gr.Number(None, label="learning_rate")
+        t_rank = gr.Number(None, label="rank", precision=0)
+        t_lca = gr.Number(None, label="lambda_ca")
+        t_ltsa = gr.Number(None, label="lambda_tsa")
+        t_seed = gr.Number(None, label="seed", precision=0)
+        t_objective = gr.Textbox(None, label="objective")
         # /sample
         s_prompt = gr.Textbox(label="prompt")
-        s_negative = gr.Textbox("", label="negative_prompt")
-        s_beta = gr.Number(sc.beta, label="beta")
-        s_seed = gr.Number(-1, label="seed", precision=0)
-        s_steps = gr.Number(sc.num_inference_steps, label="steps", precision=0)
-        s_guidance = gr.Number(sc.guidance_scale, label="guidance")
-        s_strength = gr.Number(sc.lora_scale, label="lora_strength")
-        s_n = gr.Number(1, label="num_videos", precision=0)
+        s_negative = gr.Textbox(None, label="negative_prompt")
+        s_beta = gr.Number(None, label="beta")
+        s_seed = gr.Number(None, label="seed", precision=0)
+        s_steps = gr.Number(None, label="steps", precision=0)
+        s_guidance = gr.Number(None, label="guidance")
+        s_strength = gr.Number(None, label="lora_strength")
+        s_n = gr.Number(None, label="num_videos", precision=0)
         s_compare = gr.Checkbox(True, label="compare_base")
         s_files = gr.File(label="videos", file_count="multiple")
         # /import_lora, /push_to_hub

@@ -129,8 +129,9 @@ def report_md(job: Job) -> tuple[str, str | None]:
 def caption_of(job: Job, v: dict[str, Any]) -> str:
     """A gallery caption: seed, β, the verdict, the prompt."""
     p = job.params
+    beta = (p.get("config") or p).get("beta")  # a generation's SampleConfig (older jobs: flat params)
     rep = v.get("report") or {}
     verdict = {"closer": f"LoRA {rep.get('ratio') or 0:.1f}x closer", "same": "LoRA ≈ base",
                "further": "LoRA further"}.get(rep.get("verdict", ""))
     ratio = f" · {verdict}" if verdict and rep.get("ratio") else ""
-    return f"seed {v['seed']} · β {p.get('beta')}{ratio} · {p.get('prompt', '')[:60]}"
+    return f"seed {v['seed']} · β {beta}{ratio} · {p.get('prompt', '')[:60]}"

@@ -252,13 +252,9 @@ class Worker:
         ctx.phase("loading the LoRA")
         meta = load_lora(self.store.file_in(parent.id, parent.results["lora"]), model)
         warning = base_model_warning(meta, model)
-        cfg = SampleConfig(num_inference_steps=int(p["steps"]), guidance_scale=float(p["guidance"]),
-                           beta=float(p["beta"]), lora_scale=float(p["lora_strength"]),
-                           negative_prompt=p.get("negative_prompt") or "", seed=p.get("seed"),
-                           num_videos=int(p["num_videos"]),
-                           # the model's own cut-off (its sidecar's sample section), else the release's 500
-                           lora_cutoff=int(model.sample_defaults.get("lora_cutoff", SampleConfig().lora_cutoff)))
-        cfg.validate()
+        if "config" not in p:
+            raise JobError("This generation was queued by an older version of the app; generate again.")
+        cfg = SampleConfig.from_dict(p["config"])  # resolved when it was queued: the model's own, then the user's
 
         # One progress bar for the whole request (inversion, LoRA videos, base videos, writing, motion report): each
         # phase is named and the step count runs on from where the last one stopped, never back to 0.
@@ -286,7 +282,8 @@ class Worker:
                                              "height": meta.get("height"), "width": meta.get("width")})
         if has_ref:
             phase("inverting the reference")
-            eps_inv = invert_cached(model, z0, n_steps, run.inversion_cache, callback=progress)
+            eps_inv = invert_cached(model, z0, n_steps, run.inversion_cache, callback=progress,
+                                    with_lora=cfg.invert_with_lora)
             offset[0] += n_steps  # also when the cache answered at once
         else:
             latent_shape = (vcfg.num_frames, vcfg.height // model.vae_scale, vcfg.width // model.vae_scale)

@@ -115,8 +115,8 @@ def test_bad_requests_give_readable_errors(client, clip, tmp_path):
     cases = [
         (dict(video=handle_file(str(clip)), caption="  "), "Write a caption"),
         (dict(video=handle_file(str(text)), caption="a square"), "not a video"),
-        (dict(video=handle_file(str(clip)), caption="a square", steps=-3), "steps must be between"),
-        (dict(video=handle_file(str(clip)), caption="a square", learning_rate=7), "learning rate must be"),
+        (dict(video=handle_file(str(clip)), caption="a square", steps=-3), "steps must be in"),
+        (dict(video=handle_file(str(clip)), caption="a square", learning_rate=7), "learning_rate must be in"),
     ]
     for kwargs, msg in cases:
         with pytest.raises(AppError, match=msg) as err:

@@ -110,10 +110,27 @@ def test_generate_needs_a_finished_run_and_sane_settings(trained):
         app.submit_sample("", "a blue circle", "", 0.3, 1, 2, 12, 1, 1)
     with pytest.raises(JobError, match="Write a prompt"):
         app.submit_sample(job_id, "  ", "", 0.3, 1, 2, 12, 1, 1)
-    for args, msg in [((1.5, 1, 2, 12, 1, 1), "β must be between"), ((0.3, 1, 0, 12, 1, 1), "steps"),
-                      ((0.3, 1, 2, 99, 1, 1), "guidance"), ((0.3, 1, 2, 12, 1, 50), "number of videos")]:
+    # The ranges are the config's (SampleConfig.validate); the app only converts the values it is sent.
+    for args, msg in [((1.5, 1, 2, 12, 1, 1), "beta must be in"), ((0.3, 1, 0, 12, 1, 1), "steps must be in"),
+                      ((0.3, 1, 2, 99, 1, 1), "guidance must be in"), ((0.3, 1, 2, 12, 1, 50), "number of videos"),
+                      ((0.3, 1, 2.5, 12, 1, 1), "steps must be a whole number"),
+                      ((0.3, 1, 2, "x", 1, 1), "guidance must be a number")]:
         with pytest.raises(ValueError, match=msg):
             app.submit_sample(job_id, "a blue circle", "", *args)
+
+
+def test_config_errors_reach_the_user_as_gr_errors_with_the_configs_message(trained, clip):
+    import gradio as gr
+
+    app, job_id = trained
+    api = Api(app)
+    with pytest.raises(gr.Error, match=r"beta must be in \[0, 1\], got 1.5") as err:
+        api.sample(job_id, "a blue circle", beta=1.5)
+    assert "Traceback" not in str(err.value)
+    with pytest.raises(gr.Error, match=r"LoRA rank must be in \[1, 512\], got 0"):
+        api.train(str(clip), "a red square", rank=0)
+    with pytest.raises(gr.Error, match="steps must be a whole number"):
+        api.train(str(clip), "a red square", steps="2.5")
 
 
 def test_poll_shows_the_run_and_then_sends_only_changes(trained):
@@ -288,8 +305,8 @@ def test_preview_shows_the_clip_as_the_model_sees_it_or_says_why_not(make_app, c
 def test_the_page_layout_and_handlers_load_without_torch():
     import subprocess
 
-    mods = ", ".join(f"motion_app.{m}" for m in ("ui", "page", "api", "views", "examples", "service", "jobs", "store",
-                                                 "runner", "figures", "hub"))
+    mods = ", ".join(f"motion_app.{m}" for m in ("ui", "page", "api", "views", "examples", "service", "settings",
+                                                 "jobs", "store", "runner", "figures", "hub"))
     code = f"import sys, {mods}; sys.exit(1 if 'torch' in sys.modules else 0)"
     from _app_server import REPO
 
@@ -370,7 +387,7 @@ def test_prompts_and_seeds_follow_one_rule(trained):
     with pytest.raises(ValueError, match="caption is too long"):
         app.submit_train(None, "c" * 10_000, None, 2, 5e-4, 4, 2000, 2000, 0, "motion")
     s = app.submit_sample(job_id, "a cat", "", 0.3, -1, 2, 12, 1, 1, compare_base=False)
-    assert s.params["seed"] is None  # random: drawn when it runs and reported with the result
+    assert s.params["config"]["seed"] is None  # random: drawn when it runs and reported with the result
     done = wait_done(app, s.id)
     assert done.state == DONE and 0 <= done.results["seeds"][0] <= 2**31 - 1
 
@@ -494,13 +511,17 @@ def test_a_reopened_run_link_fills_the_reference_and_settings(trained):
     app, job_id = trained
     request = types.SimpleNamespace(query_params={"job": job_id})
     out = Page(app).ui_load({}, None, request=request)
-    current, _saved, _hist, _model, _timer, _sig, steps, lr, _s_steps, _guidance, *section1 = out
-    fields = dict(zip(Page.RUN_FIELDS, section1))
-    assert current == job_id and steps == 2 and lr == 5e-4
+    current, _saved, _hist, _model, _timer, _sig, *rest = out
+    n = len(Page.PRESET_FIELDS)
+    presets = dict(zip([k for k, _, _ in Page.PRESET_FIELDS], rest[:n]))
+    fields = dict(zip(Page.RUN_FIELDS, rest[n:]))
+    assert current == job_id and presets["steps"] == 2 and presets["lr"] == 5e-4
     assert fields["caption"] == "a red square moving right" and fields["video"].endswith("preview.mp4")
-    assert (fields["rank"], fields["lambda_ca"], fields["seed"], fields["objective"]) == (4, 2000, 0, "motion")
+    assert (presets["rank"], presets["lambda_ca"], presets["seed"], presets["objective"]) == (4, 2000, 0, "motion")
     opened = Page(app).ui_open(job_id, {})
-    assert opened[0] == job_id and opened[4:6] == (2, 5e-4) and opened[6].endswith("preview.mp4")
+    k = 4 + len(Page.TRAIN_PRESETS)
+    assert opened[0] == job_id and opened[4:6] == (2, 5e-4) and opened[6] == 4  # steps, lr, rank: the run's own
+    assert opened[k].endswith("preview.mp4")
 
 
 def test_every_app_flag_has_help():
@@ -580,3 +601,41 @@ def test_the_page_shows_the_predicted_gpu_memory_before_a_run(make_app, monkeypa
     assert "**Will not fit this GPU:** needs about 51.5 GB. This fits" in Page(app).estimate(None, 400)
     monkeypatch.setattr(preflight, "check_run", lambda source, cfg, device_gb=None: None)  # no GPU here
     assert "GPU" not in Page(app).estimate(None, 400)
+
+
+def test_the_api_and_the_page_give_a_model_the_same_defaults(tiny_model_dir, tmp_path, clip):
+    """Issue 17: the API's settings left out are the model's own, the values the page shows for that model (before,
+    /sample used the release's 75 steps and guidance 12 while the page showed the model's own)."""
+    import shutil
+
+    from motion_core.config import RunConfig, SampleConfig
+    from motion_core.models import model_defaults
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    side = json.loads((model / "motion_matcher.json").read_text())
+    side["train"] = {"steps": 2, "learning_rate": 1e-3, "rank": 2, "lambda_tsa": 1000.0}
+    side["sample"] = {"num_inference_steps": 2, "guidance_scale": 5.0, "beta": 0.4, "lora_scale": 0.8,
+                      "lora_cutoff": 0}
+    (model / "motion_matcher.json").write_text(json.dumps(side))
+    app = MotionService(AppOptions(job_store=tmp_path / "jobs", model=str(model), preload=False)).start()
+    try:
+        page, api = Page(app), Api(app)
+        shown = {key: value for (key, _, _), value in zip(Page.PRESET_FIELDS, page.presets(None))}
+        assert (shown["steps"], shown["lr"], shown["rank"], shown["lambda_tsa"]) == (2, 1e-3, 2, 1000.0)
+        assert (shown["sample_steps"], shown["guidance"], shown["beta"], shown["strength"]) == (2, 5.0, 0.4, 0.8)
+        st = api.train(str(clip), "a red square moving right")  # every setting left to the model
+        cfg = RunConfig.from_dict(app.store.load(st["job_id"]).params["config"])
+        for key, sec, name in Page.TRAIN_PRESETS:
+            assert getattr(getattr(cfg, sec), name) == shown[key], key
+        assert wait_done(app, st["job_id"]).state == DONE
+        _files, info = api.sample(st["job_id"], "a blue circle")
+        sc = SampleConfig.from_dict(app.store.load(info["job_id"]).params["config"])
+        for key, sec, name in Page.PRESET_FIELDS:
+            if sec == "sample":
+                assert getattr(sc, name) == shown[key], key
+        # All of it is the model's own (its cut-off too), with the seed drawn at random.
+        assert sc == SampleConfig.for_model(model_defaults(str(model)), {"seed": sc.seed}) and sc.seed is None
+        assert info["videos"][0]["seed"] >= 0
+    finally:
+        app.stop()

@@ -254,10 +254,10 @@ def test_bad_inputs_give_readable_errors_and_queue_nothing(make_app, clip, tmp_p
                 lambda_ca=2000, lambda_tsa=2000, seed=0, objective="motion")
     cases = [
         (dict(caption="   "), JobError, "Write a caption"),
-        (dict(steps=0), ConfigError, "steps must be between"),
+        (dict(steps=0), ConfigError, "steps must be in \\[1, 100000\\], got 0"),
         (dict(steps=2.5), ConfigError, "whole number"),
-        (dict(learning_rate=float("nan")), ConfigError, "learning rate"),
-        (dict(rank=10_000), ConfigError, "rank"),
+        (dict(learning_rate=float("nan")), ConfigError, "learning_rate must be in"),
+        (dict(rank=10_000), ConfigError, "LoRA rank must be in"),
         (dict(objective="magic"), ConfigError, "objective must be one of"),
         (dict(lambda_ca=0, lambda_tsa=0), ConfigError, "lambda_ca \\+ lambda_tsa"),
         (dict(model="/no/such/folder"), Exception, "no model folder"),
