@@ -39,3 +39,33 @@ def test_library_never_imports_the_ui():
 def test_assets_stay_small():
     total = sum(p.stat().st_size for p in (ROOT / "assets").rglob("*") if p.is_file())
     assert total < 50 * 2**20, f"assets/ is {total / 2**20:.1f} MB (limit 50 MB)"
+
+
+# The app: Gradio only in the layout (ui), the page's events (page) and the endpoints (api); the work in plain
+# modules of at most MAX_APP_LINES lines each.
+APP_GRADIO_MODULES = frozenset({"ui.py", "page.py", "api.py"})
+MAX_APP_LINES = 400
+
+
+def test_every_app_module_is_short():
+    sizes = {py.name: len(py.read_text().splitlines()) for py in (ROOT / "motion_app").glob("*.py")}
+    assert {"service.py", "jobs.py", "store.py", "runner.py", "worker.py"} <= set(sizes)
+    long = {name: n for name, n in sizes.items() if n >= MAX_APP_LINES}
+    assert not long, f"split these app modules (each under {MAX_APP_LINES} lines): {long}"
+
+
+def test_the_apps_work_never_imports_gradio():
+    import subprocess
+    import sys
+
+    plain = sorted(py.stem for py in (ROOT / "motion_app").glob("*.py")
+                   if py.name not in APP_GRADIO_MODULES and py.name != "__init__.py")
+    assert {"service", "settings", "jobs", "store", "runner", "worker", "media"} <= set(plain)
+    for name in plain:
+        src = (ROOT / "motion_app" / f"{name}.py").read_text()
+        ui = r"^\s*(import gradio|from gradio|from \.(api|page|ui) |from \. import (api|page|ui))"
+        assert not re.search(ui, src, flags=re.M), name
+    # Imported, not only read: none of them pulls Gradio in through another module.
+    code = (f"import sys; import {', '.join('motion_app.' + n for n in plain)}; "
+            "sys.exit(1 if any(m == 'gradio' or m.startswith('gradio.') for m in sys.modules) else 0)")
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0, "Gradio was imported"
