@@ -133,6 +133,20 @@ def test_config_errors_reach_the_user_as_gr_errors_with_the_configs_message(trai
         api.train(str(clip), "a red square", steps="2.5")
 
 
+def test_a_run_whose_latents_lie_beside_train_still_samples_with_beta(trained):
+    # Runs made before the run folder (RunDir) held the reference latents kept them in the job folder.
+    app, job_id = trained
+    d = app.store.job_dir(job_id)
+    new, old = d / "train" / "reference_latents.pt", d / "reference_latents.pt"
+    new.rename(old)
+    try:
+        s = app.submit_sample(job_id, "a blue circle", "", 0.3, 1, 2, 12, 1, 1, compare_base=False)
+        done = wait_done(app, s.id)
+        assert done.state == DONE and "β was not used" not in done.message, done.message
+    finally:
+        old.rename(new)
+
+
 def test_poll_shows_the_run_and_then_sends_only_changes(trained):
     app, job_id = trained
     out = Page(app).poll(job_id, {}, None)
