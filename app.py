@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from motion_core.locations import EXAMPLES_DIR
+
 T0 = time.perf_counter()
 ROOT = Path(__file__).resolve().parent
 # No usage analytics from a tool that handles people's videos (and no waiting on a network that may be absent).
@@ -77,7 +79,7 @@ def served_files(store: Any, max_upload_mb: float) -> dict[str, Any]:
     (``--max-upload-mb 0.5`` is 512 KiB, not 0)."""
     from motion_core.config import upload_limit_bytes
 
-    return {"allowed_paths": [str(store.served_root), str(ROOT / "assets" / "examples")],
+    return {"allowed_paths": [str(store.served_root), str(EXAMPLES_DIR)],
             "blocked_paths": [str(store.jobs_root), str(store.uploads_root)],
             "max_file_size": upload_limit_bytes(max_upload_mb)}
 
@@ -97,15 +99,15 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("motion_matcher.app")
 
-    from app.handlers import AppOptions, MotionApp
-    from app.jobs import JobError
-    from app.ui import CSS, THEME, build_ui
+    from motion_app.jobs import JobError
+    from motion_app.service import AppOptions, MotionService
+    from motion_app.ui import CSS, THEME, build_ui
 
     opts = AppOptions(job_store=Path(args.job_store), model=args.model, lock_model=args.lock_model,
                       max_upload_mb=args.max_upload_mb, ttl_hours=args.job_ttl_hours, device=args.device,
                       dtype=args.dtype, preload=not args.no_preload)
     try:
-        motion = MotionApp(opts).start()
+        motion = MotionService(opts).start()
     except JobError as err:
         sys.exit(f"error: {err}")
     demo = build_ui(motion)

@@ -27,15 +27,9 @@ from diffusers import AutoencoderKL, DDIMScheduler, UNet3DConditionModel
 from diffusers.loaders import PeftAdapterMixin
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from .locations import ASSETS_DIR, DEFAULT_MODEL_DIR, EXAMPLES_DIR, REPO_ROOT  # noqa: F401 (re-exported)
+
 SIDECAR = "motion_matcher.json"
-REPO_ROOT = Path(__file__).resolve().parent.parent
-# The repository's assets/ (the embedded model, the example clips). An installed wheel carries them as package
-# data, motion_core/assets (pyproject.toml maps the folder there); a checkout reads them in place.
-_PACKAGED_ASSETS = Path(__file__).resolve().parent / "assets"
-ASSETS_DIR = _PACKAGED_ASSETS if (_PACKAGED_ASSETS / "shapes-t2v").is_dir() else REPO_ROOT / "assets"
-# The embedded default model; MOTION_MATCHER_MODEL overrides it (e.g. a Zeroscope folder on a GPU machine).
-DEFAULT_MODEL_DIR = ASSETS_DIR / "shapes-t2v"
-EXAMPLES_DIR = ASSETS_DIR / "examples"  # reference clips with captions (examples.json) for the app and the docs
 ZEROSCOPE_ID = "cerspense/zeroscope_v2_576w"
 SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 

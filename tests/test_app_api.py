@@ -115,8 +115,8 @@ def test_bad_requests_give_readable_errors(client, clip, tmp_path):
     cases = [
         (dict(video=handle_file(str(clip)), caption="  "), "Write a caption"),
         (dict(video=handle_file(str(text)), caption="a square"), "not a video"),
-        (dict(video=handle_file(str(clip)), caption="a square", steps=-3), "steps must be between"),
-        (dict(video=handle_file(str(clip)), caption="a square", learning_rate=7), "learning rate must be"),
+        (dict(video=handle_file(str(clip)), caption="a square", steps=-3), "steps must be in"),
+        (dict(video=handle_file(str(clip)), caption="a square", learning_rate=7), "learning_rate must be in"),
     ]
     for kwargs, msg in cases:
         with pytest.raises(AppError, match=msg) as err:
@@ -196,8 +196,9 @@ def test_the_store_s_own_files_are_never_served_but_results_are(server, client, 
     store = Path(server.store).resolve()
     job = store / "jobs" / trained["job_id"]
     secret = store / "browser_secret"
+    run = job / "train"
     private = [secret, store / "speeds.json", store / "runner.lock", job / "job.json", job / "job.log",
-               job / "train" / "checkpoint.pt", job / "reference_latents.pt", job / "train" / "lora.safetensors"]
+               run / "checkpoint.pt", run / "reference_latents.pt", run / "reference.mp4", run / "lora.safetensors"]
     for p in private:
         assert p.is_file(), p
         status, body = get(p)

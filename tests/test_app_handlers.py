@@ -14,12 +14,14 @@ import yaml
 from _app_server import make_clip
 from safetensors.torch import save_file
 
-from app import hub
-from app.handlers import AppOptions, MotionApp
-from app.jobs import DONE, FAILED, JobError, UploadError
+from motion_app import hub, views
+from motion_app.api import Api
+from motion_app.jobs import DONE, FAILED, JobError, UploadError
+from motion_app.page import Page
+from motion_app.service import AppOptions, MotionService
 
 
-def wait_done(app: MotionApp, job_id: str, timeout: float = 120.0):
+def wait_done(app: MotionService, job_id: str, timeout: float = 120.0):
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         job = app.store.load(job_id)
@@ -39,7 +41,7 @@ def make_app(tiny_model_dir, tmp_path):
     apps = []
 
     def make(**kw):
-        app = MotionApp(AppOptions(job_store=tmp_path / "jobs", model=str(tiny_model_dir), preload=False, **kw))
+        app = MotionService(AppOptions(job_store=tmp_path / "jobs", model=str(tiny_model_dir), preload=False, **kw))
         apps.append(app.start())
         return app
 
@@ -51,7 +53,7 @@ def make_app(tiny_model_dir, tmp_path):
 @pytest.fixture(scope="module")
 def trained(tiny_model_dir, tmp_path_factory, clip):
     """One finished 2-step run, shared by the tests that only read it."""
-    app = MotionApp(AppOptions(job_store=tmp_path_factory.mktemp("jobs"), model=str(tiny_model_dir),
+    app = MotionService(AppOptions(job_store=tmp_path_factory.mktemp("jobs"), model=str(tiny_model_dir),
                                preload=False)).start()
     job = app.submit_train(str(clip), "a red square moving right", None, 2, 5e-4, 4, 2000, 2000, 0, "motion")
     assert wait_done(app, job.id).state == DONE
@@ -108,23 +110,54 @@ def test_generate_needs_a_finished_run_and_sane_settings(trained):
         app.submit_sample("", "a blue circle", "", 0.3, 1, 2, 12, 1, 1)
     with pytest.raises(JobError, match="Write a prompt"):
         app.submit_sample(job_id, "  ", "", 0.3, 1, 2, 12, 1, 1)
-    for args, msg in [((1.5, 1, 2, 12, 1, 1), "β must be between"), ((0.3, 1, 0, 12, 1, 1), "steps"),
-                      ((0.3, 1, 2, 99, 1, 1), "guidance"), ((0.3, 1, 2, 12, 1, 50), "number of videos")]:
+    # The ranges are the config's (SampleConfig.validate); the app only converts the values it is sent.
+    for args, msg in [((1.5, 1, 2, 12, 1, 1), "beta must be in"), ((0.3, 1, 0, 12, 1, 1), "steps must be in"),
+                      ((0.3, 1, 2, 99, 1, 1), "guidance must be in"), ((0.3, 1, 2, 12, 1, 50), "number of videos"),
+                      ((0.3, 1, 2.5, 12, 1, 1), "steps must be a whole number"),
+                      ((0.3, 1, 2, "x", 1, 1), "guidance must be a number")]:
         with pytest.raises(ValueError, match=msg):
             app.submit_sample(job_id, "a blue circle", "", *args)
 
 
+def test_config_errors_reach_the_user_as_gr_errors_with_the_configs_message(trained, clip):
+    import gradio as gr
+
+    app, job_id = trained
+    api = Api(app)
+    with pytest.raises(gr.Error, match=r"beta must be in \[0, 1\], got 1.5") as err:
+        api.sample(job_id, "a blue circle", beta=1.5)
+    assert "Traceback" not in str(err.value)
+    with pytest.raises(gr.Error, match=r"LoRA rank must be in \[1, 512\], got 0"):
+        api.train(str(clip), "a red square", rank=0)
+    with pytest.raises(gr.Error, match="steps must be a whole number"):
+        api.train(str(clip), "a red square", steps="2.5")
+
+
+def test_a_run_whose_latents_lie_beside_train_still_samples_with_beta(trained):
+    # Runs made before the run folder (RunDir) held the reference latents kept them in the job folder.
+    app, job_id = trained
+    d = app.store.job_dir(job_id)
+    new, old = d / "train" / "reference_latents.pt", d / "reference_latents.pt"
+    new.rename(old)
+    try:
+        s = app.submit_sample(job_id, "a blue circle", "", 0.3, 1, 2, 12, 1, 1, compare_base=False)
+        done = wait_done(app, s.id)
+        assert done.state == DONE and "β was not used" not in done.message, done.message
+    finally:
+        old.rename(new)
+
+
 def test_poll_shows_the_run_and_then_sends_only_changes(trained):
     app, job_id = trained
-    out = app.poll(job_id, {}, None)
+    out = Page(app).poll(job_id, {}, None)
     status, progress, loss, ca, tsa, files, *_rest, timer, sig = out
     assert "Training run: done" in status and f"?job={job_id}" in status and "Finished 2 steps" in status
     assert loss is not None and ca.endswith("cross_attention.png") and tsa.endswith("temporal_attention.png")
     assert sorted(f.rsplit("/", 1)[-1] for f in files) == ["config.json", "lora.safetensors"]
-    assert len(out) == len(app.POLL_KEYS) + 2
-    again = app.poll(job_id, sig, None)
-    assert all(v == {"__type__": "update"} for v in again[:len(app.POLL_KEYS)])  # nothing changed: nothing sent
-    gone = app.poll("A" * 22, {}, None)
+    assert len(out) == len(Page.POLL_KEYS) + 2
+    again = Page(app).poll(job_id, sig, None)
+    assert all(v == {"__type__": "update"} for v in again[:len(Page.POLL_KEYS)])  # nothing changed: nothing sent
+    gone = Page(app).poll("A" * 22, {}, None)
     assert "no job" in gone[0]
 
 
@@ -143,7 +176,7 @@ def test_zero_gpu_runs_gpu_work_under_spaces_gpu_in_chunks(tiny_model_dir, tmp_p
     spaces.GPU = gpu
     monkeypatch.setitem(sys.modules, "spaces", spaces)
     monkeypatch.setenv("SPACES_ZERO_GPU", "true")
-    app = MotionApp(AppOptions(job_store=tmp_path / "jobs", model=str(tiny_model_dir), preload=False)).start()
+    app = MotionService(AppOptions(job_store=tmp_path / "jobs", model=str(tiny_model_dir), preload=False)).start()
     try:
         app.worker().chunk_steps = 1
         job = app.submit_train(str(clip), "a red square", None, 3, 5e-4, 4, 2000, 2000, 0, "motion")
@@ -237,7 +270,7 @@ def test_model_card_names_a_hub_base_model():
 
 
 def test_figures(tmp_path):
-    from app import figures
+    from motion_app import figures
 
     recs = [{"step": i, "t": 600, "loss": 1e-3 / i, "ca": 5e-7 / i, "tsa": 5e-4 / i} for i in range(1, 40)]
     fig = figures.loss_figure(recs, 50)
@@ -255,40 +288,40 @@ def test_figures(tmp_path):
     assert figures.caption_words(["a</w>"]) == [("a", [1])]
 
 
-def test_examples_are_read_safely(make_app, tmp_path, monkeypatch):
-    import app.handlers as handlers
+def test_examples_are_read_safely(tmp_path, monkeypatch):
+    from motion_app import examples
 
-    app = make_app()
     ex = tmp_path / "examples"
-    monkeypatch.setattr(handlers, "EXAMPLES_DIR", ex)
-    assert app.examples() == []  # no folder: no examples, no error
+    monkeypatch.setattr(examples, "EXAMPLES_DIR", ex)
+    assert examples.examples() == []  # no folder: no examples, no error
     ex.mkdir()
     make_clip(ex / "zig.mp4")
     (tmp_path / "secret.mp4").write_text("x")
     (ex / "examples.json").write_text(json.dumps([
         {"file": "zig.mp4", "caption": "a red square", "motion": "zigzag"},
         {"file": "../secret.mp4", "caption": "escape"}, {"file": "missing.mp4"}, "junk"]))
-    assert [(e["name"], e["caption"]) for e in app.examples()] == [("zig (zigzag)", "a red square")]
+    assert [(e["name"], e["caption"]) for e in examples.examples()] == [("zig (zigzag)", "a red square")]
     (ex / "examples.json").write_text("{broken")
-    assert [e["name"] for e in app.examples()] == ["zig"]  # a broken index: the clips, without captions
+    assert [e["name"] for e in examples.examples()] == ["zig"]  # a broken index: the clips, without captions
 
 
 def test_preview_shows_the_clip_as_the_model_sees_it_or_says_why_not(make_app, clip, tmp_path):
     app = make_app()
-    path, text = app.ui_preview(str(clip), None)
+    path, text = Page(app).ui_preview(str(clip), None)
     assert path.endswith("preview.mp4") and "8 frames at 8 fps" in text and "32×32" in text
     bad = tmp_path / "clip.mp4"
     bad.write_text("not a video")
     with pytest.warns(UserWarning):  # gr.Warning outside a request: a Python warning
-        path, text = app.ui_preview(str(bad), None)
+        path, text = Page(app).ui_preview(str(bad), None)
     assert path is None and "Cannot use this video" in text and "not a video" in text
 
 
 def test_the_page_layout_and_handlers_load_without_torch():
     import subprocess
 
-    code = ("import sys, app.ui, app.handlers, app.jobs, app.figures, app.hub; "
-            "sys.exit(1 if 'torch' in sys.modules else 0)")
+    mods = ", ".join(f"motion_app.{m}" for m in ("ui", "page", "api", "views", "examples", "service", "settings",
+                                                 "jobs", "store", "runner", "figures", "hub"))
+    code = f"import sys, {mods}; sys.exit(1 if 'torch' in sys.modules else 0)"
     from _app_server import REPO
 
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0, "torch was imported at start-up"
@@ -343,7 +376,7 @@ def test_a_lora_naming_another_base_model_is_imported_with_a_warning(make_app, t
     other = _rewritten(good, tmp_path / "other.safetensors", base_fingerprint=f"someone/other-model|{shape}")
     job = wait_done(app, app.submit_import(str(other), None, "", None).id)
     assert job.state == DONE and "Warning" in job.message and "someone/other-model" in job.message
-    assert "someone/other-model" in app._status_md(job)
+    assert "someone/other-model" in views.status_md(job)
 
 
 def test_a_one_frame_upload_is_reported_under_the_users_file_name(make_app, tmp_path):
@@ -368,7 +401,7 @@ def test_prompts_and_seeds_follow_one_rule(trained):
     with pytest.raises(ValueError, match="caption is too long"):
         app.submit_train(None, "c" * 10_000, None, 2, 5e-4, 4, 2000, 2000, 0, "motion")
     s = app.submit_sample(job_id, "a cat", "", 0.3, -1, 2, 12, 1, 1, compare_base=False)
-    assert s.params["seed"] is None  # random: drawn when it runs and reported with the result
+    assert s.params["config"]["seed"] is None  # random: drawn when it runs and reported with the result
     done = wait_done(app, s.id)
     assert done.state == DONE and 0 <= done.results["seeds"][0] <= 2**31 - 1
 
@@ -379,14 +412,14 @@ def test_only_allow_listed_result_files_are_served(trained):
 
     app, job_id = trained
     job = app.store.load(job_id)
-    served = app.api_download(job_id)
+    served = Api(app).download(job_id)
     assert sorted(p.rsplit("/", 1)[-1] for p in served) == ["config.json", "lora.safetensors"]
     for p in served:
         assert p.startswith(str(app.store.served_root) + "/")
     lora = next(p for p in served if p.endswith(".safetensors"))
     assert open(lora, "rb").read() == app.store.file_in(job_id, "train/lora.safetensors").read_bytes()
-    for rel in ("job.json", "job.log", "train/checkpoint.pt", "reference_latents.pt", "reference.mp4",
-                "../../browser_secret", "train/../job.json", "/etc/passwd"):
+    for rel in ("job.json", "job.log", "train/checkpoint.pt", "train/reference_latents.pt", "train/reference.mp4",
+                "reference_latents.pt", "reference.mp4", "../../browser_secret", "train/../job.json", "/etc/passwd"):
         with pytest.raises(JobError):
             app.store.serve(job.id, rel)
     app_py = Path(hub.__file__).resolve().parent.parent / "app.py"
@@ -398,7 +431,7 @@ def test_only_allow_listed_result_files_are_served(trained):
 
 
 def test_a_damaged_checkpoint_fails_the_job_by_name_and_resume_starts_over(tiny_model_dir, tmp_path, clip):
-    app = MotionApp(AppOptions(job_store=tmp_path / "jobs", model=str(tiny_model_dir), preload=False))
+    app = MotionService(AppOptions(job_store=tmp_path / "jobs", model=str(tiny_model_dir), preload=False))
     job = app.submit_train(str(clip), "a red square", None, 2, 5e-4, 4, 2000, 2000, 0, "ddpm")
     d = app.store.job_dir(job.id)
     (d / "train").mkdir()
@@ -460,7 +493,7 @@ def test_each_generated_video_gets_a_motion_report_on_one_progress_bar(trained, 
         return update(jid, **fields)
 
     monkeypatch.setattr(app.store, "update", spy)
-    files, info = app.api_sample(job_id, "a blue circle", "", 0.3, 7, 2, 12, 1, 1, True)
+    files, info = Api(app).sample(job_id, "a blue circle", "", 0.3, 7, 2, 12, 1, 1, True)
     rep = info["videos"][0]["report"]
     assert rep["lora"]["motion_discrepancy"] >= 0 and rep["base"]["motion_discrepancy"] >= 0
     assert rep["tracker"] in ("lk", "cotracker3") and rep["verdict"] in ("closer", "same", "further")
@@ -473,7 +506,7 @@ def test_each_generated_video_gets_a_motion_report_on_one_progress_bar(trained, 
     assert any("motion LoRA" in ph for ph in phases) and any("base model" in ph for ph in phases)
     assert any("measuring the motion" in ph for ph in phases)
     # The page shows the same numbers, the sentence and the track picture; the seed box the seed used.
-    out = dict(zip(app.POLL_KEYS, app.poll(job_id, {}, None)))
+    out = dict(zip(Page.POLL_KEYS, Page(app).poll(job_id, {}, None)))
     assert rep["sentence"] in out["report"] and f"{rep['lora']['motion_discrepancy']:.4g}" in out["report"]
     assert f"{rep['base']['motion_discrepancy']:.4g}" in out["report"] and "unavailable" in out["report"]
     assert out["report_img"].endswith("report_0.png") and out["seed"] == 7
@@ -481,7 +514,7 @@ def test_each_generated_video_gets_a_motion_report_on_one_progress_bar(trained, 
 
 def test_buttons_seed_and_speed_say_what_is_true_after_a_run(trained):
     app, job_id = trained
-    out = dict(zip(app.POLL_KEYS, app.poll(job_id, {}, None, 400)))
+    out = dict(zip(Page.POLL_KEYS, Page(app).poll(job_id, {}, None, 400)))
     assert out["cancel"]["interactive"] is False and out["resume"]["interactive"] is False
     assert out["cancel_gen"]["interactive"] is False
     assert "s per step, measured" in out["status"]
@@ -491,14 +524,18 @@ def test_buttons_seed_and_speed_say_what_is_true_after_a_run(trained):
 def test_a_reopened_run_link_fills_the_reference_and_settings(trained):
     app, job_id = trained
     request = types.SimpleNamespace(query_params={"job": job_id})
-    out = app.ui_load({}, None, request=request)
-    current, _saved, _hist, _model, _timer, _sig, steps, lr, _s_steps, _guidance, *section1 = out
-    fields = dict(zip(app.RUN_FIELDS, section1))
-    assert current == job_id and steps == 2 and lr == 5e-4
+    out = Page(app).ui_load({}, None, request=request)
+    current, _saved, _hist, _model, _timer, _sig, *rest = out
+    n = len(Page.PRESET_FIELDS)
+    presets = dict(zip([k for k, _, _ in Page.PRESET_FIELDS], rest[:n]))
+    fields = dict(zip(Page.RUN_FIELDS, rest[n:]))
+    assert current == job_id and presets["steps"] == 2 and presets["lr"] == 5e-4
     assert fields["caption"] == "a red square moving right" and fields["video"].endswith("preview.mp4")
-    assert (fields["rank"], fields["lambda_ca"], fields["seed"], fields["objective"]) == (4, 2000, 0, "motion")
-    opened = app.ui_open(job_id, {})
-    assert opened[0] == job_id and opened[4:6] == (2, 5e-4) and opened[6].endswith("preview.mp4")
+    assert (presets["rank"], presets["lambda_ca"], presets["seed"], presets["objective"]) == (4, 2000, 0, "motion")
+    opened = Page(app).ui_open(job_id, {})
+    k = 4 + len(Page.TRAIN_PRESETS)
+    assert opened[0] == job_id and opened[4:6] == (2, 5e-4) and opened[6] == 4  # steps, lr, rank: the run's own
+    assert opened[k].endswith("preview.mp4")
 
 
 def test_every_app_flag_has_help():
@@ -517,7 +554,7 @@ def test_readme_names_the_button_as_the_page_does_and_its_screenshots_exist():
 
     from _app_server import REPO
 
-    ui, readme = (REPO / "app" / "ui.py").read_text(), (REPO / "README.md").read_text()
+    ui, readme = (REPO / "motion_app" / "ui.py").read_text(), (REPO / "README.md").read_text()
     label = re.search(r'start = gr\.Button\("([^"]+)"', ui).group(1)
     assert f"*{label}*" in readme
     shots = set(re.findall(r"docs/screenshots/[\w-]+\.(?:png|jpg)", readme))
@@ -550,7 +587,7 @@ def test_training_takes_the_models_own_defaults_under_the_pages_settings(tiny_mo
     side = json.loads((model / "motion_matcher.json").read_text())
     side["train"] = {"conv_targets": ["temp_convs"], "learning_rate": 1e-3}
     (model / "motion_matcher.json").write_text(json.dumps(side))
-    app = MotionApp(AppOptions(job_store=tmp_path / "jobs", model=str(model), preload=False)).start()
+    app = MotionService(AppOptions(job_store=tmp_path / "jobs", model=str(model), preload=False)).start()
     try:
         job = app.submit_train(str(clip), "a red square", None, 2, 5e-4, 4, 2000, 2000, 0, "motion")
         cfg = job.params["config"]
@@ -567,7 +604,7 @@ def test_the_page_shows_the_predicted_gpu_memory_before_a_run(make_app, monkeypa
     app = make_app()
     monkeypatch.setattr(preflight, "check_run", lambda source, cfg, device_gb=None: preflight.Prediction(
         9.13, 8.92, 24.0, "half weights + checkpointing", cfg.video.num_frames, cfg.video.height, True, "fits"))
-    text = app.estimate(None, 400)
+    text = Page(app).estimate(None, 400)
     assert "400 steps" in text
     assert "Predicted GPU memory: 9.1 GB to train, 8.9 GB to sample of this GPU's 24 GB" in text
 
@@ -575,6 +612,44 @@ def test_the_page_shows_the_predicted_gpu_memory_before_a_run(make_app, monkeypa
         raise preflight.MemoryFitError("needs about 51.5 GB. This fits: --grad-checkpointing on")
 
     monkeypatch.setattr(preflight, "check_run", too_big)
-    assert "**Will not fit this GPU:** needs about 51.5 GB. This fits" in app.estimate(None, 400)
+    assert "**Will not fit this GPU:** needs about 51.5 GB. This fits" in Page(app).estimate(None, 400)
     monkeypatch.setattr(preflight, "check_run", lambda source, cfg, device_gb=None: None)  # no GPU here
-    assert "GPU" not in app.estimate(None, 400)
+    assert "GPU" not in Page(app).estimate(None, 400)
+
+
+def test_the_api_and_the_page_give_a_model_the_same_defaults(tiny_model_dir, tmp_path, clip):
+    """Issue 17: the API's settings left out are the model's own, the values the page shows for that model (before,
+    /sample used the release's 75 steps and guidance 12 while the page showed the model's own)."""
+    import shutil
+
+    from motion_core.config import RunConfig, SampleConfig
+    from motion_core.models import model_defaults
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    side = json.loads((model / "motion_matcher.json").read_text())
+    side["train"] = {"steps": 2, "learning_rate": 1e-3, "rank": 2, "lambda_tsa": 1000.0}
+    side["sample"] = {"num_inference_steps": 2, "guidance_scale": 5.0, "beta": 0.4, "lora_scale": 0.8,
+                      "lora_cutoff": 0}
+    (model / "motion_matcher.json").write_text(json.dumps(side))
+    app = MotionService(AppOptions(job_store=tmp_path / "jobs", model=str(model), preload=False)).start()
+    try:
+        page, api = Page(app), Api(app)
+        shown = {key: value for (key, _, _), value in zip(Page.PRESET_FIELDS, page.presets(None))}
+        assert (shown["steps"], shown["lr"], shown["rank"], shown["lambda_tsa"]) == (2, 1e-3, 2, 1000.0)
+        assert (shown["sample_steps"], shown["guidance"], shown["beta"], shown["strength"]) == (2, 5.0, 0.4, 0.8)
+        st = api.train(str(clip), "a red square moving right")  # every setting left to the model
+        cfg = RunConfig.from_dict(app.store.load(st["job_id"]).params["config"])
+        for key, sec, name in Page.TRAIN_PRESETS:
+            assert getattr(getattr(cfg, sec), name) == shown[key], key
+        assert wait_done(app, st["job_id"]).state == DONE
+        _files, info = api.sample(st["job_id"], "a blue circle")
+        sc = SampleConfig.from_dict(app.store.load(info["job_id"]).params["config"])
+        for key, sec, name in Page.PRESET_FIELDS:
+            if sec == "sample":
+                assert getattr(sc, name) == shown[key], key
+        # All of it is the model's own (its cut-off too), with the seed drawn at random.
+        assert sc == SampleConfig.for_model(model_defaults(str(model)), {"seed": sc.seed}) and sc.seed is None
+        assert info["videos"][0]["seed"] >= 0
+    finally:
+        app.stop()

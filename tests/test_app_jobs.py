@@ -12,20 +12,9 @@ from pathlib import Path
 import pytest
 from _app_server import make_clip
 
-from app.jobs import (
-    CANCELLED,
-    DONE,
-    FAILED,
-    QUEUED,
-    RUNNING,
-    JobContext,
-    JobError,
-    JobStore,
-    Runner,
-    UploadError,
-    running,
-    user_message,
-)
+from motion_app.jobs import CANCELLED, DONE, FAILED, QUEUED, RUNNING, JobError, UploadError, user_message
+from motion_app.runner import JobContext, Runner, running
+from motion_app.store import JobStore
 
 
 def wait_for(pred, timeout=60.0, every=0.05):
@@ -212,13 +201,13 @@ def test_uploads_are_checked_for_type_size_and_content(store, clip, tmp_path):
 
 @pytest.fixture
 def make_app(tiny_model_dir, tmp_path):
-    from app.handlers import AppOptions, MotionApp
+    from motion_app.service import AppOptions, MotionService
 
     apps = []
 
     def make(**kw):
         opts = AppOptions(job_store=tmp_path / "jobs", model=str(tiny_model_dir), preload=False, **kw)
-        app = MotionApp(opts).start()
+        app = MotionService(opts).start()
         apps.append(app)
         return app
 
@@ -265,10 +254,10 @@ def test_bad_inputs_give_readable_errors_and_queue_nothing(make_app, clip, tmp_p
                 lambda_ca=2000, lambda_tsa=2000, seed=0, objective="motion")
     cases = [
         (dict(caption="   "), JobError, "Write a caption"),
-        (dict(steps=0), ConfigError, "steps must be between"),
+        (dict(steps=0), ConfigError, "steps must be in \\[1, 100000\\], got 0"),
         (dict(steps=2.5), ConfigError, "whole number"),
-        (dict(learning_rate=float("nan")), ConfigError, "learning rate"),
-        (dict(rank=10_000), ConfigError, "rank"),
+        (dict(learning_rate=float("nan")), ConfigError, "learning_rate must be in"),
+        (dict(rank=10_000), ConfigError, "LoRA rank must be in"),
         (dict(objective="magic"), ConfigError, "objective must be one of"),
         (dict(lambda_ca=0, lambda_tsa=0), ConfigError, "lambda_ca \\+ lambda_tsa"),
         (dict(model="/no/such/folder"), Exception, "no model folder"),

@@ -8,8 +8,8 @@ refresh, a closed tab, or an app restart. A hidden column holds the components o
 (``/train``, ``/status``, ``/cancel``, ``/sample``, ``/download`` and a few more), whose signatures stay
 stable whatever the page looks like.
 
-``build_ui(app)`` takes the handler object (``app.handlers.MotionApp``); ``THEME`` and ``CSS`` go to ``launch()``
-(Gradio 6 moved them there).
+``build_ui(service)`` takes the app's ``service.MotionService``; the page's events go to ``page.Page``, the
+endpoints to ``api.Api``. ``THEME`` and ``CSS`` go to ``launch()`` (Gradio 6 moved them there).
 """
 
 from __future__ import annotations
@@ -19,6 +19,10 @@ from typing import Any
 import gradio as gr
 
 from motion_core.config import OBJECTIVE_NAMES, LoraConfig, LossConfig, SampleConfig, TrainConfig
+
+from .api import Api
+from .examples import examples as bundled_examples
+from .page import Page
 
 THEME = gr.themes.Soft(primary_hue="indigo", secondary_hue="amber")
 CSS = """
@@ -56,20 +60,21 @@ BETA_INFO = ("Higher β starts generation from noise closer to the inverted refe
              "more faithfully, but more of the reference's look (colours, shapes, background) leaks in.")
 
 
-def build_ui(app: Any) -> gr.Blocks:
-    """The Blocks app for a ``MotionApp`` (see ``app.handlers``)."""
+def build_ui(service: Any) -> gr.Blocks:
+    """The Blocks app for a ``service.MotionService``."""
+    page, api = Page(service), Api(service)
     tr, lo, lc, sc = TrainConfig(), LoraConfig(), LossConfig(), SampleConfig()
-    examples = app.examples()
-    choices = app.model_choices()
-    locked = app.opts.lock_model
+    examples = bundled_examples()
+    choices = service.model_choices()
+    locked = service.opts.lock_model
 
     with gr.Blocks(title="MotionMatcher") as demo:
-        saved = gr.BrowserState({}, storage_key="motion-matcher-runs", secret=app.secret)
+        saved = gr.BrowserState({}, storage_key="motion-matcher-runs", secret=service.secret)
         # The run (training or uploaded LoRA) this page shows. A hidden Textbox, not a gr.State: State values stay
         # on the server, and the address-bar script below needs the id in the browser.
         current = gr.Textbox(visible=False, elem_id="mm-current")
         sig = gr.State({})  # what the page already shows, so polling sends only changes
-        timer = gr.Timer(app.opts.poll_seconds, active=False)
+        timer = gr.Timer(service.opts.poll_seconds, active=False)
 
         gr.Markdown(INTRO)
         history = gr.Dropdown(label="Your runs (in this browser)", choices=[], interactive=True,
@@ -197,53 +202,56 @@ def build_ui(app: Any) -> gr.Blocks:
                 push_md = gr.Markdown()
 
         # ----------------------------------------------------------------------------------- page events
-        # In MotionApp.POLL_KEYS order, then the timer and the signature.
+        # In Page.POLL_KEYS order, then the timer and the signature.
         poll_out = [status, progress, loss_plot, ca_img, tsa_img, downloads, gen_status, gen_progress, result,
                     report_md, report_img, gallery, model_md, estimate, cancel, resume, cancel_gen, sample_seed,
                     timer, sig]
         poll_in = [current, sig, model, steps]
-        section1 = [video, caption, rank, lca, ltsa, seed, objective]  # MotionApp.RUN_FIELDS
-        presets = [steps, lr, s_steps, guidance]
+        section1 = [video, caption]  # Page.RUN_FIELDS
+        # Page.PRESET_FIELDS: the model's own defaults (a reopened run: its own training settings first).
+        presets = [steps, lr, rank, lca, ltsa, seed, objective, s_steps, guidance, beta, strength, n_videos]
+        train_presets = presets[:len(Page.TRAIN_PRESETS)]
         private_ev: dict[str, Any] = {"api_visibility": "private"}
         run_out = [current, saved, history, timer, sig]
 
         def show_run(event: Any) -> None:
             """After an event that changes the run shown: poll once now, and put the run in the address bar."""
-            event.then(app.poll, poll_in, poll_out, show_progress="hidden", **private_ev) \
+            event.then(page.poll, poll_in, poll_out, show_progress="hidden", **private_ev) \
                 .then(None, [current], None, js=SET_URL_JS, **private_ev)
 
-        loaded = demo.load(app.ui_load, [saved, model], [current, saved, history, model_md, timer, sig, *presets,
+        loaded = demo.load(page.ui_load, [saved, model], [current, saved, history, model_md, timer, sig, *presets,
                                                          *section1], **private_ev)
         show_run(loaded)
-        loaded.then(app.estimate, [model, steps], estimate, **private_ev)
-        timer.tick(app.poll, poll_in, poll_out, show_progress="hidden", concurrency_limit=None,
+        loaded.then(page.estimate, [model, steps], estimate, **private_ev)
+        timer.tick(page.poll, poll_in, poll_out, show_progress="hidden", concurrency_limit=None,
                    **private_ev)
-        video.change(app.ui_preview, [video, model], [preview, preview_md], concurrency_limit=2,
+        video.change(page.ui_preview, [video, model], [preview, preview_md], concurrency_limit=2,
                      concurrency_id="ffmpeg", **private_ev)
-        example.input(app.ui_example, [example], [video, caption, prompt], **private_ev)
-        model.change(app.ui_model_changed, [model, steps], [model_md, estimate, *presets], **private_ev)
-        steps.change(app.estimate, [model, steps], estimate, show_progress="hidden", **private_ev)
-        show_run(start.click(app.ui_start, [video, caption, model, steps, lr, rank, lca, ltsa, seed, objective,
+        example.input(page.ui_example, [example], [video, caption, prompt], **private_ev)
+        model.change(page.ui_model_changed, [model, steps], [model_md, estimate, *presets], **private_ev)
+        steps.change(page.estimate, [model, steps], estimate, show_progress="hidden", **private_ev)
+        show_run(start.click(page.ui_start, [video, caption, model, steps, lr, rank, lca, ltsa, seed, objective,
                                             saved], run_out, concurrency_limit=2, concurrency_id="ffmpeg",
                              **private_ev))
-        cancel.click(app.ui_cancel, [current], [timer], **private_ev)
-        resume.click(app.ui_resume, [current], [timer], **private_ev)
-        show_run(history.input(app.ui_open, [history, saved], [current, saved, timer, sig, steps, lr, *section1],
+        cancel.click(page.ui_cancel, [current], [timer], **private_ev)
+        resume.click(page.ui_resume, [current], [timer], **private_ev)
+        show_run(history.input(page.ui_open, [history, saved], [current, saved, timer, sig, *train_presets, *section1],
                                **private_ev))
-        generate.click(app.ui_generate, [current, prompt, negative, beta, fixed_seed, sample_seed, s_steps,
+        generate.click(page.ui_generate, [current, prompt, negative, beta, fixed_seed, sample_seed, s_steps,
                                          guidance, strength, n_videos, compare], [timer], **private_ev)
-        cancel_gen.click(app.ui_cancel_generation, [current], [timer], **private_ev)
-        show_run(import_btn.click(app.ui_import, [lora_files, video, caption, model, saved], run_out,
+        cancel_gen.click(page.ui_cancel_generation, [current], [timer], **private_ev)
+        show_run(import_btn.click(page.ui_import, [lora_files, video, caption, model, saved], run_out,
                                   **private_ev))
-        push_btn.click(app.ui_push, [current, repo_id, token, private], [push_md], **private_ev)
+        push_btn.click(page.ui_push, [current, repo_id, token, private], [push_md], **private_ev)
 
-        _api_endpoints(app, tr, lo, lc, sc)
+        _api_endpoints(api)
     return demo
 
 
-def _api_endpoints(app: Any, tr: TrainConfig, lo: LoraConfig, lc: LossConfig, sc: SampleConfig) -> None:
-    """Hidden components and triggers for the named endpoints; parameter names come from the ``api_*``
-    signatures, defaults from these components' values (``docs/api.md`` shows a client session)."""
+def _api_endpoints(api: Any) -> None:
+    """Hidden components and triggers for the named endpoints; parameter names come from the ``api.Api``
+    method signatures. A setting's component starts empty (None): a client that leaves it out gets the model's
+    own value, the one the page shows (``docs/api.md`` shows a client session)."""
     with gr.Column(visible=False):
         job_id = gr.Textbox(label="job_id")
         as_json = gr.JSON(label="status")
@@ -251,22 +259,22 @@ def _api_endpoints(app: Any, tr: TrainConfig, lo: LoraConfig, lc: LossConfig, sc
         t_video = gr.File(label="video")
         t_caption = gr.Textbox(label="caption")
         t_model = gr.Textbox("", label="model")  # empty: the app's own model (its --model)
-        t_steps = gr.Number(tr.steps, label="steps", precision=0)
-        t_lr = gr.Number(tr.learning_rate, label="learning_rate")
-        t_rank = gr.Number(lo.rank, label="rank", precision=0)
-        t_lca = gr.Number(lc.lambda_ca, label="lambda_ca")
-        t_ltsa = gr.Number(lc.lambda_tsa, label="lambda_tsa")
-        t_seed = gr.Number(tr.seed, label="seed", precision=0)
-        t_objective = gr.Textbox(lc.objective, label="objective")
+        t_steps = gr.Number(None, label="steps", precision=0)
+        t_lr = gr.Number(None, label="learning_rate")
+        t_rank = gr.Number(None, label="rank", precision=0)
+        t_lca = gr.Number(None, label="lambda_ca")
+        t_ltsa = gr.Number(None, label="lambda_tsa")
+        t_seed = gr.Number(None, label="seed", precision=0)
+        t_objective = gr.Textbox(None, label="objective")
         # /sample
         s_prompt = gr.Textbox(label="prompt")
-        s_negative = gr.Textbox("", label="negative_prompt")
-        s_beta = gr.Number(sc.beta, label="beta")
-        s_seed = gr.Number(-1, label="seed", precision=0)
-        s_steps = gr.Number(sc.num_inference_steps, label="steps", precision=0)
-        s_guidance = gr.Number(sc.guidance_scale, label="guidance")
-        s_strength = gr.Number(sc.lora_scale, label="lora_strength")
-        s_n = gr.Number(1, label="num_videos", precision=0)
+        s_negative = gr.Textbox(None, label="negative_prompt")
+        s_beta = gr.Number(None, label="beta")
+        s_seed = gr.Number(None, label="seed", precision=0)
+        s_steps = gr.Number(None, label="steps", precision=0)
+        s_guidance = gr.Number(None, label="guidance")
+        s_strength = gr.Number(None, label="lora_strength")
+        s_n = gr.Number(None, label="num_videos", precision=0)
         s_compare = gr.Checkbox(True, label="compare_base")
         s_files = gr.File(label="videos", file_count="multiple")
         # /import_lora, /push_to_hub
@@ -280,14 +288,14 @@ def _api_endpoints(app: Any, tr: TrainConfig, lo: LoraConfig, lc: LossConfig, sc
         def endpoint(name: str, fn: Any, inputs: list[Any], outputs: Any, **kw: Any) -> None:
             gr.Button(visible=False).click(fn, inputs, outputs, api_name=name, **kw)
 
-        endpoint("train", app.api_train, [t_video, t_caption, t_model, t_steps, t_lr, t_rank, t_lca, t_ltsa,
+        endpoint("train", api.train, [t_video, t_caption, t_model, t_steps, t_lr, t_rank, t_lca, t_ltsa,
                                           t_seed, t_objective], as_json, concurrency_limit=2, concurrency_id="ffmpeg")
-        endpoint("status", app.api_status, [job_id], as_json, concurrency_limit=None)
-        endpoint("cancel", app.api_cancel, [job_id], as_json, concurrency_limit=None)
-        endpoint("resume", app.api_resume, [job_id], as_json)
+        endpoint("status", api.status, [job_id], as_json, concurrency_limit=None)
+        endpoint("cancel", api.cancel, [job_id], as_json, concurrency_limit=None)
+        endpoint("resume", api.resume, [job_id], as_json)
         # /sample waits for its job, which the single worker runs in turn; waiting costs a thread, not the GPU.
-        endpoint("sample", app.api_sample, [job_id, s_prompt, s_negative, s_beta, s_seed, s_steps, s_guidance,
+        endpoint("sample", api.sample, [job_id, s_prompt, s_negative, s_beta, s_seed, s_steps, s_guidance,
                                             s_strength, s_n, s_compare], [s_files, as_json], concurrency_limit=None)
-        endpoint("download", app.api_download, [job_id], d_files, concurrency_limit=None)
-        endpoint("import_lora", app.api_import_lora, [i_lora, i_video, t_caption, t_model], as_json)
-        endpoint("push_to_hub", app.api_push_to_hub, [job_id, h_repo, h_token, h_private], as_json)
+        endpoint("download", api.download, [job_id], d_files, concurrency_limit=None)
+        endpoint("import_lora", api.import_lora, [i_lora, i_video, t_caption, t_model], as_json)
+        endpoint("push_to_hub", api.push_to_hub, [job_id, h_repo, h_token, h_private], as_json)

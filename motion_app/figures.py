@@ -7,7 +7,7 @@
 - ``temporal_attention_picture``: frame-to-frame temporal attention as heat maps (the paper's figure 4), averaged
   over the picture and at the object's and the background's place.
 
-Works on numpy arrays only (the model run that produces the maps lives in ``app.work``). Uses matplotlib's
+Works on numpy arrays only (the model run that produces the maps lives in ``motion_app.media``). Uses matplotlib's
 object API, never pyplot: pyplot keeps global state that is not safe across the app's threads.
 """
 

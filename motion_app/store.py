@@ -1,20 +1,11 @@
-"""The on-disk job store and the single GPU worker: queue, progress, cancel, resume after a restart, cleanup.
-
-Every piece of GPU work (training, inversion + sampling, checking an uploaded LoRA) is a *job*: a folder
-``<store>/jobs/<id>/`` holding ``job.json`` (its state, written atomically), its inputs, checkpoints and results.
-One worker thread runs one job at a time, oldest first, so training and generation never share the GPU. The
-page never runs work itself: it submits a job and polls its state, so closing the tab stops nothing and
-reopening it (or a ``?job=<id>`` link) shows the job again.
+"""The on-disk job store: job folders, their records, paths that cannot leave them, served files, uploads.
 
 Because all state is on disk, an app restart loses nothing: on start-up a job found ``running`` (the app
 died under it) goes back to the queue and resumes from its last checkpoint; one that keeps killing the app is
 marked failed after a few attempts, so no job stays ``running`` forever. Cancelling touches a ``CANCEL`` file
 that the running job checks every step, which also works when the work runs in another process (ZeroGPU).
 
-Privacy: job ids are random (``secrets.token_urlsafe``), and every path is resolved and checked to stay inside
-its job folder, so one person cannot reach another's files or anything outside the store.
-
-This module knows nothing about torch or the model: ``app.work`` supplies one executor per job kind.
+This module knows nothing about torch, the model or Gradio.
 """
 
 from __future__ import annotations
@@ -22,107 +13,41 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import logging
+import math
 import os
-import re
 import secrets
 import shutil
-import tempfile
 import threading
 import time
-import traceback
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-log = logging.getLogger(__name__)
+from .jobs import (
+    CANCEL_FILE,
+    CANCELLED,
+    FAILED,
+    JOB_FILE,
+    JOB_ID_RE,
+    LOG_FILE,
+    QUEUED,
+    RUN_FOLDERS,
+    RUNNING,
+    SERVABLE_RE,
+    SERVED_DIR,
+    TERMINAL,
+    VIDEO_EXTENSIONS,
+    Job,
+    JobError,
+    UploadError,
+    atomic_write_text,
+    now,
+)
 
-QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
-TERMINAL = frozenset({DONE, FAILED, CANCELLED})
-# secrets.token_urlsafe(16) gives 22 characters of [A-Za-z0-9_-]; accept a little more for other id makers.
-JOB_ID_RE = re.compile(r"[A-Za-z0-9_-]{16,64}")
-JOB_FILE = "job.json"
-CANCEL_FILE = "CANCEL"
-LOG_FILE = "job.log"
-SERVED_DIR = "served"  # the only folder of the store the web server may hand out (see JobStore.serve)
-# What a user may download from a job: the LoRA and its config, generated videos, the motion-feature and
-# motion-report pictures, the preview. Everything else in a job folder (job.json, job.log, checkpoints, latents,
-# the upload) and in the store (browser_secret, speeds.json, runner.lock) is never served. Our own fixed pattern,
-# matched on our own names.
-SERVABLE_RE = re.compile(r"(?:train/)?(?:lora\.safetensors|config\.json)|(?:motion|base|pair)_\d{1,3}\.(?:mp4|gif)"
-                         r"|features/(?:cross|temporal)_attention\.png|preview\.mp4|report_\d{1,3}\.png")
-VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".m4v", ".webm", ".mkv", ".avi", ".gif"})
-LORA_EXTENSIONS = frozenset({".safetensors"})
+if TYPE_CHECKING:
+    from motion_core.rundir import RunDir
 
-
-class JobError(ValueError):
-    """A request about a job cannot be served (unknown id, bad path, bad upload); the message is for the user."""
-
-
-class UploadError(JobError):
-    """An uploaded file is refused (wrong type, too large, not a video); the message says why."""
-
-
-class JobCancelled(Exception):  # noqa: N818 - a control-flow signal, not an error
-    """Raised inside a job when the user cancelled it."""
-
-
-class RunnerStopped(Exception):  # noqa: N818
-    """Raised inside a job when the app is shutting down: the job goes back to the queue, not to 'cancelled'."""
-
-
-def now() -> float:
-    return time.time()
-
-
-@dataclass
-class Job:
-    """One unit of GPU work and everything the page needs to show it; saved as ``job.json``."""
-
-    id: str
-    kind: str  # "train", "sample", "import" (see app.work)
-    state: str = QUEUED
-    seq: int = 0  # queue order: creation time in ns, so the oldest job runs first
-    created: float = 0.0
-    updated: float = 0.0
-    started: float | None = None
-    finished: float | None = None
-    params: dict[str, Any] = field(default_factory=dict)
-    parent: str | None = None  # a sample job's training (or import) job
-    phase: str = "waiting"
-    progress: dict[str, Any] = field(default_factory=dict)  # step, total, loss, parts, steps_per_sec, eta_sec
-    message: str = ""  # what the user should read: why it failed, that it was resumed, ...
-    log_tail: list[str] = field(default_factory=list)  # last log lines, kept with a failure
-    results: dict[str, Any] = field(default_factory=dict)  # file names relative to the job folder, numbers
-    attempts: int = 0  # how many times a worker started it (restarts included)
-
-    @property
-    def terminal(self) -> bool:
-        return self.state in TERMINAL
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Job:
-        # Unknown keys are dropped so a store written by a newer version still loads.
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a file so that readers see the old or the new content, never a half-written one."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())  # a power cut after the rename must not leave an empty job.json
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+SPEEDS_FILE = "speeds.json"  # measured training speed per model, for the estimate before a run
 
 
 class JobStore:
@@ -187,6 +112,14 @@ class JobStore:
         if not p.is_file():
             raise JobError(f"job {job_id} has no file {os.fspath(rel)!r}")
         return p
+
+    def run_dir(self, job: Job) -> RunDir:
+        """The job's run folder (``RUN_FOLDERS``): the library's names for its LoRA, log, checkpoint, latents."""
+        from motion_core.rundir import RunDir  # lazy: it imports torch
+
+        if job.kind not in RUN_FOLDERS:
+            raise JobError(f"a {job.kind} job has no run folder")
+        return RunDir(self.job_dir(job.id) / RUN_FOLDERS[job.kind])
 
     def serve(self, job_id: str, rel: str) -> Path:
         """A result file of a job, as a path the web server may hand out: a hard link (a copy where the file
@@ -409,6 +342,22 @@ class JobStore:
                     d.unlink()
         return removed
 
+    # ------------------------------------------------------------------------------------------ speeds
+
+    def speeds(self) -> dict[str, float]:
+        """Measured training steps per second by model source, for the estimate shown before a run."""
+        try:
+            return {k: float(v) for k, v in json.loads((self.root / SPEEDS_FILE).read_text()).items()}
+        except (OSError, ValueError, AttributeError):
+            return {}
+
+    def record_speed(self, source: str, rate: float) -> None:
+        if rate > 0 and math.isfinite(rate):
+            speeds = self.speeds()
+            speeds[source] = rate
+            with contextlib.suppress(OSError):
+                atomic_write_text(self.root / SPEEDS_FILE, json.dumps(speeds, indent=1))
+
     # ----------------------------------------------------------------------------------------- uploads
 
     def check_upload(self, path: str | os.PathLike | None, allowed: frozenset[str], what: str) -> Path:
@@ -441,231 +390,3 @@ class JobStore:
         d.mkdir(parents=True)
         return d
 
-
-# ------------------------------------------------------------------------------------------------ runner
-
-
-def user_message(err: BaseException) -> str:
-    """What a failed job tells the user: the library's own readable messages as they are, a hint for
-    out-of-memory, and for anything unexpected the error's type and text (never a stack trace)."""
-    name = type(err).__name__
-    text = str(err).strip() or name
-    if name == "OutOfMemoryError" or isinstance(err, MemoryError):
-        return ("Out of memory. Try fewer frames or a smaller size, a lower LoRA rank, fewer videos at once, or a "
-                "machine with more (GPU) memory. The last checkpoint is kept. " + text[:300])
-    mod = type(err).__module__ or ""
-    if isinstance(err, ValueError) or mod.startswith(("motion_core", "app")):
-        return text[:2000]
-    return f"Internal error ({name}): {text[:500]}"
-
-
-Executor = Callable[["JobContext"], dict[str, Any] | None]
-
-
-class JobContext:
-    """What an executor sees of its job: parameters, folder, progress reporting and the stop checks."""
-
-    def __init__(self, runner: Runner, job: Job) -> None:
-        self.runner = runner
-        self.store = runner.store
-        self.job = job
-        self.id = job.id
-        self.dir = self.store.job_dir(job.id)
-        self._last_write = 0.0
-        self.progress_every = 0.5  # seconds: enough for a page polling once a second, cheap for fast steps
-
-    @property
-    def params(self) -> dict[str, Any]:
-        return self.job.params
-
-    def path(self, rel: str) -> Path:
-        return self.store.path_in(self.id, rel)
-
-    def log(self, line: str) -> None:
-        self.store.append_log(self.id, line)
-
-    def phase(self, name: str, **progress: Any) -> None:
-        self.check()
-        self.log(name)
-        self.job = self.store.update(self.id, phase=name, progress=progress)
-        self._last_write = time.monotonic()
-
-    def progress(self, force: bool = False, **fields: Any) -> None:
-        t = time.monotonic()
-        if force or t - self._last_write >= self.progress_every:
-            self.job = self.store.update(self.id, progress=fields)
-            self._last_write = t
-
-    def should_stop(self) -> bool:
-        return self.runner.stopping or self.store.cancel_requested(self.id)
-
-    def check(self) -> None:
-        """Raise at a safe point if the user cancelled or the app is shutting down."""
-        if self.store.cancel_requested(self.id):
-            raise JobCancelled
-        if self.runner.stopping:
-            raise RunnerStopped
-
-
-class Runner:
-    """One worker thread running queued jobs oldest first, one at a time.
-
-    ``warmup`` runs first in the worker thread (e.g. loading the model) so the page serves at once and the
-    first job does not pay for it; its error, if any, is kept in ``warmup_error`` for the page to show.
-    """
-
-    def __init__(self, store: JobStore, executors: dict[str, Executor], warmup: Callable[[], None] | None = None,
-                 cleanup_every_sec: float = 3600.0, idle_wait_sec: float = 1.0) -> None:
-        self.store = store
-        self.executors = dict(executors)
-        self.warmup = warmup
-        self.warmup_error: str | None = None
-        self.warmup_done = threading.Event()
-        self.cleanup_every_sec = cleanup_every_sec
-        self.idle_wait_sec = idle_wait_sec
-        self._wake = threading.Condition()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._lock_file: Any = None
-        self.current: str | None = None
-
-    @property
-    def stopping(self) -> bool:
-        return self._stop.is_set()
-
-    def start(self) -> Runner:
-        self._acquire_store_lock()
-        fixed = self.store.recover()
-        if fixed:
-            log.info("job store: %d job(s) left running by a previous app were fixed: %s", len(fixed), fixed)
-        removed = self.store.cleanup()
-        if removed:
-            log.info("job store: removed %d old job(s)", len(removed))
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="motion-matcher-worker", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self, timeout: float = 60.0) -> None:
-        """Stop the worker: a running job is interrupted at its next step and goes back to the queue."""
-        self._stop.set()
-        self.notify()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            if self._thread.is_alive():  # e.g. a model still loading: it stops at its next check
-                log.warning("the worker did not stop within %.0f s; it ends after its current step", timeout)
-        self._release_store_lock()
-
-    def _acquire_store_lock(self) -> None:
-        # Two apps on one store would both resume the same "running" job and corrupt its checkpoint.
-        try:
-            import fcntl
-        except ImportError:  # Windows: no advisory locks; one app per store is then the user's duty
-            return
-        f = open(self.store.root / "runner.lock", "a+")  # noqa: SIM115 - held open for the runner's lifetime
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as err:
-            f.close()
-            raise JobError(f"Another app is already using the job store {self.store.root}; give each app its own "
-                           "--job-store.") from err
-        self._lock_file = f
-
-    def _release_store_lock(self) -> None:
-        if self._lock_file is not None:
-            self._lock_file.close()  # closing releases the flock
-            self._lock_file = None
-
-    def submit(self, kind: str, params: dict[str, Any] | None = None, parent: str | None = None,
-               files: dict[str, str | os.PathLike] | None = None,
-               prepare: Callable[[Path], dict[str, Any] | None] | None = None) -> Job:
-        if kind not in self.executors:
-            raise JobError(f"unknown job kind {kind!r}")
-        job = self.store.create(kind, params, parent=parent, files=files, prepare=prepare)
-        self.store.append_log(job.id, f"queued ({kind})")
-        self.notify()
-        return job
-
-    def notify(self) -> None:
-        """Wake the worker: a job was queued (or re-queued) outside ``submit``."""
-        with self._wake:
-            self._wake.notify_all()
-
-    def cancel(self, job_id: str) -> Job:
-        return self.store.request_cancel(job_id)
-
-    def wait(self, job_id: str, timeout: float | None = None, poll: float = 0.2) -> Job:
-        """Block until the job is finished (for API calls that return results); returns its final state."""
-        end = None if timeout is None else time.monotonic() + timeout
-        while True:
-            job = self.store.load(job_id)
-            if job.terminal or (end is not None and time.monotonic() > end):
-                return job
-            time.sleep(poll)
-
-    # ------------------------------------------------------------------------------------------ worker
-
-    def _loop(self) -> None:
-        if self.warmup is not None:
-            try:
-                self.warmup()
-            except Exception as err:  # shown on the page; jobs will report the same error when they run
-                self.warmup_error = user_message(err)
-                log.warning("warm-up failed: %s", self.warmup_error)
-        self.warmup_done.set()
-        last_cleanup = time.monotonic()
-        while not self._stop.is_set():
-            job = next(iter(self.store.queued()), None)
-            if job is None:
-                if time.monotonic() - last_cleanup > self.cleanup_every_sec:
-                    last_cleanup = time.monotonic()
-                    with contextlib.suppress(OSError):
-                        self.store.cleanup()
-                with self._wake:
-                    self._wake.wait(self.idle_wait_sec)
-                continue
-            self._run(job)
-
-    def _run(self, job: Job) -> None:
-        store = self.store
-        try:
-            job = store.update(job.id, state=RUNNING, started=job.started or now(), attempts=job.attempts + 1,
-                               phase="starting", message="")
-        except JobError:  # removed meanwhile
-            return
-        self.current = job.id
-        store.append_log(job.id, f"started (attempt {job.attempts})")
-        ctx = JobContext(self, job)
-        try:
-            results = self.executors[job.kind](ctx) or {}
-        except JobCancelled:
-            progress = store.load(job.id, fresh=True).progress  # written by the job, maybe from another process
-            done = progress.get("step")
-            where = f" at step {done} of {progress.get('total')}" if done else ""
-            store.append_log(job.id, f"cancelled{where}")
-            store.finish(job.id, CANCELLED, f"Cancelled{where}. Work done so far is kept in its checkpoint.")
-        except RunnerStopped:
-            store.append_log(job.id, "paused: the app is shutting down")
-            store.update(job.id, state=QUEUED, phase="waiting",
-                         message="Paused because the app stopped; it resumes when the app starts again.")
-        except Exception as err:
-            msg = user_message(err)
-            log.error("job %s (%s) failed:\n%s", job.id, job.kind, traceback.format_exc())
-            store.append_log(job.id, f"ERROR: {msg.splitlines()[0] if msg else type(err).__name__}")
-            store.finish(job.id, FAILED, msg)
-        else:
-            store.append_log(job.id, "done")
-            note = str(results.pop("note", ""))  # e.g. "beta was ignored: no reference video"
-            store.finish(job.id, DONE, note, results)
-        finally:
-            self.current = None
-
-
-@contextlib.contextmanager
-def running(runner: Runner) -> Iterator[Runner]:
-    """``with running(Runner(...)) as r:``: start, and stop even when the block raises (tests, scripts)."""
-    runner.start()
-    try:
-        yield runner
-    finally:
-        runner.stop()

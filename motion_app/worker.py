@@ -1,9 +1,9 @@
 """What each job kind does with ``motion_core``: train a motion LoRA, generate videos, check an uploaded LoRA.
 
-The runner in ``app.jobs`` calls ``Worker.train``, ``Worker.sample`` and ``Worker.import_lora`` in its single
+The runner (``runner.Runner``) calls ``Worker.train``, ``Worker.sample`` and ``Worker.import_lora`` in its single
 worker thread, one job at a time, so the model (loaded once per source and kept in ``ModelCache``) is never
 used by two jobs at once. Everything a job needs is read from its folder, and everything it makes is written
-there, so a job resumes after an app restart from its files alone.
+there, so a job resumes after an app restart from its files alone. Pictures and video helpers: ``media``.
 
 On Hugging Face ZeroGPU (the ``spaces`` package importable and ``SPACES_ZERO_GPU`` set) the GPU parts run under
 ``@spaces.GPU``, which runs them in a short-lived worker process with a per-call time limit; training is then cut
@@ -16,75 +16,35 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
-import math
 import os
-import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from motion_core.attention import MotionFeatureExtractor
 from motion_core.config import RunConfig, SampleConfig, VideoConfig
-from motion_core.ddim import add_noise
-from motion_core.lora_io import base_model_warning, load_lora, read_lora
-from motion_core.models import (
-    DEFAULT_MODEL_DIR,
-    ModelLoadError,
-    T2VModel,
-    encode_prompt,
-    encode_video,
-    load_model,
-    read_sidecar,
-)
+from motion_core.lora_io import base_model_warning, load_lora
+from motion_core.models import T2VModel, encode_video, load_model
 from motion_core.report import motion_report, save_figure, tracks_figure
+from motion_core.rundir import CONFIG_FILE, LORA_FILE, RunDir
 from motion_core.sample import invert_cached, sample
-from motion_core.train import CHECKPOINT, LORA_FILE, CheckpointError, Progress, train_lora
-from motion_core.video import read_video, to_uint8, write_gif, write_mp4
+from motion_core.train import CheckpointError, Progress, train_lora
+from motion_core.video import read_video, write_gif, write_mp4
 
-from . import figures
-from .jobs import DONE, JobContext, JobError, JobStore, Runner, atomic_write_text
+from .jobs import DONE, JobError
+from .media import FEATURES, feature_pictures, side_by_side
+from .runner import JobContext, Runner
+from .store import JobStore
 
 log = logging.getLogger(__name__)
 
-LATENTS = "reference_latents.pt"
-PREVIEW = "preview.mp4"
-FEATURES = {"ca": "features/cross_attention.png", "tsa": "features/temporal_attention.png"}
-HUB_ID_RE = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
 # ----------------------------------------------------------------------------------------------- models
-
-
-def resolve_source(choice: str | None) -> str:
-    """The model a choice names: "default" (or empty) is the embedded model, as ``load_model`` reads it."""
-    choice = (choice or "").strip()
-    if choice in ("", "default"):
-        return os.environ.get("MOTION_MATCHER_MODEL") or str(DEFAULT_MODEL_DIR)
-    return choice
-
-
-def check_source(source: str) -> None:
-    """Cheap checks before a job is queued, so a typo fails at once and not after a wait in the queue."""
-    p = Path(source).expanduser()
-    if p.is_dir():
-        missing = [s for s in ("unet", "vae", "text_encoder", "tokenizer", "scheduler") if not (p / s).is_dir()]
-        if missing:
-            raise ModelLoadError(f"{source} is not a text-to-video model folder: it lacks {', '.join(missing)}.")
-        return
-    if source == str(DEFAULT_MODEL_DIR):
-        raise ModelLoadError(
-            f"The embedded model is not installed ({DEFAULT_MODEL_DIR} does not exist yet). Start the app with "
-            "--model pointing at a model folder or a Hugging Face id such as cerspense/zeroscope_v2_576w, or set "
-            "MOTION_MATCHER_MODEL.")
-    if source.startswith(("/", ".", "~")) or not HUB_ID_RE.fullmatch(source):
-        raise ModelLoadError(f"There is no model folder {source!r}, and it is not a Hugging Face id (owner/name).")
 
 
 class ModelCache:
@@ -112,34 +72,6 @@ class ModelCache:
         return self._models.get(source)
 
 
-def video_config_for(source: str, models: ModelCache | None = None, max_file_mb: float = 500.0,
-                     lora_meta: dict[str, Any] | None = None) -> VideoConfig:
-    """How a reference clip is read for this model: its sidecar's (or loaded model's) frames, fps and size; a
-    LoRA's own recorded values first when one is given; else the paper's 16 frames at 8 fps, 384 x 384."""
-    vd: dict[str, Any] = {}
-    p = Path(source).expanduser()
-    if p.is_dir():
-        vd = dict(read_sidecar(p).get("video", {}))
-    elif models is not None and models.peek(source) is not None:
-        vd = dict(models.peek(source).video_defaults)
-    meta = lora_meta or {}
-    vd.update({k: meta[k] for k in ("fps", "height", "width") if k in meta})
-    if "frames" in meta:
-        vd["num_frames"] = meta["frames"]
-    keys = ("num_frames", "fps", "height", "width")
-    cfg = VideoConfig(**{k: vd[k] for k in keys if k in vd}, max_file_mb=max_file_mb)
-    cfg.validate()
-    return cfg
-
-
-def model_defaults(source: str) -> dict[str, Any]:
-    """Optional app presets from the model folder's sidecar: ``{"train": {...}, "sample": {...}}`` with
-    TrainConfig / SampleConfig field names (e.g. fewer sampling steps for a small CPU model)."""
-    p = Path(source).expanduser()
-    side = read_sidecar(p) if p.is_dir() else {}
-    return {"train": dict(side.get("train", {})), "sample": dict(side.get("sample", {}))}
-
-
 # ------------------------------------------------------------------------------------------------- ZeroGPU
 
 
@@ -161,6 +93,11 @@ def _gpu_entry(method: str, *args: Any) -> Any:
     """Module-level so ZeroGPU can pickle a reference to it; the model stays in this module's globals."""
     assert _ACTIVE is not None, "no active Worker"
     return getattr(_ACTIVE, method)(*args)
+
+
+def _in_job(ctx: JobContext, path: Path) -> str:
+    """A file's name inside its job folder (what results and messages name)."""
+    return path.relative_to(ctx.dir).as_posix()
 
 
 # ------------------------------------------------------------------------------------------------- worker
@@ -185,7 +122,6 @@ class Worker:
             # worker process reaches this Worker through the module global, so the model is never pickled.
             _ACTIVE = self
             self._gpu = self.spaces.GPU(duration=gpu_seconds)(_gpu_entry)
-        self.speeds_path = store.root / "speeds.json"
 
     def _call(self, method: str, *args: Any) -> Any:
         return getattr(self, method)(*args)
@@ -201,22 +137,6 @@ class Worker:
         assert self.runner is not None, "Worker.runner is not set"
         return JobContext(self.runner, self.store.load(job_id, fresh=True))
 
-    # --------------------------------------------------------------------------------------- speeds
-
-    def speeds(self) -> dict[str, float]:
-        """Measured training steps per second by model source, for the estimate shown before a run."""
-        try:
-            return {k: float(v) for k, v in json.loads(self.speeds_path.read_text()).items()}
-        except (OSError, ValueError, AttributeError):
-            return {}
-
-    def _record_speed(self, source: str, rate: float) -> None:
-        if rate > 0 and math.isfinite(rate):
-            speeds = self.speeds()
-            speeds[source] = rate
-            with contextlib.suppress(OSError):
-                atomic_write_text(self.speeds_path, json.dumps(speeds, indent=1))
-
     # ----------------------------------------------------------------------------------------- train
 
     def train(self, ctx: JobContext) -> dict[str, Any]:
@@ -224,11 +144,11 @@ class Worker:
         cfg = RunConfig.from_dict(p["config"])
         ctx.phase("loading the model")
         self.models.get(p["model"])
-        if not ctx.path(LATENTS).is_file() or not ctx.path(FEATURES["ca"]).is_file():
+        run = self.store.run_dir(ctx.job)
+        if not run.reference_latents.is_file() or not ctx.path(FEATURES["ca"]).is_file():
             self._gpu("_prepare_call", ctx.id)  # done once: a resumed run finds both on disk
         total = cfg.train.steps
-        log_path = ctx.path("train/train_log.jsonl")  # one line per step done: where a resumed run stands
-        done = len(log_path.read_text().splitlines()) if log_path.is_file() else 0
+        done = run.steps_done()  # the training log says where a resumed run stands
         if done:
             ctx.log(f"resuming from step {done} of {total}")
         ctx.phase("training", step=done, total=total)
@@ -238,39 +158,37 @@ class Worker:
             else:
                 out = self._train_in_chunks(ctx, total)
         except CheckpointError as err:
-            raise JobError(self._set_aside(ctx, err)) from err
+            raise JobError(self._set_aside(ctx, run, err)) from err
         if out["cancelled"]:
             ctx.check()  # raises JobCancelled or RunnerStopped: the runner records which
-        self._record_speed(p["model"], out["steps_per_sec"])
-        lora = str(Path("train") / LORA_FILE)
-        return {"lora": lora, "config": "train/config.json", "steps": out["steps_done"],
+        self.store.record_speed(p["model"], out["steps_per_sec"])
+        return {"lora": _in_job(ctx, run.lora), "config": _in_job(ctx, run.config), "steps": out["steps_done"],
                 "seconds": round(out["seconds"], 1), "features": [v for v in FEATURES.values()
                                                                   if ctx.path(v).is_file()]}
 
-    def _set_aside(self, ctx: JobContext, err: CheckpointError) -> str:
+    def _set_aside(self, ctx: JobContext, run: RunDir, err: CheckpointError) -> str:
         """A damaged checkpoint is renamed (kept for a look, never deleted) so that Resume starts over; every
         other file of the job stays. Returns the message for the user, naming the file inside the job."""
-        rel = f"train/{CHECKPOINT}"
+        rel = _in_job(ctx, run.checkpoint)
         kept = f"{rel}.damaged"
         with contextlib.suppress(OSError):
-            os.replace(ctx.path(rel), ctx.path(kept))
+            os.replace(run.checkpoint, ctx.path(kept))
         return (f"This run's checkpoint {rel} is damaged or not from this run ({err.reason}). It was kept as {kept} "
                 "and the run's other files are untouched. Resume starts the training over from step 0.")
 
     def _prepare_call(self, job_id: str) -> None:
-        """The reference's latents (saved for training and inversion) and its motion feature pictures."""
+        """The reference as the model sees it and its latents (the run folder's, for training and inversion), and
+        its motion feature pictures."""
         ctx = self._ctx(job_id)
         p = ctx.params
         cfg = RunConfig.from_dict(p["config"])
         model = self.models.get(p["model"])
         ctx.phase("reading the video")
         frames = read_video(ctx.path(p["video"]), cfg.video)
-        z0 = encode_video(model, frames).cpu()
-        torch.save(z0, ctx.path(".latents.tmp"))
-        os.replace(ctx.path(".latents.tmp"), ctx.path(LATENTS))
+        z0 = self.store.run_dir(ctx.job).prepare_reference(model, frames, fps=cfg.video.fps)
         ctx.phase("computing the motion features")
         try:
-            self.feature_pictures(model, frames, z0, p["caption"], cfg, ctx.dir)
+            feature_pictures(model, frames, z0, p["caption"], cfg, ctx.dir)
         except Exception as err:  # pictures are a bonus: never let them stop the training
             log.warning("motion feature pictures failed for job %s: %s", ctx.id, err, exc_info=True)
             ctx.log(f"warning: no motion feature pictures ({type(err).__name__}: {err})")
@@ -293,7 +211,8 @@ class Worker:
         p = ctx.params
         cfg = RunConfig.from_dict(p["config"])
         model = self.models.get(p["model"])
-        z0 = torch.load(ctx.path(LATENTS), map_location=model.device, weights_only=True)
+        run = self.store.run_dir(ctx.job)
+        z0 = run.load_latents(model.device)
         phase, rate = ["training"], [0.0]
 
         def on_progress(pr: Progress) -> None:
@@ -310,39 +229,10 @@ class Worker:
             else:
                 ctx.progress(force=pr.step == pr.total, **fields)
 
-        res = train_lora(model, z0, p["caption"], ctx.path("train"), cfg, callback=on_progress,
+        res = train_lora(model, z0, p["caption"], run.path, cfg, callback=on_progress,
                          should_cancel=ctx.should_stop, resume=True, max_steps_this_call=max_steps)
         return {"steps_done": res.steps_done, "cancelled": res.cancelled, "done": res.lora_path is not None,
                 "seconds": res.seconds, "steps_per_sec": rate[0]}
-
-    @torch.no_grad()
-    def feature_pictures(self, model: T2VModel, frames: torch.Tensor, z0: torch.Tensor, caption: str,
-                         cfg: RunConfig, out_dir: Path) -> None:
-        """The reference's motion features as the extractor sees them at one noise level of the training range:
-        cross-attention maps of the caption's words over the frames, and temporal attention heat maps."""
-        lo, hi = cfg.loss.t_range(model.num_train_timesteps)
-        t = torch.tensor([lo + (hi - lo) // 4], device=model.device)  # noisy enough to be in range, clear enough
-        eps = torch.randn(z0.shape, generator=torch.Generator().manual_seed(0))
-        z_t = add_noise(model.scheduler, z0.float(), eps, t.cpu()).to(model.device)
-        text = encode_prompt(model, caption)
-        ext = MotionFeatureExtractor(model, cfg.loss.capture_blocks)
-        try:
-            feats = ext(z_t, t, text)
-        finally:
-            ext.remove()
-        ca = feats.ca[0].float().cpu().numpy()  # (F, HW, 77)
-        tsa = feats.tsa[0].float().cpu().numpy()  # (HW, F, F)
-        grid = _capture_grid(ext.blocks, z0.shape[3], z0.shape[4])
-        if grid is not None and grid[0] * grid[1] < ca.shape[1]:
-            hw = grid[0] * grid[1]  # several capture blocks are concatenated: picture the first one
-            ca, tsa = ca[:, :hw], tsa[:hw]
-        elif grid is not None and grid[0] * grid[1] != ca.shape[1]:
-            grid = None
-        tokens = model.tokenizer.tokenize(caption)[: ca.shape[2] - 2]
-        words = figures.caption_words(tokens)
-        rgb = to_uint8(frames)
-        figures.save(figures.cross_attention_picture(rgb, ca, words, grid), out_dir / FEATURES["ca"])
-        figures.save(figures.temporal_attention_picture(tsa, ca, words), out_dir / FEATURES["tsa"])
 
     # ---------------------------------------------------------------------------------------- sample
 
@@ -362,20 +252,19 @@ class Worker:
         ctx.phase("loading the LoRA")
         meta = load_lora(self.store.file_in(parent.id, parent.results["lora"]), model)
         warning = base_model_warning(meta, model)
-        cfg = SampleConfig(num_inference_steps=int(p["steps"]), guidance_scale=float(p["guidance"]),
-                           beta=float(p["beta"]), lora_scale=float(p["lora_strength"]),
-                           negative_prompt=p.get("negative_prompt") or "", seed=p.get("seed"),
-                           num_videos=int(p["num_videos"]),
-                           # the model's own cut-off (its sidecar's sample section), else the release's 500
-                           lora_cutoff=int(model.sample_defaults.get("lora_cutoff", SampleConfig().lora_cutoff)))
-        cfg.validate()
+        if "config" not in p:
+            raise JobError("This generation was queued by an older version of the app; generate again.")
+        cfg = SampleConfig.from_dict(p["config"])  # resolved when it was queued: the model's own, then the user's
 
         # One progress bar for the whole request (inversion, LoRA videos, base videos, writing, motion report): each
         # phase is named and the step count runs on from where the last one stopped, never back to 0.
         compare = bool(p.get("compare_base", True))
         runs = cfg.num_videos * (2 if compare else 1)
-        z_path = self.store.job_dir(parent.id) / LATENTS
-        has_ref = z_path.is_file()
+        run = self.store.run_dir(parent)
+        z0 = run.load_latents(model.device)
+        if z0 is None and parent.kind == "train":  # a run made when the latents lay beside train/, not in it
+            z0 = RunDir(self.store.job_dir(parent.id)).load_latents(model.device)
+        has_ref = z0 is not None
         n_steps = cfg.num_inference_steps
         total = (n_steps if has_ref else 0) + runs * n_steps + 2 * cfg.num_videos  # + writing, + report per video
         offset = [0]
@@ -388,18 +277,16 @@ class Worker:
             ctx.phase(name, step=offset[0], total=total)
 
         eps_inv, latent_shape, note = None, None, ""
+        # The clip the LoRA was made for: its own record first, then the model's (VideoConfig.for_model).
+        vcfg = VideoConfig.for_model(model, {"num_frames": meta.get("frames"), "fps": meta.get("fps"),
+                                             "height": meta.get("height"), "width": meta.get("width")})
         if has_ref:
-            z0 = torch.load(z_path, map_location=model.device, weights_only=True)
             phase("inverting the reference")
-            cache = self.store.job_dir(parent.id) / "inversion"
-            eps_inv = invert_cached(model, z0, n_steps, cache, callback=progress)
+            eps_inv = invert_cached(model, z0, n_steps, run.inversion_cache, callback=progress,
+                                    with_lora=cfg.invert_with_lora)
             offset[0] += n_steps  # also when the cache answered at once
         else:
-            vs = model.vae_scale
-            vd = model.video_defaults
-            latent_shape = (int(meta.get("frames", vd.get("num_frames", 16))),
-                            int(meta.get("height", vd.get("height", 256))) // vs,
-                            int(meta.get("width", vd.get("width", 256))) // vs)
+            latent_shape = (vcfg.num_frames, vcfg.height // model.vae_scale, vcfg.width // model.vae_scale)
             note = "Note: β was not used: this LoRA came without its reference video, so sampling starts from noise."
         phase("generating with the motion LoRA")
         res = sample(model, p["prompt"], cfg, eps_inv=eps_inv, latent_shape=latent_shape, use_lora=True,
@@ -412,7 +299,7 @@ class Worker:
                           latent_shape=latent_shape, use_lora=False, callback=progress)
             offset[0] += cfg.num_videos * n_steps
         phase("writing the videos")
-        fps = float(meta.get("fps") or model.video_defaults.get("fps") or 8.0)
+        fps = vcfg.fps
         videos = []
         for i, seed in enumerate(res.seeds):
             item: dict[str, Any] = {"seed": seed, "lora": f"motion_{i}.mp4"}
@@ -474,71 +361,20 @@ class Worker:
         ctx = self._ctx(job_id)
         p = ctx.params
         model = self.models.get(p["model"])
+        run = self.store.run_dir(ctx.job)  # the job folder itself: lora.safetensors, config.json, latents
         ctx.phase("checking the LoRA")
-        meta = load_lora(ctx.path(LORA_FILE), model)  # LoraFileError says why a file does not fit this model
+        meta = load_lora(run.lora, model)  # LoraFileError says why a file does not fit this model
         warning = base_model_warning(meta, model)
         if warning:
             ctx.log(f"warning: {warning}")
         if p.get("video"):
             ctx.phase("reading the video")
             vcfg = VideoConfig.from_dict(p["video_config"])
-            z0 = encode_video(model, read_video(ctx.path(p["video"]), vcfg)).cpu()
-            torch.save(z0, ctx.path(".latents.tmp"))
-            os.replace(ctx.path(".latents.tmp"), ctx.path(LATENTS))
+            run.save_latents(encode_video(model, read_video(ctx.path(p["video"]), vcfg)))
         out: dict[str, Any] = {"lora": LORA_FILE, "meta": meta}
-        if ctx.path("config.json").is_file():
-            out["config"] = "config.json"
+        if run.config.is_file():
+            out["config"] = CONFIG_FILE
         if warning:
             out["note"] = f"Warning: {warning}"
         return out
-
-
-def _capture_grid(blocks: tuple[str, ...], h: int, w: int) -> tuple[int, int] | None:
-    """The attention map size of the first capture block: each down block before it halves the latent size."""
-    m = re.fullmatch(r"down_blocks\.(\d+)", blocks[0]) if blocks else None
-    if m is None:
-        return None
-    k = int(m.group(1))
-    return max(1, h >> k), max(1, w >> k)
-
-
-# ----------------------------------------------------------------------------------------- video helpers
-
-
-def side_by_side(a: torch.Tensor, b: torch.Tensor, labels: tuple[str, str] = ("motion LoRA", "base model"),
-                 min_side: int = 192) -> np.ndarray:
-    """Two clips (F, 3, H, W) next to each other, labelled, enlarged by a whole factor (nearest neighbour, so
-    small models' pixels stay crisp) until the shorter side reaches ``min_side``. Returns uint8 (F, H', W', 3)."""
-    from PIL import Image, ImageDraw, ImageFont
-
-    x, y = to_uint8(a), to_uint8(b)
-    n, h, w, _ = x.shape
-    k = max(1, math.ceil(min_side / min(h, w)))
-    x = x.repeat(k, axis=1).repeat(k, axis=2)
-    y = y.repeat(k, axis=1).repeat(k, axis=2)
-    gap, strip = 6, 20
-    out = np.full((n, h * k + strip, 2 * w * k + gap, 3), 255, np.uint8)
-    out[:, strip:, : w * k] = x
-    out[:, strip:, w * k + gap:] = y
-    banner = Image.new("RGB", (out.shape[2], strip), "white")
-    draw = ImageDraw.Draw(banner)
-    font = ImageFont.load_default()
-    for i, text in enumerate(labels):
-        draw.text((i * (w * k + gap) + 4, 4), text, fill=(0, 0, 0), font=font)
-    out[:, :strip] = np.asarray(banner)
-    return out
-
-
-def lora_meta_of(path: str | os.PathLike) -> dict[str, Any]:
-    """The metadata of a LoRA file (no model needed); ``LoraFileError`` for files that are not ours."""
-    return read_lora(path)[1]
-
-
-def write_preview(path_in: str | os.PathLike, vcfg: VideoConfig, out: Path) -> torch.Tensor:
-    """Read the clip as training will and write it as an MP4 (what the page shows as 'as the model sees it')."""
-    frames = read_video(path_in, vcfg)
-    k = max(1, math.ceil(192 / min(vcfg.height, vcfg.width)))  # tiny clips are enlarged to be visible
-    big = to_uint8(frames).repeat(k, axis=1).repeat(k, axis=2) if k > 1 else frames
-    write_mp4(big, out, vcfg.fps)
-    return frames
 
