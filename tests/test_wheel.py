@@ -30,8 +30,14 @@ def test_wheel_installs_outside_the_checkout_and_trains_and_samples_with_the_emb
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MOTION_MATCHER_MODEL", "VIRTUAL_ENV")}
     env.update(PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_PROGRESS_BAR="off", OMP_NUM_THREADS="1")
     # 1. The wheel: the library, the app and the assets; not the research harness, not the tests.
+    # Built from a copy: setuptools' build/ folder in the checkout may hold files of an older build (a renamed
+    # package), which a wheel built there would carry; and the build must not write into the checkout.
+    src = tmp_path / "src"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "dist", "runs", "jobs", "checkpoints", "tmp", "*.egg-info", "__pycache__",
+        ".pytest_cache", ".ruff_cache"))
     dist = tmp_path / "dist"
-    _run([sys.executable, "-m", "pip", "wheel", str(ROOT), "-w", str(dist), "--no-deps", "-q"], tmp_path, env)
+    _run([sys.executable, "-m", "pip", "wheel", str(src), "-w", str(dist), "--no-deps", "-q"], tmp_path, env)
     (wheel,) = dist.glob("motion_matcher-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "motion_core/assets/shapes-t2v/unet/diffusion_pytorch_model.safetensors" in names
