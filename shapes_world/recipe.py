@@ -100,20 +100,24 @@ def build_model(seed: int = 0, unet_channels: tuple[int, ...] = (32, 64, 64), un
                     torch.float32, sample, train_defaults=train)
 
 
-def _render(first: int, n: int, seed: int, world_name: str = "paths") -> tuple[np.ndarray, list[str]]:
+def _render(first: int, n: int, seed: int, world_name: str = "paths") -> tuple[np.ndarray, list[str], np.ndarray]:
     module, frames, side = WORLDS[world_name]
     clips = list(module.iter_dataset(n, seed=seed, frames=frames, height=side, width=side, first=first))
-    return np.stack([c.frames for c in clips]), [c.caption for c in clips]
+    return (np.stack([c.frames for c in clips]), [c.caption for c in clips],
+            np.stack([c.masks.any(axis=0) for c in clips]))
 
 
-def make_data(n: int, seed: int, workers: int = 1, world_name: str = "paths") -> tuple[np.ndarray, list[str]]:
-    """Clips 0 to n-1 of the seed as (n, F, H, W, 3) uint8 and their captions; the same for any ``workers``."""
+def make_data(n: int, seed: int, workers: int = 1, world_name: str = "paths"
+              ) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """Clips 0 to n-1 of the seed as (n, F, H, W, 3) uint8, their captions and where any object is, (n, F, H, W)
+    bool; the same for any ``workers``."""
     if workers <= 1 or n < 2 * workers:
         return _render(0, n, seed, world_name)
     bounds = np.linspace(0, n, workers + 1).astype(int)
     with concurrent.futures.ProcessPoolExecutor(workers) as pool:
         parts = list(pool.map(_render, bounds[:-1], np.diff(bounds), [seed] * workers, [world_name] * workers))
-    return np.concatenate([f for f, _ in parts]), [c for _, caps in parts for c in caps]
+    return (np.concatenate([f for f, _, _ in parts]), [c for _, caps, _ in parts for c in caps],
+            np.concatenate([m for _, _, m in parts]))
 
 
 def _to_tensor(frames_u8: np.ndarray) -> torch.Tensor:
@@ -357,6 +361,10 @@ def main(argv: list[str] | None = None) -> None:
                     help="UNet block widths of a fresh run (three multiples of 16; the shipped model: 32,64,64)")
     ap.add_argument("--unet-layers", type=int, default=1, help="UNet layers per block of a fresh run")
     ap.add_argument("--resume-vae", default=None, help="reuse the VAE of an earlier run's folder")
+    ap.add_argument("--object-weight", type=float, default=0.0,
+                    help="VAE and decoder stages: weigh the objects' pixels (and a 1-pixel rim) 1 + this in the "
+                         "reconstruction loss (0 = uniform); 9 lifts the VAE's own prompt-following ceiling "
+                         "(docs/results.md)")
     ap.add_argument("--decoder-minutes", type=float, default=10.0,
                     help="final stage: fine-tune the VAE decoder alone (the latent space stays fixed)")
     ap.add_argument("--continue-from", default=None,
@@ -390,7 +398,8 @@ def main(argv: list[str] | None = None) -> None:
         return _continue(Path(args.continue_from), out, args)
     t_all = time.time()
     log: list[dict] = []
-    frames, captions = make_data(args.clips, args.seed, args.workers, args.world)  # render before CUDA: workers fork
+    frames, captions, masks = make_data(args.clips, args.seed, args.workers, args.world)  # before CUDA: workers fork
+    weights = object_weights(masks, args.object_weight) if args.object_weight > 0 else None
     channels = tuple(int(c) for c in args.unet_channels.split(","))
     model = build_model(args.seed, channels, args.unet_layers, args.world)
     for m in (model.unet, model.vae, model.text_encoder):
@@ -408,7 +417,7 @@ def main(argv: list[str] | None = None) -> None:
         model.vae.eval().requires_grad_(False)
         info["vae_from"] = args.resume_vae
     else:
-        info.update(train_vae(model.vae, frames, args.vae_minutes, args.seed, log))
+        info.update(train_vae(model.vae, frames, args.vae_minutes, args.seed, log, weights=weights))
     raw = encode_all(model.vae, frames)
     scale = float(1.0 / raw.std())
     model.vae.register_to_config(scaling_factor=scale)  # unit-variance latents, as SD's 0.18215 does for its VAE
@@ -420,7 +429,7 @@ def main(argv: list[str] | None = None) -> None:
     info["params"] = {k: sum(p.numel() for p in getattr(model, k).parameters())
                       for k in ("unet", "vae", "text_encoder")}
     if args.decoder_minutes > 0:
-        info.update(finetune_decoder(model.vae, frames, args.decoder_minutes, args.seed, log))
+        info.update(finetune_decoder(model.vae, frames, args.decoder_minutes, args.seed, log, weights=weights))
     info["wall_seconds"] = round(time.time() - t_all, 1)
     save_model(model, out)
     (out / "training_info.json").write_text(json.dumps({"info": info, "log": log}, indent=1))
@@ -436,7 +445,8 @@ def _continue(src: Path, out: Path, args: argparse.Namespace) -> None:
     rec = json.loads((src / "training_info.json").read_text())
     info, log = rec["info"], rec["log"]
     # the world a model was trained on is its own (records from before the second world name none: the first)
-    frames, captions = make_data(args.clips, args.seed, args.workers, info.get("world", "shapes"))
+    frames, captions, masks = make_data(args.clips, args.seed, args.workers, info.get("world", "shapes"))
+    weights = object_weights(masks, args.object_weight) if args.object_weight > 0 else None
     model = load_model(src, device=args.device, dtype="float32")
     latents = encode_all(model.vae, frames) * model.vae.config.scaling_factor
     done = int(info.get("unet_steps", 0))
@@ -450,7 +460,7 @@ def _continue(src: Path, out: Path, args: argparse.Namespace) -> None:
     info["unet_seconds"] = round(info.get("unet_seconds", 0) + more["unet_seconds"], 1)
     info["unet_loss_ema"] = more["unet_loss_ema"]
     if args.decoder_minutes > 0:
-        _add_decoder(info, finetune_decoder(model.vae, frames, args.decoder_minutes, args.seed, log))
+        _add_decoder(info, finetune_decoder(model.vae, frames, args.decoder_minutes, args.seed, log, weights=weights))
     info["wall_seconds"] = round(info.get("wall_seconds", 0) + time.time() - t0, 1)
     info.setdefault("continued", []).append({"from": str(src), "clips": args.clips, "unet_minutes": args.unet_minutes,
                                              "decoder_minutes": args.decoder_minutes,
@@ -522,10 +532,12 @@ def _decoder_only(out: Path, args: argparse.Namespace) -> None:
 
     t0 = time.time()
     rec = json.loads((out / "training_info.json").read_text())
-    frames, _ = make_data(args.clips, args.seed, args.workers, rec["info"].get("world", "shapes"))
+    frames, _, masks = make_data(args.clips, args.seed, args.workers, rec["info"].get("world", "shapes"))
+    weights = object_weights(masks, args.object_weight) if args.object_weight > 0 else None
     model = load_model(out, device=args.device, dtype="float32")
     info = rec["info"]
-    _add_decoder(info, finetune_decoder(model.vae, frames, args.decoder_minutes, args.seed, rec["log"]))
+    _add_decoder(info, finetune_decoder(model.vae, frames, args.decoder_minutes, args.seed, rec["log"],
+                                        weights=weights))
     info["wall_seconds"] = round(info["wall_seconds"] + time.time() - t0, 1)
     info.setdefault("continued", []).append({"from": str(out), "clips": args.clips, "decoder_only": True,
                                              "unet_minutes": 0, "decoder_minutes": args.decoder_minutes,

@@ -193,9 +193,9 @@ def test_model_size_options_and_parallel_rendering():
     assert len(model.unet.down_blocks[1].resnets) == 2
     with pytest.raises(ValueError, match="multiples of 16"):
         recipe.build_model(0, (30, 64, 64))
-    f1, c1 = recipe.make_data(6, seed=3)
-    f2, c2 = recipe.make_data(6, seed=3, workers=3)
-    assert np.array_equal(f1, f2) and c1 == c2
+    f1, c1, m1 = recipe.make_data(6, seed=3)
+    f2, c2, m2 = recipe.make_data(6, seed=3, workers=3)
+    assert np.array_equal(f1, f2) and c1 == c2 and np.array_equal(m1, m2) and m1.shape == f1.shape[:-1] and m1.any()
 
 
 def test_replay_runs_the_recorded_commands_again(tmp_path):
@@ -218,3 +218,12 @@ def test_replay_runs_the_recorded_commands_again(tmp_path):
     (out / "training_info.json").write_text(json.dumps({"info": first, "log": []}))
     with pytest.raises(SystemExit, match="before commands were recorded"):
         recipe.main(["--replay", str(out / "training_info.json"), "--out", str(tmp_path / "x")])
+
+
+def test_object_weights_weigh_the_object_and_its_rim_only():
+    masks = np.zeros((1, 2, 8, 8), dtype=bool)
+    masks[0, 0, 3:5, 3:5] = True  # a 2 x 2 object in frame 0, none in frame 1
+    w = recipe.object_weights(masks, 9.0)
+    assert w.shape == masks.shape and w.dtype == np.float32
+    assert (w[0, 0, 2:6, 2:6] == 10).all()  # the object grown by one pixel
+    assert w[0, 0].sum() == 64 + 9 * 16 and (w[0, 1] == 1).all()
