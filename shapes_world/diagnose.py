@@ -26,6 +26,7 @@ its scores bound what the base model can reach with this VAE and detector.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -35,7 +36,7 @@ from motion_core.models import T2VModel, decode_latents, encode_video, load_mode
 from motion_core.sample import sample
 from motion_core.video import frames_from_array, to_uint8
 
-from . import evaluate, world
+from . import evaluate, examples, paths, world
 
 CASES = [("circle", "red", "plain", "grey"), ("star", "blue", "plain", "white"),
          ("square", "green", "striped", "black"), ("triangle", "yellow", "dotted", "grey")]
@@ -144,12 +145,19 @@ def feature_sensitivity(model: T2VModel, timesteps: tuple[int, ...] = (550, 700,
 
 
 @torch.no_grad()
-def ceiling(model: T2VModel, n: int = 40, seed: int = 20_000) -> dict[str, dict]:
-    """Prompt-following scores of the prompts' own renders, as rendered and after the VAE (encode, decode)."""
+def ceiling(model: T2VModel, n: int = 40, seed: int = 20_000, world_name: str = "shapes") -> dict[str, dict]:
+    """Prompt-following scores of the prompts' own renders, as rendered and after the VAE (encode, decode): what
+    the base model could reach at best with this VAE and judge. ``world_name`` "paths": the second world, with the
+    prompts of ``card.prompt_following`` (same seed, same prompts); else the first world's."""
     rows: dict[str, list[dict]] = {"rendered": [], "vae": []}
-    for spec in evaluate.prompt_specs(model, n, seed):
-        frames = world.render(spec).frames
-        prompt = world.caption(spec)
+    if world_name == "paths":
+        rng = np.random.default_rng(seed)
+        clips = [paths.render(paths.sample_spec(rng)) for _ in range(n)]
+    else:
+        clips = [world.render(spec) for spec in evaluate.prompt_specs(model, n, seed)]
+    for clip in clips:
+        frames = clip.frames
+        prompt = clip.caption
         rows["rendered"].append(evaluate.judge_clip(frames, prompt))
         recon = decode_latents(model, encode_video(model, frames_from_array(frames)))[0]
         rows["vae"].append(evaluate.judge_clip(to_uint8(recon), prompt))
@@ -170,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     model = load_model(args.model, device="cpu")
     if args.ceiling:
         print("| clips | object colour | shape | one coherent object | background colour |\n|---|---|---|---|---|")
-        for name, r in ceiling(model).items():
+        for name, r in ceiling(model, world_name=examples.model_world(Path(model.source))).items():
             print(f"| {name} | {r['colour_acc']:.0%} | {r['shape_acc']:.0%} | {r['coherent']:.0%} | "
                   f"{r['bg_colour_acc']:.0%} |")
         return

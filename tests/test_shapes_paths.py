@@ -170,3 +170,14 @@ def test_examples_follow_the_embedded_models_world(tmp_path):
     listing = json.loads((tmp_path / "ex" / "examples.json").read_text())
     assert [e["motion"] for e in listing] == [r[4] for r in ladder.REFERENCES[:6]]
     assert listing[0]["caption"] == "a red circle on a plain grey background"
+
+
+def test_vae_ceiling_of_the_paths_world_uses_the_cards_prompts(tiny_model):
+    from shapes_world import card, diagnose
+
+    res = diagnose.ceiling(tiny_model, n=3, world_name="paths")
+    prompts = [r["prompt"] for r in res["rendered"]["rows"]]
+    rng = np.random.default_rng(20_000)
+    assert prompts == [paths.caption(paths.sample_spec(rng)) for _ in range(3)]
+    assert res["rendered"]["colour_acc"] == 1.0 and res["rendered"]["coherent"] == 1.0  # the judge reads renders
+    assert card.prompt_following.__defaults__[-1] == 20_000  # the card's prompts come from the same seed
