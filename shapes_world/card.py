@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from motion_core.config import SampleConfig
+from motion_core.config import SampleConfig, VideoConfig
 from motion_core.lora_io import load_lora, remove_lora
 from motion_core.models import T2VModel, decode_latents, encode_video, load_model
 from motion_core.sample import invert_cached, sample
@@ -48,7 +48,7 @@ from .evaluate import following_scores, judge_clip
 
 def vae_psnr(model: T2VModel, n_clips: int = 40, seed: int = 10_000) -> float:
     """Mean PSNR (dB) of VAE round trips of clips of a seed the training data did not use."""
-    vd = model.video_defaults
+    vd = VideoConfig.for_model(model).to_dict()
     vals = []
     for c in paths.iter_dataset(n_clips, seed=seed, frames=int(vd["num_frames"]), height=int(vd["height"]),
                                 width=int(vd["width"])):
@@ -60,7 +60,7 @@ def vae_psnr(model: T2VModel, n_clips: int = 40, seed: int = 10_000) -> float:
 
 def prompt_following(model: T2VModel, n: int = 40, seed: int = 20_000) -> dict:
     """The base model at beta 0 on the captions of n random clips: colour, shape, coherence, background."""
-    vd = model.video_defaults
+    vd = VideoConfig.for_model(model).to_dict()
     shape = (int(vd["num_frames"]), int(vd["height"]) // model.vae_scale, int(vd["width"]) // model.vae_scale)
     own = ladder.default_config(model).sample.to_dict()  # the model's steps and guidance
     rng = np.random.default_rng(seed)

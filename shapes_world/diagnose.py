@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from motion_core.config import SampleConfig
+from motion_core.config import SampleConfig, VideoConfig
 from motion_core.models import T2VModel, decode_latents, encode_video, load_model
 from motion_core.sample import sample
 from motion_core.video import frames_from_array, to_uint8
@@ -43,7 +43,7 @@ CASES = [("circle", "red", "plain", "grey"), ("star", "blue", "plain", "white"),
 
 
 def _size(model: T2VModel) -> dict:
-    vd = model.video_defaults
+    vd = VideoConfig.for_model(model).to_dict()
     return {"frames": int(vd["num_frames"]), "height": int(vd["height"]), "width": int(vd["width"])}
 
 

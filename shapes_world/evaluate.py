@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from motion_core.config import RunConfig, SampleConfig
+from motion_core.config import RunConfig, SampleConfig, VideoConfig
 from motion_core.eval.metrics import trajectory_distance
 from motion_core.lora_io import remove_lora
 from motion_core.models import T2VModel, decode_latents, encode_video, load_model
@@ -82,7 +82,7 @@ class Settings:
 
 def vae_psnr(model: T2VModel, n_clips: int, seed: int = 10_000) -> float:
     """Mean PSNR (dB) of VAE reconstructions of held-out clips (seed unused by the training data)."""
-    vd = model.video_defaults
+    vd = VideoConfig.for_model(model).to_dict()
     clips = world.generate_dataset(n_clips, seed=seed, frames=int(vd["num_frames"]), height=int(vd["height"]),
                                    width=int(vd["width"]))
     vals = []
@@ -106,7 +106,7 @@ def track_distance(a: detector.Track, b: detector.Track, size: float) -> float:
 def prompt_specs(model: T2VModel, n: int, seed: int = 20_000) -> list[world.ClipSpec]:
     """The single-object clips whose captions are the prompt-following prompts (same seed: same prompts)."""
     rng = np.random.default_rng(seed)
-    return [world.sample_spec(rng, frames=int(model.video_defaults["num_frames"]), n_objects=1) for _ in range(n)]
+    return [world.sample_spec(rng, frames=VideoConfig.for_model(model).num_frames, n_objects=1) for _ in range(n)]
 
 
 def judge_clip(frames: np.ndarray, prompt: str) -> dict:
@@ -131,7 +131,7 @@ def following_scores(rows: list[dict]) -> dict:
 
 def prompt_following(model: T2VModel, n: int, sample_steps: int, guidance: float, seed: int = 20_000) -> dict:
     """Base model, beta = 0: does the sampled object have the prompted colour and shape; is it one coherent object?"""
-    vd = model.video_defaults
+    vd = VideoConfig.for_model(model).to_dict()
     shape = (int(vd["num_frames"]), int(vd["height"]) // model.vae_scale, int(vd["width"]) // model.vae_scale)
     rows = []
     for i, spec in enumerate(prompt_specs(model, n, seed)):
@@ -144,7 +144,7 @@ def prompt_following(model: T2VModel, n: int, sample_steps: int, guidance: float
 
 def motion_transfer(model: T2VModel, s: Settings, out: Path, guidance: float, sample_steps: int,
                     refs: list[int] | None = None) -> dict:
-    vd = model.video_defaults
+    vd = VideoConfig.for_model(model).to_dict()
     f, h, w = int(vd["num_frames"]), int(vd["height"]), int(vd["width"])
     rows, timings = [], []
     for r_i, ref in enumerate(REFERENCES[: s.n_refs]):
@@ -201,7 +201,7 @@ def flow_timing(model_dir: str | None, s: Settings) -> dict:
     t_all = time.perf_counter()
     model = load_model(model_dir, device="cpu")
     t_load = time.perf_counter() - t_all
-    vd, sd = model.video_defaults, model.sample_defaults
+    vd, sd = VideoConfig.for_model(model).to_dict(), model.sample_defaults
     f, h, w = int(vd["num_frames"]), int(vd["height"]), int(vd["width"])
     steps = s.sample_steps or int(sd.get("num_inference_steps", 25))
     clip = world.render(world.make_spec(**REFERENCES[0], seed=0, frames=f, height=h, width=w))

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from motion_core.config import RunConfig, SampleConfig
+from motion_core.config import RunConfig, SampleConfig, VideoConfig
 from motion_core.lora_io import remove_lora
 from motion_core.models import T2VModel, encode_video, load_model
 from motion_core.sample import invert_cached, sample
@@ -71,7 +71,7 @@ NEW_PROMPTS = [
 def reference(i: int, model: T2VModel) -> Any:
     """The i-th reference clip, rendered at the model's video size."""
     shape, colour, bg, bgc, family, seed = REFERENCES[i]
-    vd = model.video_defaults
+    vd = VideoConfig.for_model(model).to_dict()
     return paths.render(paths.make_spec(shape, colour, bg, bgc, family, seed=seed, frames=int(vd["num_frames"]),
                                         height=int(vd["height"]), width=int(vd["width"])))
 
@@ -112,7 +112,7 @@ def _score(model_track: detector.Track, ref_track: detector.Track, side: float, 
 
 def run_reference(model: T2VModel, i: int, args: argparse.Namespace, out: Path) -> list[dict]:
     """All rungs for one reference; returns its rows."""
-    vd = model.video_defaults
+    vd = VideoConfig.for_model(model).to_dict()
     side = float(max(int(vd["height"]), int(vd["width"])))
     clip = reference(i, model)
     ref_track = detector.track(clip.frames)

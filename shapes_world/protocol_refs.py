@@ -242,7 +242,7 @@ def video_size(model: Any) -> dict[str, Any]:
     """The model's own clip size (its sidecar), else docs/method.md's 16 frames at 8 fps, 384 x 384."""
     from motion_core.config import VideoConfig
 
-    return VideoConfig.from_dict(dict(model.video_defaults)).to_dict()
+    return VideoConfig.for_model(model).to_dict()
 
 
 def render_spec(spec: dict[str, Any], frames: int, height: int, width: int) -> PreparedReference:

@@ -191,6 +191,7 @@ def run_check(model: Any, clips: int = 120, seed: int = 0, t: int = 500, tracks:
     """Render ``clips`` shapes-world clips at the model's size and compute every AP of the retrieval check."""
     from tqdm.auto import tqdm
 
+    from motion_core.config import VideoConfig
     from shapes_world import world
     from shapes_world.retrieval import average_precision_retrieval, expected_random_ap, random_baseline_ap
 
@@ -200,8 +201,8 @@ def run_check(model: Any, clips: int = 120, seed: int = 0, t: int = 500, tracks:
         raise ValueError(f"tracks must be 'gt' or 'lk', got {tracks!r}")
     if text not in ("caption", "empty"):
         raise ValueError(f"text must be 'caption' or 'empty', got {text!r}")
-    vd = model.video_defaults
-    f_n, h, w = int(vd.get("num_frames", 16)), int(vd.get("height", 384)), int(vd.get("width", 384))
+    vd = VideoConfig.for_model(model).to_dict()
+    f_n, h, w = int(vd["num_frames"]), int(vd["height"]), int(vd["width"])
     data = world.generate_dataset(clips, seed=seed, frames=f_n, height=h, width=w)
     track_fn = gt_point_tracks if tracks == "gt" else lk_point_tracks
     point_tracks = [track_fn(c, grid) for c in data]
