@@ -39,11 +39,11 @@ def load_media() -> Any:
 def check_source(source: str) -> None:
     """Cheap checks before a job is queued, so a typo fails at once and not after a wait in the queue."""
     load_worker()
-    from motion_core.models import DEFAULT_MODEL_DIR, ModelLoadError
+    from motion_core.models import DEFAULT_MODEL_DIR, SUBFOLDERS, ModelLoadError
 
     p = Path(source).expanduser()
     if p.is_dir():
-        lacks = [s for s in ("unet", "vae", "text_encoder", "tokenizer", "scheduler") if not (p / s).is_dir()]
+        lacks = [s for s in SUBFOLDERS if not (p / s).is_dir()]
         if lacks:
             raise ModelLoadError(f"{source} is not a text-to-video model folder: it lacks {', '.join(lacks)}.")
         return
