@@ -18,6 +18,12 @@ maps (the training loss's terms, lambda-weighted MSE, the reference's caption on
 look and another reference's motion, and clips with the same motion and placement but the look of the evaluation's
 new prompts. Motion feature matching can only transfer motion if the first distance clearly exceeds the second.
 
+``--formation`` asks when, during sampling, the base model settles where its object goes. For the prompt-following
+prompts it runs the model's own DDIM sampler (its steps and guidance, pure noise), decodes the clean-clip
+estimate ``x0_hat = (z_t - sqrt(1 - abar_t) eps_hat) / sqrt(abar_t)`` at every step, tracks its object and prints
+the track distance to the finished sample's track per timestep. A LoRA that is switched off below
+``lora_cutoff`` (the release's 500) can only steer the path if the path is settled above that timestep.
+
 ``--ceiling`` scores the prompt-following check's own 40 prompts on clips that need no UNet: the world's renders of
 those captions, and the same renders after a VAE round trip. What the round trip loses no UNet can draw back, so
 its scores bound what the base model can reach with this VAE and detector.
@@ -32,7 +38,8 @@ import numpy as np
 import torch
 
 from motion_core.config import SampleConfig, VideoConfig
-from motion_core.models import T2VModel, decode_latents, encode_video, load_model
+from motion_core.ddim import abar_at, ddim_move, sampling_timesteps
+from motion_core.models import T2VModel, decode_latents, encode_prompt, encode_video, load_model
 from motion_core.sample import sample
 from motion_core.video import frames_from_array, to_uint8
 
@@ -164,6 +171,54 @@ def ceiling(model: T2VModel, n: int = 40, seed: int = 20_000, world_name: str = 
     return {k: evaluate.following_scores(v) for k, v in rows.items()}
 
 
+@torch.no_grad()
+def clean_estimates(model: T2VModel, prompt: str, noise: torch.Tensor) -> tuple[list[tuple[int, torch.Tensor]],
+                                                                            torch.Tensor]:
+    """The model's own DDIM sampler (its steps and guidance, beta 0, no LoRA) from ``noise``, keeping each step's
+    clean-clip estimate: ``([(t, x0_hat), ...], final latents)``; the final latents are ``sample``'s."""
+    sd = model.sample_defaults
+    steps = sampling_timesteps(model.scheduler, int(sd.get("num_inference_steps", 25)))
+    guidance = float(sd.get("guidance_scale", 7.5))
+    cond, uncond = encode_prompt(model, prompt), encode_prompt(model, "")
+    x, out = noise.float(), []
+    for t, t_prev in steps:
+        tt = torch.full((2,), t, dtype=torch.long)
+        e_u, e_c = model.unet(torch.cat([x, x]), tt, encoder_hidden_states=torch.cat([uncond, cond]),
+                              return_dict=False)[0].float().chunk(2)
+        e = e_u + guidance * (e_c - e_u)
+        ab = abar_at(model.scheduler, t).float()
+        out.append((t, (x - (1 - ab).sqrt() * e) / ab.sqrt()))
+        x = ddim_move(x, e, ab, abar_at(model.scheduler, t_prev))
+    return out, x
+
+
+def formation(model: T2VModel, n: int = 8, seed: int = 20_000) -> list[dict]:
+    """Per sampling step: mean track distance of the decoded ``x0_hat`` to the finished sample's track (``n``
+    prompts of the prompt-following check, one seed each), and how often the estimate holds a trackable object."""
+    from . import detector
+
+    vd = VideoConfig.for_model(model).to_dict()
+    side = float(max(int(vd["height"]), int(vd["width"])))
+    shape = (1, model.latent_channels, int(vd["num_frames"]), int(vd["height"]) // model.vae_scale,
+             int(vd["width"]) // model.vae_scale)
+    rng = np.random.default_rng(seed)
+    dist: dict[int, list[float]] = {}
+    for k in range(n):
+        prompt = paths.render(paths.sample_spec(rng)).caption
+        noise = torch.randn(shape, generator=torch.Generator().manual_seed(k))
+        with torch.no_grad():
+            estimates, final = clean_estimates(model, prompt, noise)
+            final_track = detector.track(to_uint8(decode_latents(model, final)[0]))
+            for t, x0_hat in estimates:
+                track = detector.track(to_uint8(decode_latents(model, x0_hat)[0]))
+                dist.setdefault(t, []).append(evaluate.track_distance(track, final_track, side))
+    rows = []
+    for t, d in dist.items():
+        d = [v for v in d if v == v]  # NaN: no object in the estimate or the sample
+        rows.append({"t": t, "distance": float(np.mean(d)) if d else float("nan"), "tracked": len(d) / n})
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="model folder (default: the embedded model)")
@@ -174,8 +229,15 @@ def main(argv: list[str] | None = None) -> None:
                     help="with --features: blocks to read (default: the model's)")
     ap.add_argument("--ceiling", action="store_true",
                     help="only score the prompt-following prompts' renders, as rendered and after the VAE")
+    ap.add_argument("--formation", action="store_true",
+                    help="only print when, during sampling, the object's path settles (paths-world models)")
     args = ap.parse_args(argv)
     model = load_model(args.model, device="cpu")
+    if args.formation:
+        print("| t | distance of x0_hat's track to the final track | x0_hat tracked |\n|---|---|---|")
+        for r in formation(model):
+            print(f"| {r['t']} | {r['distance']:.3f} | {r['tracked']:.0%} |", flush=True)
+        return
     if args.ceiling:
         print("| clips | object colour | shape | one coherent object | background colour |\n|---|---|---|---|---|")
         for name, r in ceiling(model, world_name=examples.model_world(Path(model.source))).items():

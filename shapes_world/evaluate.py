@@ -450,6 +450,9 @@ def _training_md(info: dict) -> str:
              f"python -m shapes_world.recipe --continue-from assets/shapes-t2v --out assets/shapes-t2v "
              f"--clips {c['clips']} --unet-minutes {c['unet_minutes']:g} --decoder-minutes {c['decoder_minutes']:g}"
              f"{extra(c)}" for c in cont]
+    recorded = recipe.recorded_commands(info, "assets/shapes-t2v")
+    if recorded is not None:  # the commands as typed (every option: --world, --object-weight ...), folders renamed
+        cmds = ["python -m shapes_world.recipe " + " ".join(argv) for argv in recorded]
     runs = "\n".join(cmds)
     dec = (f" Decoder alone afterwards (encoder and latent space fixed): {info['decoder_steps']} steps, "
            f"{info['decoder_seconds'] / 60:.0f} min." if info.get("decoder_steps") else "")

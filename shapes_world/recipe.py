@@ -14,12 +14,13 @@ sidecar ``motion_matcher.json`` names the block the motion feature extractor rea
 maps at 64 x 64 pixels) and the video size. Training stops on a wall-clock budget per stage, so the recipe fits
 a 2-core CPU; ``training_info.json`` records the data, sizes, steps, losses, hardware and wall time.
 
-Two training options target what the diagnosis found (``python -m shapes_world.diagnose``):
+Training options that target what the diagnosis found (``python -m shapes_world.diagnose``):
 ``--noise-offset 0.1`` hides the clip mean that Zeroscope's z_999 still shows (so the background colour comes from
-the caption, not the noise), and ``--image-every 2`` makes every second step a batch of single frames of many
-clips, which teaches the caption-to-look mapping several times faster per CPU second than whole clips.
-``--ema-decay 0.999`` saves a moving average of the weights instead of the last ones (``--save-raw DIR`` keeps the
-last ones too, to compare).
+the caption, not the noise), ``--image-every 2`` makes every second step a batch of single frames of many
+clips, which teaches the caption-to-look mapping several times faster per CPU second than whole clips, and
+``--p2-gamma 1`` weighs the noise loss toward the noisy levels, where the paths model settles its objects' paths
+late (``diagnose --formation``). ``--ema-decay 0.999`` saves a moving average of the weights instead of the last
+ones (``--save-raw DIR`` keeps the last ones too, to compare).
 
 Captions are the world's plain captions (objects, colours, background; no motion words), so for a prompt that
 names no motion the base model draws from the world's whole motion distribution: varied motion, which is what
@@ -55,7 +56,7 @@ FPS = 8.0
 # 22 named motions at 12 x 64 x 64 (the model shipped until the second design).
 WORLDS: dict[str, tuple] = {"paths": (paths, 8, 32), "shapes": (world, 12, 64)}
 # The options of a UNet run that ``train_unet`` returns and every run's record keeps (the card repeats them).
-RUN_OPTIONS = ("lr", "noise_offset", "image_every", "image_batch", "unet_lr", "ema_decay", "unet_batch")
+RUN_OPTIONS = ("lr", "noise_offset", "image_every", "image_batch", "unet_lr", "ema_decay", "unet_batch", "p2_gamma")
 
 
 def build_model(seed: int = 0, unet_channels: tuple[int, ...] = (32, 64, 64), unet_layers: int = 1,
@@ -234,7 +235,7 @@ def encode_all(vae: AutoencoderKL, frames: np.ndarray) -> torch.Tensor:
 def train_unet(model: T2VModel, latents: torch.Tensor, captions: list[str], minutes: float, seed: int,
                log: list, batch: int = 8, lr: float = 4e-4, p_uncond: float = 0.1, lr_floor: float = 0.1,
                noise_offset: float = 0.0, image_every: int = 0, image_batch: int = 64, ema_decay: float = 0.0,
-               raw_out: list | None = None) -> dict:
+               raw_out: list | None = None, p2_gamma: float = 0.0) -> dict:
     """Joint UNet + text encoder training with the DDPM noise loss; captions dropped 10% of the time for CFG.
 
     The learning rate warms up over 100 steps, then follows a cosine over the wall-clock budget down to
@@ -251,6 +252,9 @@ def train_unet(model: T2VModel, latents: torch.Tensor, captions: list[str], minu
     (decay ``min(d, (1 + step) / (10 + step))``, so the average does not lag far behind early on). With batches of
     8 clips the raw weights jitter from step to step; sampling from their average is the standard cure in
     diffusion training. ``raw_out``, a list, receives the raw (not averaged) parameters, to compare the two.
+
+    ``p2_gamma = g > 0`` weighs each sample's loss by ``timestep_weights`` (P2 weighting, Choi et al. 2022): more
+    of the gradient goes to the noisy levels where layout and shape form, less to the near-clean ones.
     """
     g = torch.Generator().manual_seed(seed + 1)  # on the CPU: the same batches and noise on any device
     unet, te, tok = model.unet, model.text_encoder, model.tokenizer
@@ -265,6 +269,7 @@ def train_unet(model: T2VModel, latents: torch.Tensor, captions: list[str], minu
     empty = ids_all[-1]
     t0, step, ema = time.time(), 0, None
     warmup = 100
+    weights = timestep_weights(model.scheduler, p2_gamma).to(dev)
     avg = [p.detach().clone() for p in params] if ema_decay > 0 else None
     while time.time() - t0 < minutes * 60:
         image_step = image_every > 0 and step % image_every == image_every - 1
@@ -283,7 +288,7 @@ def train_unet(model: T2VModel, latents: torch.Tensor, captions: list[str], minu
         zt = add_noise(model.scheduler, z0, eps, t)
         text = te(ids)[0]
         pred = unet(zt, t, encoder_hidden_states=text).sample
-        loss = F.mse_loss(pred, eps)
+        loss = ((pred - eps) ** 2).mean(dim=tuple(range(1, pred.ndim))).mul(weights[t]).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -314,7 +319,20 @@ def train_unet(model: T2VModel, latents: torch.Tensor, captions: list[str], minu
     return {"unet_steps": step, "unet_batch": batch, "unet_seconds": round(time.time() - t0, 1), "unet_loss_ema": ema,
             "unet_lr": f"{lr:g}, 100-step warm-up, cosine over the budget to {lr_floor:g} x", "lr": lr,
             "noise_offset": noise_offset, "image_every": image_every, "image_batch": image_batch,
-            "ema_decay": ema_decay}
+            "ema_decay": ema_decay, "p2_gamma": p2_gamma}
+
+
+def timestep_weights(scheduler: DDIMScheduler, gamma: float = 0.0, k: float = 1.0) -> torch.Tensor:
+    """Per-timestep loss weights ``(k + SNR_t) ** -gamma``, scaled to mean 1 over t (all ones for gamma 0).
+
+    P2 weighting (Choi et al. 2022, "Perception Prioritized Training of Diffusion Models"). With the noise loss
+    every level counts the same, so most of a small model's capacity goes to the near-clean levels, while its
+    layout forms late: ``python -m shapes_world.diagnose --formation`` found the paths model's object path still
+    0.32 (track distance) from where it ends at t = 521. The mean-1 scaling keeps the learning rate comparable.
+    """
+    ac = scheduler.alphas_cumprod.to(torch.float64)
+    w = (k + ac / (1 - ac)) ** -float(gamma)
+    return (w / w.mean()).float()
 
 
 def training_noise(shape: torch.Size | tuple[int, ...], g: torch.Generator, offset: float = 0.0) -> torch.Tensor:
@@ -348,6 +366,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--image-every", type=int, default=0,
                     help="every k-th UNet step trains on single frames of --image-batch clips (0 = video only)")
     ap.add_argument("--image-batch", type=int, default=64, help="frames per image step")
+    ap.add_argument("--p2-gamma", type=float, default=0.0,
+                    help="P2 loss weighting (k + SNR_t)^-gamma of the UNet stage, toward the noisy levels (0 = off)")
     ap.add_argument("--ema-decay", type=float, default=0.0,
                     help="keep an exponential moving average of the UNet and text-encoder weights and save it "
                          "(e.g. 0.999; 0 = save the trained weights as they are)")
@@ -425,7 +445,8 @@ def main(argv: list[str] | None = None) -> None:
     raw_params: list = []
     info.update(train_unet(model, raw * scale, captions, args.unet_minutes, args.seed, log, batch=args.batch,
                            lr=args.lr, noise_offset=args.noise_offset, image_every=args.image_every,
-                           image_batch=args.image_batch, ema_decay=args.ema_decay, raw_out=raw_params))
+                           image_batch=args.image_batch, ema_decay=args.ema_decay, raw_out=raw_params,
+                           p2_gamma=args.p2_gamma))
     info["params"] = {k: sum(p.numel() for p in getattr(model, k).parameters())
                       for k in ("unet", "vae", "text_encoder")}
     if args.decoder_minutes > 0:
@@ -453,7 +474,8 @@ def _continue(src: Path, out: Path, args: argparse.Namespace) -> None:
     raw_params: list = []
     more = train_unet(model, latents, captions, args.unet_minutes, args.seed + done, log, batch=args.batch,
                       lr=args.lr, noise_offset=args.noise_offset, image_every=args.image_every,
-                      image_batch=args.image_batch, ema_decay=args.ema_decay, raw_out=raw_params)
+                      image_batch=args.image_batch, ema_decay=args.ema_decay, raw_out=raw_params,
+                      p2_gamma=args.p2_gamma)
     for line in log[len(log) - more["unet_steps"] // 25:]:
         line["step"] += done  # steps count on from the earlier run
     info["unet_steps"] = done + more["unet_steps"]
@@ -473,27 +495,37 @@ def _continue(src: Path, out: Path, args: argparse.Namespace) -> None:
     print(json.dumps(info), flush=True)
 
 
-def replay(record: Path, out: str) -> None:
-    """Run a model's recorded commands again (the first run, then each continuation) into ``out``.
-
-    Each run stops on its wall-clock budget, so the step counts, and with them the weights, depend on the machine.
-    """
-    info = json.loads(record.read_text())["info"]
+def recorded_commands(info: dict, out: str) -> list[list[str]] | None:
+    """A model's recorded runs (the first, then each continuation) as argument lists that write (and continue)
+    ``out``; None if some run was made before commands were recorded."""
     runs = [info.get("argv")] + [c.get("argv") for c in info.get("continued", [])]
     if any(r is None for r in runs):
-        raise SystemExit(f"{record} has runs made before commands were recorded; rebuild by the card's commands")
+        return None
+    cmds = []
     for i, argv in enumerate(runs):
         keep, skip = [], False
-        for a in argv:  # drop the recorded folders; this replay writes (and continues) ``out``
+        for a in argv:  # drop the recorded folders; the command writes (and continues) ``out``
             if skip:
                 skip = False
             elif a in ("--out", "--continue-from", "--save-raw", "--replay"):
                 skip = True
             else:
                 keep.append(a)
-        where = ["--out", out] + (["--continue-from", out] if i and "--decoder-only" not in keep else [])
-        print(f"replay {i + 1}/{len(runs)}: {' '.join(keep + where)}", flush=True)
-        main(keep + where)
+        cmds.append(keep + ["--out", out] + (["--continue-from", out] if i and "--decoder-only" not in keep else []))
+    return cmds
+
+
+def replay(record: Path, out: str) -> None:
+    """Run a model's recorded commands again (the first run, then each continuation) into ``out``.
+
+    Each run stops on its wall-clock budget, so the step counts, and with them the weights, depend on the machine.
+    """
+    cmds = recorded_commands(json.loads(record.read_text())["info"], out)
+    if cmds is None:
+        raise SystemExit(f"{record} has runs made before commands were recorded; rebuild by the card's commands")
+    for i, argv in enumerate(cmds):
+        print(f"replay {i + 1}/{len(cmds)}: {' '.join(argv)}", flush=True)
+        main(argv)
 
 
 def _device_name(device: str) -> str:

@@ -100,7 +100,7 @@ def test_ladder_runs_every_rung_on_an_untrained_model(tmp_path):
     save_model(recipe.build_model(0), model_dir)
     out = tmp_path / "ladder"
     ladder.main(["--model", str(model_dir), "--out", str(out), "--refs", "6", "--prompts", "1", "--seeds", "1",
-                 "--steps", "2", "--sample-steps", "2", "--set", "sample.lora_cutoff=0", "--threads", "1"])
+                 "--steps", "2", "--sample-steps", "2", "--set", "sample.lora_cutoff=250", "--threads", "1"])
     rows = [json.loads(x) for x in (out / "rows.jsonl").read_text().splitlines()]
     got = {(r["rung"], r["variant"], r["beta"]) for r in rows}
     assert got == {("L0", "oracle", 0.0), ("L1", "lora", 0.0), ("L1", "base", 0.0), ("L2", "lora", 0.0),
@@ -109,7 +109,10 @@ def test_ladder_runs_every_rung_on_an_untrained_model(tmp_path):
     oracle = [r for r in rows if r["rung"] == "L0"]
     assert oracle[0]["distance"] < 0.02 and oracle[0]["colour_ok"]  # the world redraws the path exactly
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["settings"]["sample"]["lora_cutoff"] == 0 and summary["settings"]["train"]["train"]["steps"] == 2
+    assert summary["settings"]["sample"]["lora_cutoff"] == 250 and summary["settings"]["train"]["train"]["steps"] == 2
+    # the product rung samples with the model's (here the --set) cut-off; L1 and L2 keep the LoRA on throughout
+    assert {r["lora_cutoff"] for r in rows if r["rung"] == "L3"} == {250}
+    assert {r["lora_cutoff"] for r in rows if r["rung"] in ("L1", "L2")} == {0}
     assert (out / "ladder.md").read_text().startswith("# Transfer ladder")
     with pytest.raises(SystemExit):
         ladder.apply_overrides(ladder.RunConfig(), ladder.SampleConfig(), ["train.no_such_setting=1"])
@@ -181,3 +184,26 @@ def test_vae_ceiling_of_the_paths_world_uses_the_cards_prompts(tiny_model):
     assert prompts == [paths.caption(paths.sample_spec(rng)) for _ in range(3)]
     assert res["rendered"]["colour_acc"] == 1.0 and res["rendered"]["coherent"] == 1.0  # the judge reads renders
     assert card.prompt_following.__defaults__[-1] == 20_000  # the card's prompts come from the same seed
+
+
+def test_formation_follows_the_models_own_sampler(tmp_path):
+    import torch
+
+    from motion_core.config import SampleConfig
+    from motion_core.ddim import sampling_timesteps
+    from motion_core.models import load_model, save_model
+    from motion_core.sample import sample
+    from shapes_world import diagnose
+
+    save_model(recipe.build_model(0), tmp_path / "m")
+    model = load_model(tmp_path / "m", device="cpu")
+    model.sample_defaults.update(num_inference_steps=4, guidance_scale=5.0)
+    noise = torch.randn((1, model.latent_channels, 8, 4, 4), generator=torch.Generator().manual_seed(3))
+    estimates, final = diagnose.clean_estimates(model, "a red circle on a plain white background", noise)
+    ref = sample(model, "a red circle on a plain white background", SampleConfig(
+        num_inference_steps=4, guidance_scale=5.0, beta=0.0, seed=0), latent_shape=(8, 4, 4), init_noise=noise,
+        decode=False).latents
+    assert torch.allclose(final, ref, atol=1e-5)  # the diagnosis walks the product's sampler, step for step
+    assert [t for t, _ in estimates] == [t for t, _ in sampling_timesteps(model.scheduler, 4)]
+    rows = diagnose.formation(model, n=2)
+    assert [r["t"] for r in rows] == [t for t, _ in estimates] and all(0 <= r["tracked"] <= 1 for r in rows)

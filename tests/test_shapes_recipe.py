@@ -37,7 +37,7 @@ def test_recipe_fresh_continue_and_decoder_only(tmp_path):
     unet0, vae0 = _state(m0.unet), _state(m0.vae)
 
     recipe.main(["--continue-from", str(out), "--out", str(out), "--unet-minutes", "0.01", "--decoder-minutes", "0",
-                 "--ema-decay", "0.5", "--save-raw", str(tmp_path / "raw"), *tiny])
+                 "--ema-decay", "0.5", "--p2-gamma", "1", "--save-raw", str(tmp_path / "raw"), *tiny])
     second = json.loads((out / "training_info.json").read_text())["info"]
     assert second["unet_steps"] > first["unet_steps"]  # steps count on
     m1 = load_model(out, device="cpu")
@@ -47,6 +47,7 @@ def test_recipe_fresh_continue_and_decoder_only(tmp_path):
     assert not _same(_state(raw.unet), _state(m1.unet)) and _same(_state(raw.vae), vae0)
     raw_info = json.loads((tmp_path / "raw" / "training_info.json").read_text())["info"]
     assert raw_info["continued"][-1]["ema_decay"] == 0 and second["continued"][-1]["ema_decay"] == 0.5
+    assert second["continued"][-1]["p2_gamma"] == 1 and first.get("p2_gamma", 0) == 0  # each run keeps its own
     with pytest.raises(SystemExit):  # --save-raw without an average to compare with
         recipe.main(["--continue-from", str(out), "--out", str(out), "--save-raw", str(tmp_path / "r2"), *tiny])
     assert not (tmp_path / "r2").exists()
@@ -75,6 +76,19 @@ def test_recipe_fresh_continue_and_decoder_only(tmp_path):
     assert f"{info['unet_steps']} steps in all" in card and "--decoder-only" in card
     assert "UNet3DConditionModel (32, 64, 64 channels, 1 layer per block)" in card
     assert notes in card and "old card" not in card  # the hand-written notes survive a rewrite, nothing else
+
+
+def test_p2_weights_favour_the_noisy_levels_and_keep_mean_one():
+    from diffusers import DDIMScheduler
+
+    sched = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+    assert torch.equal(recipe.timestep_weights(sched, 0.0), torch.ones(1000))  # off: the plain noise loss
+    w = recipe.timestep_weights(sched, 1.0)
+    assert abs(float(w.mean()) - 1) < 1e-5 and bool((w[1:] > w[:-1]).all())  # more weight as the noise grows
+    ab = sched.alphas_cumprod.double()
+    ref = 1 / (1 + ab / (1 - ab))  # (k + SNR)^-1 with k = 1 is 1 - abar
+    assert torch.allclose(w.double(), ref / ref.mean(), rtol=1e-5)
+    assert float(w[0]) < 0.01 and float(w[999]) > 1.5  # near-clean levels count for almost nothing
 
 
 def test_offset_noise_moves_each_clip_channel_mean_and_nothing_else():
@@ -214,7 +228,13 @@ def test_replay_runs_the_recorded_commands_again(tmp_path):
 
     assert options(info["argv"], str(again)) == options(first["argv"], str(out))
     assert load_model(again, device="cpu").video_defaults["height"] == 32
+    # the card lists the commands as typed, every option kept, the folders renamed to the shipped one
+    cmds = evaluate._training_md(first).split("```bash\n")[1].split("\n```")[0].splitlines()
+    assert cmds[0] == "python -m shapes_world.recipe " + " ".join(options(first["argv"], str(out))) + \
+        " --out assets/shapes-t2v"
+    assert cmds[1].endswith("--out assets/shapes-t2v --continue-from assets/shapes-t2v")
     del first["argv"]
+    assert "--out assets/shapes-t2v" in evaluate._training_md(first)  # older records: rebuilt from the options
     (out / "training_info.json").write_text(json.dumps({"info": first, "log": []}))
     with pytest.raises(SystemExit, match="before commands were recorded"):
         recipe.main(["--replay", str(out / "training_info.json"), "--out", str(tmp_path / "x")])
