@@ -43,7 +43,7 @@ from motion_core.models import T2VModel, decode_latents, encode_prompt, encode_v
 from motion_core.sample import sample
 from motion_core.video import frames_from_array, to_uint8
 
-from . import evaluate, examples, paths, world
+from . import detector, evaluate, examples, paths, world
 
 CASES = [("circle", "red", "plain", "grey"), ("star", "blue", "plain", "white"),
          ("square", "green", "striped", "black"), ("triangle", "yellow", "dotted", "grey")]
@@ -195,8 +195,6 @@ def clean_estimates(model: T2VModel, prompt: str, noise: torch.Tensor) -> tuple[
 def formation(model: T2VModel, n: int = 8, seed: int = 20_000) -> list[dict]:
     """Per sampling step: mean track distance of the decoded ``x0_hat`` to the finished sample's track (``n``
     prompts of the prompt-following check, one seed each), and how often the estimate holds a trackable object."""
-    from . import detector
-
     vd = VideoConfig.for_model(model).to_dict()
     side = float(max(int(vd["height"]), int(vd["width"])))
     shape = (1, model.latent_channels, int(vd["num_frames"]), int(vd["height"]) // model.vae_scale,
