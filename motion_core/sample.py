@@ -29,6 +29,7 @@ from .lora_io import has_lora, lora_scale, lora_state_dict
 from .models import T2VModel, decode_latents, encode_prompt
 
 StepCallback = Callable[[int, int, int], None]
+X0Hook = Callable[[int, torch.Tensor], None]
 
 
 @dataclass
@@ -130,11 +131,14 @@ def sample(
     callback: StepCallback | None = None,
     decode: bool = True,
     init_noise: torch.Tensor | None = None,
+    x0_hook: X0Hook | None = None,
 ) -> SampleResult:
     """Generate ``cfg.num_videos`` videos for ``prompt``; seeds ``cfg.seed, cfg.seed + 1, ...`` (random if None).
 
     ``eps_inv`` (from ``invert``) gives the shape and the motion prior; without it ``latent_shape`` = (F, h, w)
     is needed and beta is ignored (pure noise). ``init_noise`` overrides the fresh noise (tests, interop).
+    ``x0_hook(t, x0_hat)`` sees each step's clean-latent estimate ``(x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)``
+    under the guided noise estimate (diagnostics: when does a sample settle its layout?).
     """
     # 1. Check inputs.
     cfg = cfg or SampleConfig()
@@ -171,7 +175,11 @@ def sample(
                 else:
                     e_u, e_c = _unet(model, torch.cat([x, x]), t, torch.cat([uncond, cond])).chunk(2)
                     e = e_u + cfg.guidance_scale * (e_c - e_u)
-            x = ddim_move(x, e, abar_at(model.scheduler, t), abar_at(model.scheduler, t_prev))
+            ab = abar_at(model.scheduler, t)
+            if x0_hook is not None:
+                ab32 = ab.to(x.device, torch.float32)
+                x0_hook(t, (x - (1 - ab32).sqrt() * e) / ab32.sqrt())
+            x = ddim_move(x, e, ab, abar_at(model.scheduler, t_prev))
             if callback is not None:
                 callback(n * len(steps) + i + 1, len(seeds) * len(steps), t)
         outs.append(x)

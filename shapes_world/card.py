@@ -58,11 +58,15 @@ def vae_psnr(model: T2VModel, n_clips: int = 40, seed: int = 10_000) -> float:
     return float(np.mean(vals))
 
 
-def prompt_following(model: T2VModel, n: int = 40, seed: int = 20_000) -> dict:
-    """The base model at beta 0 on the captions of n random clips: colour, shape, coherence, background."""
+def prompt_following(model: T2VModel, n: int = 40, seed: int = 20_000, guidance: float | None = None) -> dict:
+    """The base model at beta 0 on the captions of n random clips: colour, shape, coherence, background.
+
+    ``guidance`` replaces the model's own scale (``benchmarks/guidance_sweep.py`` chooses it on another seed)."""
     vd = VideoConfig.for_model(model).to_dict()
     shape = (int(vd["num_frames"]), int(vd["height"]) // model.vae_scale, int(vd["width"]) // model.vae_scale)
     own = ladder.default_config(model).sample.to_dict()  # the model's steps and guidance
+    if guidance is not None:
+        own["guidance_scale"] = guidance
     rng = np.random.default_rng(seed)
     rows = []
     for i in range(n):
@@ -146,12 +150,38 @@ def checks(res: dict) -> list[tuple[str, str, str, bool]]:
                         f"{r[key]:.2f} ({lo['distance']:.3f} / {ba['distance']:.3f}, n = {lo['n']})", r[key] <= 0.5))
             out.append((f"L3: prompted colour kept, beta {beta} ({name})", ">= 80 %",
                         f"{100 * lo['colour_ok']:.0f} %", lo["colour_ok"] >= 0.8))
+        out += _baseline_checks(g, name)
     if "flow" in res:
         fl = res["flow"]
         out.append(("default flow on this CPU, timed alone", "<= 2 min",
                     f"{fl['total_s'] / 60:.1f} min ({fl['train_steps']} LoRA steps {fl['train_s']:.0f} s, inversion "
                     f"{fl['invert_s']:.1f} s, sample {fl['sample_s']:.1f} s; {fl['threads']} threads)",
                     fl["total_s"] <= 120))
+    return out
+
+
+def _text(group: dict) -> float | None:
+    """Text alignment of a ladder cell: the mean of prompted colour and prompted shape kept (as the protocol's)."""
+    return None if group.get("shape_ok") is None else (group["colour_ok"] + group["shape_ok"]) / 2
+
+
+def _baseline_checks(groups: dict, name: str) -> list[tuple[str, str, str, bool]]:
+    """MotionMatcher against each baseline the ladder sampled beside it (``ladder --baselines``): a shorter
+    trajectory distance at every beta, at no lower text alignment."""
+    out = []
+    betas = sorted({k.split("beta=")[1] for k in groups if k.startswith("L3 lora ")}, key=float)
+    names = sorted({k.split(" ")[1] for k in groups if k.startswith("L3 ")} - {"lora", "base"})
+    for v in names:
+        cells = [(groups.get(f"L3 lora beta={b}"), groups.get(f"L3 {v} beta={b}")) for b in betas]
+        if not cells or any(m is None or o is None or m["distance"] is None or o["distance"] is None
+                            or _text(m) is None or _text(o) is None for m, o in cells):
+            continue
+        dist = " and ".join(f"{m['distance']:.3f} vs {o['distance']:.3f}" for m, o in cells)
+        t_m = float(np.mean([_text(m) for m, _ in cells]))
+        t_o = float(np.mean([_text(o) for _, o in cells]))
+        ok = all(m["distance"] < o["distance"] for m, o in cells) and t_m >= t_o
+        out.append((f"L3: MotionMatcher beats `{v}` ({name})", "shorter distance, text no worse",
+                    f"distance (beta {' / '.join(betas)}) {dist}; text {100 * t_m:.0f} vs {100 * t_o:.0f} %", ok))
     return out
 
 

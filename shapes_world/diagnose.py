@@ -38,7 +38,6 @@ import numpy as np
 import torch
 
 from motion_core.config import SampleConfig, VideoConfig
-from motion_core.ddim import abar_at, ddim_move, sampling_timesteps
 from motion_core.models import T2VModel, decode_latents, encode_prompt, encode_video, load_model
 from motion_core.sample import sample
 from motion_core.video import frames_from_array, to_uint8
@@ -110,7 +109,6 @@ def feature_sensitivity(model: T2VModel, timesteps: tuple[int, ...] = (550, 700,
 
     from motion_core.attention import reference_features
     from motion_core.config import LossConfig
-    from motion_core.models import encode_prompt
 
     from . import detector
     from .evaluate import NEW_PROMPTS, REFERENCES, track_distance
@@ -175,21 +173,12 @@ def ceiling(model: T2VModel, n: int = 40, seed: int = 20_000, world_name: str = 
 def clean_estimates(model: T2VModel, prompt: str, noise: torch.Tensor) -> tuple[list[tuple[int, torch.Tensor]],
                                                                             torch.Tensor]:
     """The model's own DDIM sampler (its steps and guidance, beta 0, no LoRA) from ``noise``, keeping each step's
-    clean-clip estimate: ``([(t, x0_hat), ...], final latents)``; the final latents are ``sample``'s."""
-    sd = model.sample_defaults
-    steps = sampling_timesteps(model.scheduler, int(sd.get("num_inference_steps", 25)))
-    guidance = float(sd.get("guidance_scale", 7.5))
-    cond, uncond = encode_prompt(model, prompt), encode_prompt(model, "")
-    x, out = noise.float(), []
-    for t, t_prev in steps:
-        tt = torch.full((2,), t, dtype=torch.long)
-        e_u, e_c = model.unet(torch.cat([x, x]), tt, encoder_hidden_states=torch.cat([uncond, cond]),
-                              return_dict=False)[0].float().chunk(2)
-        e = e_u + guidance * (e_c - e_u)
-        ab = abar_at(model.scheduler, t).float()
-        out.append((t, (x - (1 - ab).sqrt() * e) / ab.sqrt()))
-        x = ddim_move(x, e, ab, abar_at(model.scheduler, t_prev))
-    return out, x
+    clean-clip estimate: ``([(t, x0_hat), ...], final latents)``."""
+    cfg = SampleConfig.for_model(model, {"beta": 0.0, "seed": 0})
+    out: list[tuple[int, torch.Tensor]] = []
+    res = sample(model, prompt, cfg, latent_shape=tuple(noise.shape[2:]), use_lora=False, decode=False,
+                 init_noise=noise, x0_hook=lambda t, x0: out.append((t, x0)))
+    return out, res.latents
 
 
 def formation(model: T2VModel, n: int = 8, seed: int = 20_000) -> list[dict]:

@@ -15,18 +15,24 @@ mean distance / frame side, plus the zoom term), averaged over references x prom
   the trajectory alone, and ``diagnose --formation`` shows the paths model settling its path below t = 500.
 * **L2**: the same DDPM LoRA with the new prompts at beta 0, cut-off 0: motion plus leaked look is expected.
 * **L3**: the MotionMatcher LoRA (the model's training defaults) with the new prompts at beta 0 and 0.3: the
-  product. Target: LoRA / base distance <= 0.5 at both betas, prompted colour kept in >= 80 %.
+  product. Target: LoRA / base distance <= 0.5 at both betas, prompted colour kept in >= 80 %. ``--baselines
+  ddpm,frame-diff,residual`` trains those objectives with the same settings and samples them beside it (rows
+  named by objective): does the motion loss beat them on distance at no worse text alignment (prompted colour
+  and shape kept)?
 
 The base model is sampled beside each rung with the same prompts, seeds and beta. References 0-5 are drawn from
 the training families, 6-9 from ``paths.HELD_OUT`` (families the training data never drew). ``--set
 section.key=value`` overrides a training setting for both LoRAs (``train.*``, ``lora.*``, ``loss.*``) or a
 sampling one (``sample.lora_cutoff``, ...), so the same script measures the variants that decide the model's
 defaults. Writes ``rows.jsonl``, ``summary.json``, ``ladder.md`` and one montage per reference in ``--out``.
+Rows are saved after each reference; running the same command again skips the references already done (a long
+ladder runs in chunks), and a different command on the same folder is refused.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -46,6 +52,7 @@ from motion_core.video import frames_from_array, to_uint8
 
 from . import detector, paths
 from .evaluate import track_distance
+from .protocol_refs import ProtocolError, parse_variants
 
 # (shape, colour, background, bg_colour, family, seed); 0-5 training families, 6-9 held out.
 REFERENCES: list[tuple[str, str, str, str, str, int]] = [
@@ -109,7 +116,8 @@ def apply_overrides(cfg: RunConfig, scfg: SampleConfig, sets: list[str]) -> None
 def _score(model_track: detector.Track, ref_track: detector.Track, side: float, prompt: str) -> dict:
     want = paths.parse(prompt)
     return {"distance": track_distance(model_track, ref_track, side),
-            "colour_ok": model_track.colour == want["colour"], "coherent": bool(model_track.coherent)}
+            "colour_ok": model_track.colour == want["colour"], "shape_ok": model_track.shape == want["shape"],
+            "coherent": bool(model_track.coherent)}
 
 
 def run_reference(model: T2VModel, i: int, args: argparse.Namespace, out: Path) -> list[dict]:
@@ -146,33 +154,41 @@ def run_reference(model: T2VModel, i: int, args: argparse.Namespace, out: Path) 
         # beta 0 blends none of eps_inv: pure noise
         return to_uint8(sample(model, prompt, scfg, eps_inv=eps_inv, use_lora=use_lora).frames[0])
 
-    def sweep(rung: str, prompt_list: list[str], betas: list[float], with_base: bool) -> None:
+    def sweep(rung: str, prompt_list: list[str], betas: list[float], with_base: bool, name: str = "lora") -> None:
         cutoff = args.scfg.lora_cutoff if rung == "L3" else 0  # L1, L2: the LoRA on at every step (see above)
         for beta in betas:
             for p in prompt_list:
                 for seed in range(args.seeds):
-                    variants = [("lora", True)] + ([("base", False)] if with_base else [])
+                    variants = [(name, True)] + ([("base", False)] if with_base else [])
                     for variant, use_lora in variants:
                         vid = draw(p, seed, beta, use_lora, cutoff)
                         add(rung, variant, p, seed, beta, _score(detector.track(vid), ref_track, side, p), cutoff)
-                        if seed == 0 and p == prompt_list[0] and beta == betas[0]:
+                        if seed == 0 and p == prompt_list[0] and beta == betas[0] and name == "lora":
                             strips.append(np.concatenate(list(vid), 1))
 
-    # L1 and L2: a plain DDPM LoRA on the reference.
-    for objective, rungs in (("ddpm", ("L1", "L2")), ("motion", ("L3",))):
-        if not set(rungs) & set(args.rungs):
-            continue
+    # The LoRAs to train and the rungs each is sampled for: L1 and L2 a plain DDPM LoRA, L3 the MotionMatcher LoRA
+    # and any baselines beside it (the L1 DDPM LoRA, same settings, also serves as L3's ddpm baseline).
+    plan: dict[str, list[str]] = {}
+    for rung in ("L1", "L2"):
+        if rung in args.rungs:
+            plan.setdefault("ddpm", []).append(rung)
+    if "L3" in args.rungs:
+        for objective in ["motion", *args.baselines]:
+            plan.setdefault(objective, []).append("L3")
+    for objective, rungs in plan.items():
         cfg = RunConfig.from_dict(args.cfg.to_dict())
         cfg.loss.objective = objective
         t0 = time.perf_counter()
         train_lora(model, frames, clip.caption, out / f"ref{i}" / objective, cfg, resume=False)
         train_s = time.perf_counter() - t0
-        if "L1" in rungs:
-            sweep("L1", [clip.caption], [0.0], with_base=True)
-            if "L2" in args.rungs:
+        for rung in rungs:
+            if rung == "L1":
+                sweep("L1", [clip.caption], [0.0], with_base=True)
+            elif rung == "L2":
                 sweep("L2", prompts, [0.0], with_base=False)
-        else:
-            sweep("L3", prompts, list(args.betas), with_base=True)
+            else:
+                product = objective == "motion"
+                sweep("L3", prompts, list(args.betas), with_base=product, name="lora" if product else objective)
         remove_lora(model)
         print(json.dumps({"ref": i, "family": family, "objective": objective, "train_s": round(train_s, 1)}),
               flush=True)
@@ -189,7 +205,8 @@ def _mean(xs: list[float]) -> float | None:
 
 
 def summarize(rows: list[dict]) -> dict:
-    """Mean distance, colour kept and coherence per (rung, variant, beta), for all, trained and held-out refs."""
+    """Mean distance, colour and shape kept and coherence per (rung, variant, beta), for all, trained and held-out
+    references, and the ratios the targets read (rows of older runs have no ``shape_ok``: reported as None)."""
     out: dict[str, Any] = {}
     for part, keep in (("all", lambda r: True), ("trained", lambda r: not r["held_out"]),
                        ("held_out", lambda r: r["held_out"])):
@@ -201,12 +218,15 @@ def summarize(rows: list[dict]) -> dict:
                 "n": len(g), "distance": _mean([r["distance"] for r in g]),
                 "untracked": sum(r["distance"] != r["distance"] for r in g),
                 "colour_ok": float(np.mean([r["colour_ok"] for r in g])),
+                "shape_ok": _mean([float(r["shape_ok"]) for r in g if "shape_ok" in r]),
                 "coherent": float(np.mean([r["coherent"] for r in g]))}
         ratios = {}
-        for rung, beta in (("L1", 0.0), ("L3", 0.0), ("L3", 0.3)):
-            a, b = groups.get(f"{rung} lora beta={beta:g}"), groups.get(f"{rung} base beta={beta:g}")
+        l3_variants = sorted({r["variant"] for r in sel if r["rung"] == "L3"} - {"base"})
+        for rung, beta, variant in [("L1", 0.0, "lora")] + [("L3", b, v) for b in sorted({r["beta"] for r in sel})
+                                                               for v in l3_variants]:
+            a, b = groups.get(f"{rung} {variant} beta={beta:g}"), groups.get(f"{rung} base beta={beta:g}")
             if a and b and a["distance"] is not None and b["distance"]:
-                ratios[f"{rung} lora/base beta={beta:g}"] = a["distance"] / b["distance"]
+                ratios[f"{rung} {variant}/base beta={beta:g}"] = a["distance"] / b["distance"]
         oracle, l1 = groups.get("L0 oracle beta=0"), groups.get("L1 lora beta=0")
         if oracle and l1 and oracle["distance"] and l1["distance"] is not None:
             ratios["L1 / oracle"] = l1["distance"] / oracle["distance"]
@@ -219,14 +239,36 @@ def report_md(summary: dict, cmd: str) -> str:
     lines = [f"# Transfer ladder\n\n`{cmd}`\n"]
     for part, s in summary.items():
         lines += [f"\n## {part} references\n",
-                  "| rung | variant | beta | n | distance | untracked | colour | coherent |", "|---" * 8 + "|"]
+                  "| rung | variant | beta | n | distance | untracked | colour | shape | coherent |", "|---" * 9 + "|"]
         for key, g in s["groups"].items():
             rung, variant, beta = key.split(" ")
             d = "-" if g["distance"] is None else f"{g['distance']:.3f}"
+            shape = "-" if g.get("shape_ok") is None else f"{100 * g['shape_ok']:.0f} %"
             lines.append(f"| {rung} | {variant} | {beta.split('=')[1]} | {g['n']} | {d} | {g['untracked']} | "
-                         f"{100 * g['colour_ok']:.0f} % | {100 * g['coherent']:.0f} % |")
+                         f"{100 * g['colour_ok']:.0f} % | {shape} | {100 * g['coherent']:.0f} % |")
         lines += [""] + [f"- {k}: {v:.2f}" for k, v in s["ratios"].items()]
     return "\n".join(lines) + "\n"
+
+
+def _resume(out: Path, args: argparse.Namespace) -> tuple[list[dict], set[int]]:
+    """Rows of the references an earlier run with the same settings finished in ``out`` (none in a fresh folder).
+
+    Every setting that changes what a row means must match; ``--refs`` and ``--threads`` may differ, so a long
+    ladder can run in chunks of references."""
+    key = {name: getattr(args, name) for name in ("prompts", "seeds", "betas", "steps", "sample_steps", "guidance",
+                                                   "rungs", "baselines", "set")}
+    key["model"] = str(Path(args.model).resolve())
+    # the same folder may hold other weights by now (a training run continued into it)
+    key["weights"] = hashlib.sha256(b"".join(hashlib.sha256(f.read_bytes()).digest()
+                                             for f in sorted(Path(args.model).rglob("*.safetensors")))).hexdigest()
+    marker, rows_file = out / "settings.json", out / "rows.jsonl"
+    if not rows_file.exists():
+        marker.write_text(json.dumps(key, indent=1))
+        return [], set()
+    if not marker.exists() or json.loads(marker.read_text()) != key:
+        raise SystemExit(f"{out} holds a ladder with other settings (see {marker}); use a new --out")
+    rows = [json.loads(line) for line in rows_file.read_text().splitlines() if line.strip()]
+    return rows, {r["ref"] for r in rows}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -242,9 +284,21 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sample-steps", type=int, default=None, help="DDIM steps (default: the model's)")
     ap.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's)")
     ap.add_argument("--rungs", default="L1,L2,L3", help="rungs to run besides the oracle (L1,L2,L3)")
+    ap.add_argument("--baselines", default="", help="objectives trained and sampled beside L3's MotionMatcher LoRA "
+                    "(e.g. ddpm,frame-diff,residual)")
     ap.add_argument("--set", action="append", default=[], help="section.key=value override (repeatable)")
     ap.add_argument("--threads", type=int, default=0)
     args = ap.parse_args(argv)
+    try:
+        args.baselines = [b for b in parse_variants(args.baselines) if b != "motion"] if args.baselines else []
+    except ProtocolError as e:
+        raise SystemExit(f"--baselines: {e}") from None
+    try:
+        refs = [int(x) for x in args.refs.split(",")]
+    except ValueError:
+        raise SystemExit(f"--refs {args.refs!r}: give comma-separated indices 0-{len(REFERENCES) - 1}") from None
+    if not all(0 <= i < len(REFERENCES) for i in refs):
+        raise SystemExit(f"--refs {args.refs!r}: indices run from 0 to {len(REFERENCES) - 1}")
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -257,9 +311,12 @@ def main(argv: list[str] | None = None) -> None:
     apply_overrides(args.cfg, args.scfg, args.set)
     args.betas = [float(b) for b in args.betas.split(",")]
     args.rungs = args.rungs.split(",")
-    rows: list[dict] = []
+    rows, done = _resume(out, args)
     t0 = time.time()
-    for i in (int(x) for x in args.refs.split(",")):
+    for i in refs:
+        if i in done:
+            print(json.dumps({"ref": i, "skipped": "done in an earlier run of this command"}), flush=True)
+            continue
         rows += run_reference(model, i, args, out)
         with open(out / "rows.jsonl", "w") as fh:
             fh.writelines(json.dumps(r) + "\n" for r in rows)

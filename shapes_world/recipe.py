@@ -92,7 +92,9 @@ def build_model(seed: int = 0, unet_channels: tuple[int, ...] = (32, 64, 64), un
                               steps_offset=1, prediction_type="epsilon")
     video = {"num_frames": frames, "fps": FPS, "height": side, "width": side}
     # A small model needs far fewer DDIM steps than Zeroscope's 75 to sample well; 25 keeps the CPU flow short.
-    sample = {"num_inference_steps": 25, "guidance_scale": 7.5}
+    # The paths model samples one coherent object far more often at guidance 3 than 7.5, at the same colour,
+    # shape and motion transfer (benchmarks/guidance_sweep.py and the ladder; docs/results.md).
+    sample = {"num_inference_steps": 25, "guidance_scale": 3.0 if world_name == "paths" else 7.5}
     # The paths world's own LoRA default, from the transfer ladder's L1 probes (docs/results.md): LoRA on the
     # convolutions too (a 1-layer-per-block UNet3D keeps much of its motion there); the sampling cut-off stays the
     # release's 500 (cut-off 0 measured no better).

@@ -71,6 +71,29 @@ def test_seeds_and_outputs(model):
     assert isinstance(rnd.seeds[0], int)
 
 
+def test_x0_hook_sees_the_schedulers_own_clean_estimates(model):
+    """``x0_hook`` gets diffusers' ``pred_original_sample`` at every step, and the loop ends at its last sample."""
+    from diffusers import DDIMScheduler
+
+    from motion_core.models import encode_prompt
+
+    noise = torch.randn(1, 4, 4, 8, 8, generator=torch.Generator().manual_seed(5))
+    seen: list = []
+    out = sample(model, "a red circle", SampleConfig(num_inference_steps=4, guidance_scale=1.0, seed=0),
+                 latent_shape=(4, 8, 8), init_noise=noise, decode=False, x0_hook=lambda t, x0: seen.append((t, x0)))
+    ref = DDIMScheduler.from_config(model.scheduler.config)
+    ref.set_timesteps(4)
+    cond, x = encode_prompt(model, "a red circle"), noise
+    assert [t for t, _ in seen] == [int(t) for t in ref.timesteps]
+    with torch.no_grad():
+        for (_, x0), t in zip(seen, ref.timesteps):
+            e = model.unet(x, t, encoder_hidden_states=cond).sample
+            step = ref.step(e, t, x, eta=0.0)
+            torch.testing.assert_close(x0, step.pred_original_sample, atol=1e-5, rtol=1e-4)
+            x = step.prev_sample
+    torch.testing.assert_close(out.latents, x, atol=1e-5, rtol=1e-4)
+
+
 def test_bad_inputs_are_refused(model):
     with pytest.raises(ValueError, match="prompt is empty"):
         sample(model, "   ", SampleConfig(num_inference_steps=2), latent_shape=(4, 8, 8))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -99,12 +100,32 @@ def test_ladder_runs_every_rung_on_an_untrained_model(tmp_path):
 
     save_model(recipe.build_model(0), model_dir)
     out = tmp_path / "ladder"
-    ladder.main(["--model", str(model_dir), "--out", str(out), "--refs", "6", "--prompts", "1", "--seeds", "1",
-                 "--steps", "2", "--sample-steps", "2", "--set", "sample.lora_cutoff=250", "--threads", "1"])
+    cmd = ["--model", str(model_dir), "--out", str(out), "--refs", "6", "--prompts", "1", "--seeds", "1",
+           "--steps", "2", "--sample-steps", "2", "--set", "sample.lora_cutoff=250", "--baselines", "ddpm,residual"]
+    ladder.main(cmd + ["--threads", "1"])
     rows = [json.loads(x) for x in (out / "rows.jsonl").read_text().splitlines()]
     got = {(r["rung"], r["variant"], r["beta"]) for r in rows}
     assert got == {("L0", "oracle", 0.0), ("L1", "lora", 0.0), ("L1", "base", 0.0), ("L2", "lora", 0.0),
-                   ("L3", "lora", 0.0), ("L3", "base", 0.0), ("L3", "lora", 0.3), ("L3", "base", 0.3)}
+                   ("L3", "lora", 0.0), ("L3", "base", 0.0), ("L3", "lora", 0.3), ("L3", "base", 0.3),
+                   ("L3", "ddpm", 0.0), ("L3", "ddpm", 0.3), ("L3", "residual", 0.0), ("L3", "residual", 0.3)}
+    assert len(rows) == 12  # the base model is sampled once per cell, not again beside each baseline
+    # the L1 DDPM LoRA serves as L3's ddpm baseline: no second ddpm folder; the residual one is trained
+    assert sorted(p.name for p in (out / "ref6").iterdir() if p.name != "cache") == ["ddpm", "motion", "residual"]
+    assert all(isinstance(r["shape_ok"], bool) for r in rows)
+    # the same settings again (other threads): nothing is redone; other settings on this folder are refused
+    stamp = (out / "ref6" / "motion").stat().st_mtime_ns
+    ladder.main(cmd + ["--threads", "2"])
+    assert (out / "ref6" / "motion").stat().st_mtime_ns == stamp
+    assert len((out / "rows.jsonl").read_text().splitlines()) == 12
+    with pytest.raises(SystemExit, match="other settings"):
+        ladder.main(cmd[:-2] + ["--seeds", "2"])
+    save_model(recipe.build_model(1), model_dir)  # other weights in the same folder
+    with pytest.raises(SystemExit, match="other settings"):
+        ladder.main(cmd)
+    with pytest.raises(SystemExit, match="unknown variant"):
+        ladder.main(cmd[:-2] + ["--baselines", "dpo"])
+    with pytest.raises(SystemExit, match="indices run from 0 to 9"):
+        ladder.main(["--model", str(model_dir), "--out", str(out), "--refs", "12"])
     assert all(r["held_out"] for r in rows)  # reference 6 is a held-out family
     oracle = [r for r in rows if r["rung"] == "L0"]
     assert oracle[0]["distance"] < 0.02 and oracle[0]["colour_ok"]  # the world redraws the path exactly
@@ -131,9 +152,15 @@ def test_ladder_summary_ratios():
     assert s["all"]["ratios"]["L3 lora/base beta=0"] == pytest.approx(0.25)  # the untracked sample is left out
     assert s["all"]["groups"]["L3 lora beta=0"]["untracked"] == 1
     assert s["held_out"]["ratios"] == {"L3 lora/base beta=0.3": pytest.approx(0.25)}
+    assert s["all"]["groups"]["L3 lora beta=0"]["shape_ok"] is None  # rows of older runs carry no shape check
+    rows += [dict(row("L3", "frame-diff", 0.0, 0.3), shape_ok=False), dict(row("L3", "frame-diff", 0.0, 0.2),
+                                                                            shape_ok=True)]
+    s = ladder.summarize(rows)
+    assert s["all"]["ratios"]["L3 frame-diff/base beta=0"] == pytest.approx(0.25 / 0.4)
+    assert s["all"]["groups"]["L3 frame-diff beta=0"]["shape_ok"] == pytest.approx(0.5)
 
 
-def test_card_measures_a_model_and_writes_a_users_page(tmp_path):
+def test_card_measures_a_model_and_writes_a_users_page(tmp_path, monkeypatch, capsys):
     from shapes_world import card
 
     model_dir, lad, flow = tmp_path / "m", tmp_path / "ladder", tmp_path / "flow"
@@ -146,6 +173,17 @@ def test_card_measures_a_model_and_writes_a_users_page(tmp_path):
     ladder.main(["--model", str(model_dir), "--out", str(lad), "--refs", "0", "--prompts", "1", "--seeds", "1",
                  "--rungs", "L3", "--threads", "1"])
     card.main(["--model", str(model_dir), "--out", str(flow), "--flow-only"])
+    # the guidance sweep judges a paths-world model with the card's own check, at the scale it is given
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import guidance_sweep
+
+    seen: list[float] = []
+    real_sample = card.sample
+    monkeypatch.setattr(card, "sample", lambda m, p, cfg, **kw: seen.append(cfg.guidance_scale) or real_sample(
+        m, p, cfg, **kw))
+    guidance_sweep.main(["--model", str(model_dir), "--n", "1", "--guidance", "2.5"])
+    assert seen == [2.5] and json.loads(capsys.readouterr().out.splitlines()[-1])["guidance"] == 2.5
+    monkeypatch.undo()
     flow_res = json.loads((flow / "results.json").read_text())["flow"]
     assert flow_res["train_steps"] == 2 and flow_res["total_s"] > 0
     card.main(["--model", str(model_dir), "--out", str(tmp_path / "card"), "--ladder", str(lad), "--flow", str(flow),
@@ -203,7 +241,28 @@ def test_formation_follows_the_models_own_sampler(tmp_path):
     ref = sample(model, "a red circle on a plain white background", SampleConfig(
         num_inference_steps=4, guidance_scale=5.0, beta=0.0, seed=0), latent_shape=(8, 4, 4), init_noise=noise,
         decode=False).latents
-    assert torch.allclose(final, ref, atol=1e-5)  # the diagnosis walks the product's sampler, step for step
+    assert torch.allclose(final, ref, atol=1e-5)  # the diagnosis walks the product's sampler with its defaults
     assert [t for t, _ in estimates] == [t for t, _ in sampling_timesteps(model.scheduler, 4)]
     rows = diagnose.formation(model, n=2)
     assert [r["t"] for r in rows] == [t for t, _ in estimates] and all(0 <= r["tracked"] <= 1 for r in rows)
+
+
+def test_card_compares_motionmatcher_with_the_ladders_baselines():
+    from shapes_world import card
+
+    def cell(d, colour, shape=None):
+        return {"n": 4, "distance": d, "colour_ok": colour, "shape_ok": shape, "coherent": 1.0}
+
+    groups = {"L3 lora beta=0": cell(0.2, 1.0, 0.5), "L3 lora beta=0.3": cell(0.25, 1.0, 0.5),
+              "L3 base beta=0": cell(0.4, 1.0, 0.5), "L3 base beta=0.3": cell(0.4, 1.0, 0.5),
+              "L3 ddpm beta=0": cell(0.3, 1.0, 0.5), "L3 ddpm beta=0.3": cell(0.3, 0.5, 0.5),
+              "L3 residual beta=0": cell(0.1, 1.0, 0.5), "L3 residual beta=0.3": cell(0.3, 1.0, 0.5),
+              "L3 frame-diff beta=0": cell(0.3, 1.0, 1.0), "L3 frame-diff beta=0.3": cell(0.3, 1.0, 1.0)}
+    rows = {r[0]: r for r in card._baseline_checks(groups, "held-out families")}
+    assert rows["L3: MotionMatcher beats `ddpm` (held-out families)"][3]  # shorter at both betas, text better
+    assert not rows["L3: MotionMatcher beats `residual` (held-out families)"][3]  # longer at beta 0
+    assert not rows["L3: MotionMatcher beats `frame-diff` (held-out families)"][3]  # shorter, but text worse
+    assert "0.200 vs 0.300 and 0.250 vs 0.300" in rows["L3: MotionMatcher beats `ddpm` (held-out families)"][2]
+    groups["L3 ddpm beta=0"]["shape_ok"] = None  # a ladder from before the shape check: nothing to compare
+    assert "L3: MotionMatcher beats `ddpm` (held-out families)" not in {
+        r[0] for r in card._baseline_checks(groups, "held-out families")}
