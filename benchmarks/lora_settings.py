@@ -1,6 +1,7 @@
-"""Compare LoRA training settings on one shapes-world reference: does the motion loss fall, does motion transfer.
+"""Compare LoRA training settings on one reference of the first shapes world (a model of that world: see
+evaluate.py): does the motion loss fall, does motion transfer.
 
-    python benchmarks/lora_settings.py --model assets/shapes-t2v --ref 1 --out runs/lora-settings \\
+    python benchmarks/lora_settings.py --model runs/first/assets/shapes-t2v --ref 1 --out runs/lora-settings \\
         --variants '{"eps1e-8": {"adam_eps": 1e-8}, "eps1e-12": {"adam_eps": 1e-12}}'
 
 For the base model and then for a LoRA trained with each variant (400 steps unless a variant says otherwise) it

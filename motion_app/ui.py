@@ -94,7 +94,7 @@ def build_ui(service: Any) -> gr.Blocks:
                                        height=260, elem_id="mm-preview")
                     preview_md = gr.Markdown(elem_id="mm-preview-info")
             caption = gr.Textbox(label="Caption of the reference video",
-                                 placeholder="e.g. a red circle moving left on a blue background", max_lines=2,
+                                 placeholder="e.g. a red circle on a plain grey background", max_lines=2,
                                  elem_id="mm-caption")
             with gr.Row():
                 model = gr.Dropdown(label="Model", choices=choices, value=choices[0][1], allow_custom_value=not locked,
@@ -141,7 +141,7 @@ def build_ui(service: Any) -> gr.Blocks:
         # ---------------------------------------------------------------------------------- 3. generate
         with gr.Column(elem_classes="mm-section"):
             gr.Markdown("## 3. Generate")
-            prompt = gr.Textbox(label="Prompt", placeholder="e.g. a green star on a dotted background",
+            prompt = gr.Textbox(label="Prompt", placeholder="e.g. a green star on a dotted white background",
                                 max_lines=2, elem_id="mm-prompt")
             negative = gr.Textbox(label="Negative prompt", placeholder="what to avoid (optional)", max_lines=2,
                                   elem_id="mm-negative")

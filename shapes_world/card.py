@@ -280,8 +280,10 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(res["flow"]))
         return
     model = load_model(args.model, device="cpu")
+    threads = torch.get_num_threads()
     res: dict = {"model": args.model, "command": cmd,
-                 "hardware": f"{platform.machine()} CPU, {os.cpu_count()} cores, {torch.get_num_threads()} threads"}
+                 "hardware": f"{platform.machine()} CPU, {os.cpu_count()} cores, {threads} torch "
+                             f"thread{'s' if threads != 1 else ''}"}
     res["vae_psnr"] = vae_psnr(model)
     res["prompt_following"] = prompt_following(model, args.prompts)
     if args.ladder:

@@ -1,6 +1,7 @@
-"""Evaluate the embedded shapes-world model: VAE fidelity, prompt following, coherence and motion transfer.
+"""Evaluate a model of the first shapes world: VAE fidelity, prompt following, coherence and motion transfer.
 
-    python -m shapes_world.evaluate --model assets/shapes-t2v --out runs/shapes-eval     # the full report
+    mkdir -p runs/first && git archive 7c6dc85 assets/shapes-t2v | tar -x -C runs/first   # embedded until 7c6dc85
+    python -m shapes_world.evaluate --model runs/first/assets/shapes-t2v --out runs/shapes-eval   # the full report
     python -m shapes_world.evaluate --model /tmp/tiny --quick --out /tmp/e               # smoke run
 
 In this world the true motion of every reference is known, so motion transfer is measured, not judged:
@@ -20,7 +21,8 @@ In this world the true motion of every reference is known, so motion transfer is
     python -m shapes_world.evaluate --flow-only --out runs/flow      # on an otherwise idle machine
 
 Writes ``results.json`` and ``report.md`` in ``--out`` and, with ``--card``, the model card ``README.md`` beside the
-model's weights.
+model's weights. The embedded model is now of the paths world (``paths.py``); ``card.py`` and ``ladder.py``
+measure it.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The transfer ladder: where does motion transfer break on a model of the paths world?
 
-    python -m shapes_world.ladder --model runs/paths-a --out runs/ladder-a              # 6 + 4 references
+    python -m shapes_world.ladder --model assets/shapes-t2v --out runs/ladder              # 6 + 4 references
     python -m shapes_world.ladder --model M --out O --refs 0,6 --set train.learning_rate=2e-3   # a variant
+    python -m shapes_world.ladder --model M --out O --refs 0,6 --rungs L3 --cutoffs 500,300,150  # 1 LoRA, 3 cut-offs
 
 Every rung is a trajectory distance to the reference (``evaluate.track_distance``: the detector's centroid track,
 mean distance / frame side, plus the zoom term), averaged over references x prompts x seeds:
@@ -43,7 +44,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from motion_core.config import RunConfig, SampleConfig, VideoConfig
+from motion_core.config import ConfigError, RunConfig, SampleConfig, VideoConfig
 from motion_core.lora_io import remove_lora
 from motion_core.models import T2VModel, encode_video, load_model
 from motion_core.sample import invert_cached, sample
@@ -155,15 +156,20 @@ def run_reference(model: T2VModel, i: int, args: argparse.Namespace, out: Path) 
         return to_uint8(sample(model, prompt, scfg, eps_inv=eps_inv, use_lora=use_lora).frames[0])
 
     def sweep(rung: str, prompt_list: list[str], betas: list[float], with_base: bool, name: str = "lora") -> None:
-        cutoff = args.scfg.lora_cutoff if rung == "L3" else 0  # L1, L2: the LoRA on at every step (see above)
+        # L1, L2: the LoRA on at every step (see above); L3: the model's cut-off, or each of --cutoffs (the same
+        # LoRA sampled at each, rows named "lora@C"; the base model has no LoRA to cut, so it is drawn once).
+        cutoffs = (args.cutoffs or [args.scfg.lora_cutoff]) if rung == "L3" else [0]
         for beta in betas:
             for p in prompt_list:
                 for seed in range(args.seeds):
-                    variants = [(name, True)] + ([("base", False)] if with_base else [])
-                    for variant, use_lora in variants:
+                    variants = [(name if len(cutoffs) == 1 else f"{name}@{c}", True, c) for c in cutoffs]
+                    variants += [("base", False, cutoffs[0])] if with_base else []  # (no LoRA: the cut-off is moot)
+                    for variant, use_lora, cutoff in variants:
                         vid = draw(p, seed, beta, use_lora, cutoff)
                         add(rung, variant, p, seed, beta, _score(detector.track(vid), ref_track, side, p), cutoff)
-                        if seed == 0 and p == prompt_list[0] and beta == betas[0] and name == "lora":
+                        # the montage: the first sample of the rung's LoRA (the first cut-off) and of the base model
+                        if (seed == 0 and p == prompt_list[0] and beta == betas[0] and name == "lora"
+                                and variant in (variants[0][0], "base")):
                             strips.append(np.concatenate(list(vid), 1))
 
     # The LoRAs to train and the rungs each is sampled for: L1 and L2 a plain DDPM LoRA, L3 the MotionMatcher LoRA
@@ -257,6 +263,8 @@ def _resume(out: Path, args: argparse.Namespace) -> tuple[list[dict], set[int]]:
     ladder can run in chunks of references."""
     key = {name: getattr(args, name) for name in ("prompts", "seeds", "betas", "steps", "sample_steps", "guidance",
                                                    "rungs", "baselines", "set")}
+    if args.cutoffs:  # only when given, so that ladders begun before the option existed still resume
+        key["cutoffs"] = args.cutoffs
     key["model"] = str(Path(args.model).resolve())
     # the same folder may hold other weights by now (a training run continued into it)
     key["weights"] = hashlib.sha256(b"".join(hashlib.sha256(f.read_bytes()).digest()
@@ -287,6 +295,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--baselines", default="", help="objectives trained and sampled beside L3's MotionMatcher LoRA "
                     "(e.g. ddpm,frame-diff,residual)")
     ap.add_argument("--set", action="append", default=[], help="section.key=value override (repeatable)")
+    ap.add_argument("--cutoffs", default="", help="sample L3's LoRAs at each of these cut-offs (e.g. 500,300,200; "
+                    "default: the model's one)")
     ap.add_argument("--threads", type=int, default=0)
     args = ap.parse_args(argv)
     try:
@@ -309,6 +319,15 @@ def main(argv: list[str] | None = None) -> None:
     if args.steps:
         args.cfg.train.steps = args.steps
     apply_overrides(args.cfg, args.scfg, args.set)
+    try:
+        args.cutoffs = [int(c) for c in args.cutoffs.split(",")] if args.cutoffs else []
+    except ValueError:
+        raise SystemExit(f"--cutoffs {args.cutoffs!r}: give comma-separated timesteps") from None
+    try:
+        for c in args.cutoffs:
+            SampleConfig(lora_cutoff=c).validate()  # the one range check
+    except ConfigError as e:
+        raise SystemExit(f"--cutoffs: {e}") from None
     args.betas = [float(b) for b in args.betas.split(",")]
     args.rungs = args.rungs.split(",")
     rows, done = _resume(out, args)

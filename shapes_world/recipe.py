@@ -1,6 +1,9 @@
 """The recipe of the embedded shapes-world text-to-video model: generate the data, train VAE, text encoder and UNet.
 
-    python -m shapes_world.recipe --out assets/shapes-t2v            # the shipped model (CPU, ~1 hour)
+    python -m shapes_world.recipe --replay assets/shapes-t2v/training_info.json --out runs/m   # the shipped model
+    python -m shapes_world.recipe --continue-from assets/shapes-t2v --out runs/m --seed 4 --unet-minutes 45 \
+        --decoder-minutes 0 --noise-offset 0.1 --image-every 2 --image-batch 64 --lr 2e-4 --ema-decay 0.999 \
+        --threads 1   # one more chunk, on clips no earlier run drew (each run in training_info.json names its seed)
     python -m shapes_world.recipe --out /tmp/m --clips 64 --vae-minutes 0.2 --unet-minutes 0.3   # smoke
     # on a GPU, a larger UNet on more data (written for the device machine; not yet run on a GPU):
     python -m shapes_world.recipe --out runs/shapes-gpu --device cuda --workers 16 --clips 20000 \
@@ -10,8 +13,9 @@
 Everything is seeded. The model uses exactly Zeroscope's classes and folder layout (``AutoencoderKL``,
 ``CLIPTextModel`` + ``CLIPTokenizer`` built from the world's small vocabulary, ``UNet3DConditionModel`` and
 ``DDIMScheduler`` with Zeroscope's schedule), so the project's one loader reads it like any hub model. The
-sidecar ``motion_matcher.json`` names the block the motion feature extractor reads (``down_blocks.1``: 8 x 8
-maps at 64 x 64 pixels) and the video size. Training stops on a wall-clock budget per stage, so the recipe fits
+sidecar ``motion_matcher.json`` names the block the motion feature extractor reads (``down_blocks.1``: 4 x 4
+maps at 32 x 32 pixels in the paths world, 8 x 8 at the first world's 64 x 64), the video size and the model's
+sampling and training defaults. Training stops on a wall-clock budget per stage, so the recipe fits
 a 2-core CPU; ``training_info.json`` records the data, sizes, steps, losses, hardware and wall time.
 
 Training options that target what the diagnosis found (``python -m shapes_world.diagnose``):

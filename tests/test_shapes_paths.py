@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from shapes_world import detector, ladder, paths, recipe, world
 
@@ -138,6 +139,31 @@ def test_ladder_runs_every_rung_on_an_untrained_model(tmp_path):
     assert (out / "ladder.md").read_text().startswith("# Transfer ladder")
     with pytest.raises(SystemExit):
         ladder.apply_overrides(ladder.RunConfig(), ladder.SampleConfig(), ["train.no_such_setting=1"])
+
+
+def test_ladder_samples_one_lora_at_several_cutoffs(tmp_path):
+    model_dir = tmp_path / "m"
+    from motion_core.models import save_model
+
+    save_model(recipe.build_model(0), model_dir)
+    out = tmp_path / "ladder"
+    base = ["--model", str(model_dir), "--out", str(out), "--refs", "0", "--prompts", "1", "--seeds", "1",
+            "--steps", "2", "--sample-steps", "3", "--rungs", "L3", "--betas", "0", "--threads", "1"]
+    ladder.main(base + ["--cutoffs", "1000,0"])
+    rows = [json.loads(x) for x in (out / "rows.jsonl").read_text().splitlines()]
+    l3 = {r["variant"]: r for r in rows if r["rung"] == "L3"}
+    assert set(l3) == {"lora@1000", "lora@0", "base"} and l3["lora@0"]["lora_cutoff"] == 0
+    # at cut-off 1000 the LoRA is never on: the same sample as the base model's, so the same distance
+    assert l3["lora@1000"]["distance"] == l3["base"]["distance"]
+    assert "L3 lora@0/base beta=0" in json.loads((out / "summary.json").read_text())["all"]["ratios"]
+    # the montage: the reference, the LoRA at the first cut-off and the base model (3 strips, 2 px apart, 3x)
+    h = json.loads((model_dir / "motion_matcher.json").read_text())["video"]["height"]
+    assert Image.open(out / "ref0_curve.png").height == 3 * 3 * (h + 2)
+    with pytest.raises(SystemExit, match="other settings"):  # the cut-offs are part of what a row means
+        ladder.main(base + ["--cutoffs", "500"])
+    for bad, msg in (("2000", "cut-off must be in"), ("a,b", "comma-separated")):
+        with pytest.raises(SystemExit, match=msg):
+            ladder.main(base[:3] + [str(tmp_path / "other")] + base[4:] + ["--cutoffs", bad])
 
 
 def test_ladder_summary_ratios():
