@@ -16,7 +16,9 @@ mean distance / frame side, plus the zoom term), averaged over references x prom
   the trajectory alone, and ``diagnose --formation`` shows the paths model settling its path below t = 500.
 * **L2**: the same DDPM LoRA with the new prompts at beta 0, cut-off 0: motion plus leaked look is expected.
 * **L3**: the MotionMatcher LoRA (the model's training defaults) with the new prompts at beta 0 and 0.3: the
-  product. Target: LoRA / base distance <= 0.5 at both betas, prompted colour kept in >= 80 %. ``--baselines
+  product. The reference is inverted as the model's sampling defaults say (``invert_with_lora``; ``--set
+  sample.invert_with_lora=true`` for the release's choice on a model that inverts with the base model). Target:
+  LoRA / base distance <= 0.5 at both betas, prompted colour kept in >= 80 %. ``--baselines
   ddpm,frame-diff,residual`` trains those objectives with the same settings and samples them beside it (rows
   named by objective): does the motion loss beat them on distance at no worse text alignment (prompted colour
   and shape kept)?
@@ -187,6 +189,10 @@ def run_reference(model: T2VModel, i: int, args: argparse.Namespace, out: Path) 
         t0 = time.perf_counter()
         train_lora(model, frames, clip.caption, out / f"ref{i}" / objective, cfg, resume=False)
         train_s = time.perf_counter() - t0
+        if args.scfg.invert_with_lora and "L3" in rungs:
+            # as the product does for such a model: the reference inverted with this LoRA on, for the LoRA's
+            # samples and the base model's beside them (L1 and L2 sample at beta 0 and never read it)
+            eps_inv = invert_cached(model, z0, steps, out / f"ref{i}" / "cache", with_lora=True)
         for rung in rungs:
             if rung == "L1":
                 sweep("L1", [clip.caption], [0.0], with_base=True)

@@ -166,6 +166,24 @@ def test_ladder_samples_one_lora_at_several_cutoffs(tmp_path):
             ladder.main(base[:3] + [str(tmp_path / "other")] + base[4:] + ["--cutoffs", bad])
 
 
+def test_ladder_inverts_with_the_lora_when_the_sampling_settings_say_so(tmp_path):
+    model_dir = tmp_path / "m"
+    from motion_core.models import save_model
+
+    save_model(recipe.build_model(0), model_dir)
+    cmd = ["--model", str(model_dir), "--refs", "0", "--prompts", "1", "--seeds", "1", "--steps", "2",
+           "--sample-steps", "3", "--rungs", "L3", "--betas", "0.3", "--threads", "1"]
+    caches = {}
+    for name, extra in (("plain", []), ("with-lora", ["--set", "sample.invert_with_lora=true"])):
+        ladder.main(cmd + ["--out", str(tmp_path / name)] + extra)
+        caches[name] = sorted(p.name for p in (tmp_path / name / "ref0" / "cache").glob("inv-*.pt"))
+    # the base model's inversion only; then, besides it, the reference inverted with the trained LoRA on
+    assert len(caches["plain"]) == 1 and len(caches["with-lora"]) == 2
+    assert caches["plain"][0] in caches["with-lora"]
+    rows = [json.loads(x) for x in (tmp_path / "with-lora" / "rows.jsonl").read_text().splitlines()]
+    assert {r["variant"] for r in rows if r["rung"] == "L3"} == {"lora", "base"}
+
+
 def test_ladder_summary_ratios():
     def row(rung, variant, beta, d, held=False):
         return {"ref": 0, "family": "curve", "held_out": held, "rung": rung, "variant": variant, "prompt": "p",
