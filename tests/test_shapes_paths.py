@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from motion_core.models import save_model
 from shapes_world import detector, ladder, paths, recipe, world
 
 
@@ -96,11 +97,14 @@ def test_first_world_still_renders_its_own_colours():
     assert detector.track(clip.frames).colour == "red"
 
 
-def test_ladder_runs_every_rung_on_an_untrained_model(tmp_path):
-    model_dir = tmp_path / "m"
-    from motion_core.models import save_model
+def _untrained_model(tmp_path: Path) -> Path:
+    """A fresh paths-world model (recipe's architecture, random weights) saved in ``tmp_path / "m"``."""
+    save_model(recipe.build_model(0), tmp_path / "m")
+    return tmp_path / "m"
 
-    save_model(recipe.build_model(0), model_dir)
+
+def test_ladder_runs_every_rung_on_an_untrained_model(tmp_path):
+    model_dir = _untrained_model(tmp_path)
     out = tmp_path / "ladder"
     cmd = ["--model", str(model_dir), "--out", str(out), "--refs", "6", "--prompts", "1", "--seeds", "1",
            "--steps", "2", "--sample-steps", "2", "--set", "sample.lora_cutoff=250", "--baselines", "ddpm,residual"]
@@ -142,10 +146,7 @@ def test_ladder_runs_every_rung_on_an_untrained_model(tmp_path):
 
 
 def test_ladder_samples_one_lora_at_several_cutoffs(tmp_path):
-    model_dir = tmp_path / "m"
-    from motion_core.models import save_model
-
-    save_model(recipe.build_model(0), model_dir)
+    model_dir = _untrained_model(tmp_path)
     out = tmp_path / "ladder"
     base = ["--model", str(model_dir), "--out", str(out), "--refs", "0", "--prompts", "1", "--seeds", "1",
             "--steps", "2", "--sample-steps", "3", "--rungs", "L3", "--betas", "0", "--threads", "1"]
@@ -167,10 +168,7 @@ def test_ladder_samples_one_lora_at_several_cutoffs(tmp_path):
 
 
 def test_ladder_inverts_with_the_lora_when_the_sampling_settings_say_so(tmp_path):
-    model_dir = tmp_path / "m"
-    from motion_core.models import save_model
-
-    save_model(recipe.build_model(0), model_dir)
+    model_dir = _untrained_model(tmp_path)
     cmd = ["--model", str(model_dir), "--refs", "0", "--prompts", "1", "--seeds", "1", "--steps", "2",
            "--sample-steps", "3", "--rungs", "L3", "--betas", "0.3", "--threads", "1"]
     caches = {}
@@ -275,12 +273,11 @@ def test_formation_follows_the_models_own_sampler(tmp_path):
 
     from motion_core.config import SampleConfig
     from motion_core.ddim import sampling_timesteps
-    from motion_core.models import load_model, save_model
+    from motion_core.models import load_model
     from motion_core.sample import sample
     from shapes_world import diagnose
 
-    save_model(recipe.build_model(0), tmp_path / "m")
-    model = load_model(tmp_path / "m", device="cpu")
+    model = load_model(_untrained_model(tmp_path), device="cpu")
     model.sample_defaults.update(num_inference_steps=4, guidance_scale=5.0)
     noise = torch.randn((1, model.latent_channels, 8, 4, 4), generator=torch.Generator().manual_seed(3))
     estimates, final = diagnose.clean_estimates(model, "a red circle on a plain white background", noise)
