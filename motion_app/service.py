@@ -196,7 +196,8 @@ class MotionService:
         training job's carry its ``RunConfig``). Settings not given are the run's model's own."""
         parent = self.run_with_lora(job_id)
         if not (prompt or "").strip():
-            raise JobError("Write a prompt describing the new video (e.g. 'a green star on a dotted white background').")
+            raise JobError("Write a prompt describing the new video "
+                           "(e.g. 'a green star on a dotted white background').")
         prompt = check_text(prompt, "prompt")
         cfg = settings.sample_config(parent.params["model"], negative_prompt, beta, seed, steps, guidance,
                                      lora_strength, num_videos)

@@ -188,6 +188,8 @@ class LoraConfig(_Base):
         _check(set(self.spatial_targets) <= {"attn1", "ff"}, "spatial targets may be attn1 and ff (not attn2)")
         _check(set(self.temporal_targets) <= ok, f"temporal targets must be among {sorted(ok)}")
         _check(set(self.conv_targets) <= {"temp_convs", "resnets"}, "conv targets may be temp_convs and resnets")
+        _check(bool(self.spatial_targets or self.temporal_targets or self.conv_targets),
+               "the LoRA must target some layers: name at least one spatial, temporal or conv target")
 
     @property
     def lora_alpha(self) -> float:
@@ -208,7 +210,7 @@ class LossConfig(_Base):
     # (w'_t = 1 only on the noisiest half), [0, 1000) for the pixel-level baselines.
     t_min: int | None = None
     t_max: int | None = None
-    stride: int = 1  # open choice: the DDIM map steps t -> t - stride; the paper uses 1
+    stride: int = 1  # open choice: the DDIM map steps t -> t - stride; the paper uses 1, the embedded model 400
     # Capture layers; None -> the model's own choice (its sidecar), "down_blocks.2" for Zeroscope.
     capture_blocks: tuple[str, ...] | None = None
 
@@ -218,13 +220,14 @@ class LossConfig(_Base):
         _check(0 <= self.lambda_ca <= 1e7 and 0 <= self.lambda_tsa <= 1e7, "lambdas must be in [0, 1e7]")
         _check(self.objective != "motion" or self.lambda_ca + self.lambda_tsa > 0,
                "lambda_ca + lambda_tsa must be > 0 for the motion objective")
-        _check(1 <= self.stride <= 100, f"stride must be in [1, 100], got {self.stride}")
+        _check(1 <= self.stride <= 999, f"stride must be in [1, 999], got {self.stride}")
 
     def t_range(self, num_train_timesteps: int = 1000) -> tuple[int, int]:
         lo_default = num_train_timesteps // 2 if self.objective == "motion" else 0
         lo = lo_default if self.t_min is None else self.t_min
         hi = num_train_timesteps if self.t_max is None else self.t_max
-        lo = max(lo, self.stride)  # v_t needs t - stride >= 0
+        # v_t needs t - stride >= 0; the pixel-level objectives never step, and start at 1 as they always have
+        lo = max(lo, self.stride if self.objective == "motion" else 1)
         if not (0 <= lo < hi <= num_train_timesteps):
             raise ConfigError(f"timestep range [{lo}, {hi}) is empty or outside [0, {num_train_timesteps})")
         return lo, hi

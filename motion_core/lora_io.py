@@ -65,7 +65,9 @@ def target_modules_regex(cfg: LoraConfig) -> str:
     # the Conv3d inside each of a TemporalConvLayer's four (norm, act[, dropout], conv) stages
     convs = {"temp_convs": rf"{where}\.temp_convs\.\d+\.(?:conv1\.2|conv[234]\.3)",
              "resnets": rf"{where}\.resnets\.\d+\.conv[12]"}
-    return rf"^(?:{'|'.join([spatial, temporal] + [convs[c] for c in cfg.conv_targets])})$"
+    parts = ([spatial] if cfg.spatial_targets else []) + ([temporal] if cfg.temporal_targets else [])
+    parts += [convs[c] for c in cfg.conv_targets]
+    return rf"^(?:{'|'.join(parts)})$"
 
 
 def add_lora(model: T2VModel, cfg: LoraConfig, seed: int = 0) -> list[torch.nn.Parameter]:

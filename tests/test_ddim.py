@@ -94,3 +94,16 @@ def test_blend_noise_unit_variance_and_ends(sched):
     torch.testing.assert_close(blend_noise(a, b, 1.0), a)
     with pytest.raises(ValueError, match="beta"):
         blend_noise(a, b, 1.5)
+
+
+def test_a_long_stride_keeps_the_extractor_timestep_non_negative():
+    from motion_core.config import ConfigError, LossConfig
+
+    assert LossConfig(stride=400).t_range() == (500, 1000)  # the motion loss's own range, t - 400 >= 100
+    assert LossConfig(stride=600).t_range() == (600, 1000)  # the range starts where t - stride >= 0
+    # the stride is the motion loss's own: a pixel-level baseline trained beside it keeps its whole range
+    assert LossConfig(objective="ddpm", stride=400).t_range() == (1, 1000)
+    with pytest.raises(ConfigError):
+        LossConfig(stride=1000).validate()
+    with pytest.raises(ConfigError):
+        LossConfig(stride=900, t_max=800).t_range()

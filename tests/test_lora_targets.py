@@ -78,3 +78,31 @@ def test_a_conv_lora_of_the_wrong_kernel_is_refused(tmp_path):
         raise AssertionError("a LoRA of the wrong kernel loaded")
     except LoraFileError as err:
         assert "temp_convs" in str(err) and "(-1, " in str(err)
+
+
+def test_a_temporal_only_lora_leaves_every_spatial_layer_alone_and_round_trips(tmp_path):
+    # no spatial target (a probe of docs/results.md): a motion LoRA that cannot repaint the prompted look
+    model = build_tiny_model(seed=0)
+    cfg = LoraConfig(rank=4, dropout=0.0, spatial_targets=(), conv_targets=("temp_convs",))
+    params = add_lora(model, cfg, seed=1)
+    names = _adapted(model)
+    assert names and all(".temp_attentions." in n or n.startswith("transformer_in.") or ".temp_convs." in n
+                         for n in names)
+    assert any(".temp_convs." in n for n in names) and any(".temp_attentions." in n for n in names)
+    with torch.no_grad():
+        for p in params:
+            p.normal_()
+    save_lora(tmp_path / "lora.safetensors", model, cfg)
+    other = build_tiny_model(seed=0)
+    load_lora(tmp_path / "lora.safetensors", other)
+    before, after = lora_state_dict(model), lora_state_dict(other)
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_a_lora_with_no_target_is_refused():
+    import pytest
+
+    from motion_core.config import ConfigError
+
+    with pytest.raises(ConfigError, match="target some layers"):
+        LoraConfig(spatial_targets=(), temporal_targets=(), conv_targets=()).validate()

@@ -86,3 +86,14 @@ def test_inversion_with_the_lora_on_follows_the_model_or_the_caller(tmp_path):
     torch.testing.assert_close(cached, with_lora)
     torch.testing.assert_close(invert_cached(model, z0, 4, tmp_path, with_lora=False), base)  # its own entry
     assert len(list(tmp_path.glob("inv-*.pt"))) == 2
+
+
+def test_the_embedded_model_asks_for_its_measured_motion_loss_stride():
+    # docs/results.md: on the 8 x 8-latent paths model the extractor reads t - 400, where the object is placed
+    from motion_core.models import model_defaults
+    from shapes_world.recipe import build_model
+
+    cfg = RunConfig.for_model(model_defaults("assets/shapes-t2v"))
+    assert cfg.loss.stride == 400 and cfg.loss.t_range() == (500, 1000)
+    assert list(cfg.lora.conv_targets) == ["temp_convs", "resnets"]
+    assert build_model(world_name="paths").train_defaults["stride"] == 400  # a fresh paths model gets the same
