@@ -210,7 +210,7 @@ class LossConfig(_Base):
     # (w'_t = 1 only on the noisiest half), [0, 1000) for the pixel-level baselines.
     t_min: int | None = None
     t_max: int | None = None
-    stride: int = 1  # open choice: the DDIM map steps t -> t - stride; the paper uses 1, the embedded model 400
+    stride: int = 1  # open choice: the DDIM map steps t -> t - stride; the paper uses 1, a model may ask for more
     # Capture layers; None -> the model's own choice (its sidecar), "down_blocks.2" for Zeroscope.
     capture_blocks: tuple[str, ...] | None = None
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from motion_core.config import LoraConfig
+from motion_core.config import ConfigError, LoraConfig
 from motion_core.lora_io import add_lora, load_lora, lora_state_dict, save_lora
 from motion_core.testing import build_tiny_model
 
@@ -100,9 +101,5 @@ def test_a_temporal_only_lora_leaves_every_spatial_layer_alone_and_round_trips(t
 
 
 def test_a_lora_with_no_target_is_refused():
-    import pytest
-
-    from motion_core.config import ConfigError
-
     with pytest.raises(ConfigError, match="target some layers"):
         LoraConfig(spatial_targets=(), temporal_targets=(), conv_targets=()).validate()
