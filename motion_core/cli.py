@@ -88,6 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--adam-eps", type=float, default=None,
                    help="Adam's eps (default: the model's own; Zeroscope: the release's 1e-8, else 1e-12)")
     g.add_argument("--rank", type=int, default=None, help=f"LoRA rank (default: the model's own, else {d.lora.rank})")
+    g.add_argument("--batch-size", type=int, default=None,
+                   help=f"(t, noise) draws per step (default: the model's own, else {d.train.batch_size})")
+    g.add_argument("--recolour", type=float, default=None,
+                   help="share of draws from recoloured copies of the clip, against a LoRA that ties the motion to "
+                        f"its colours (default: the model's own, else {d.train.recolour:g})")
     g.add_argument("--objective", default=d.loss.objective, choices=["motion", "ddpm", "frame-diff", "residual"],
                    help="motion = MotionMatcher; the others are the baselines")
     g.add_argument("--lambda-ca", type=float, default=d.loss.lambda_ca, help="weight of the cross-attention maps")
@@ -230,7 +235,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     seed = resolve_seed(args.seed)
     if seed != args.seed:
         print(f"seed: {seed} (drawn at random)", file=sys.stderr)
-    given = {"train": {"steps": args.steps, "learning_rate": args.lr, "adam_eps": args.adam_eps},
+    given = {"train": {"steps": args.steps, "learning_rate": args.lr, "adam_eps": args.adam_eps,
+                       "batch_size": args.batch_size, "recolour": args.recolour},
              "lora": {"rank": args.rank}}
     overrides = {sec: {k: v for k, v in kv.items() if v is not None} for sec, kv in given.items()}
     overrides["train"].update(seed=seed, checkpoint_every=args.checkpoint_every, precision=args.precision,

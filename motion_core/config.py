@@ -239,6 +239,17 @@ class TrainConfig(_Base):
 
     steps: int = 400  # paper: 400 steps
     learning_rate: float = 5e-4  # paper: 5e-4
+    # (t, eps) draws of the one reference per step, batched; paper: 1. A small model may average a few: on the CPU
+    # a batch of 4 costs about 2.4 steps of 1 (docs/method.md, "Noise draws per step").
+    batch_size: int = 1
+    # Share of draws trained under another caption than the reference's, drawn from caption_pool (the empty one by
+    # default); paper: 0. A LoRA trained under one caption may act only under it (docs/method.md, "Other captions").
+    caption_dropout: float = 0.0
+    caption_pool: tuple[str, ...] = ("",)
+    # Share of draws taken from a recoloured copy of the reference (its RGB channels permuted and / or inverted: the
+    # same motion in other colours); paper: 0. A LoRA may tie the motion to the reference's colours
+    # (docs/method.md, "Recoloured draws").
+    recolour: float = 0.0
     weight_decay: float = 1e-2  # release: AdamW, weight decay 1e-2, constant learning rate
     adam_betas: tuple[float, float] = (0.9, 0.999)
     # None = the model's own (RunConfig.for_model): Zeroscope gets the release's 1e-8 (the paper's numbers were
@@ -257,6 +268,14 @@ class TrainConfig(_Base):
 
     def validate(self) -> None:
         _check(1 <= self.steps <= 100_000, f"steps must be in [1, 100000], got {self.steps}")
+        _check(isinstance(self.batch_size, int) and 1 <= self.batch_size <= 16,
+               f"batch_size must be in [1, 16], got {self.batch_size}")
+        _check(0 <= self.caption_dropout <= 1, f"caption_dropout must be in [0, 1], got {self.caption_dropout}")
+        _check(0 <= self.recolour <= 1, f"recolour must be in [0, 1], got {self.recolour}")
+        _check(isinstance(self.caption_pool, (tuple, list)) and 1 <= len(self.caption_pool) <= 256,
+               "caption_pool must list 1 to 256 captions")
+        for c in self.caption_pool:
+            check_text(c, "caption_pool entry", required=False)
         _check(0 < self.learning_rate <= 1.0, f"learning_rate must be in (0, 1], got {self.learning_rate}")
         _check(0 <= self.weight_decay <= 1.0, f"weight_decay must be in [0, 1], got {self.weight_decay}")
         _check(self.checkpoint_every >= 1, "checkpoint_every must be >= 1")

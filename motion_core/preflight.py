@@ -245,8 +245,10 @@ def device_memory_gb(device: str) -> float | None:
 
 def predict(source: str | None, frames: int = 16, size: int = 384, device: str = "cuda", precision: str = "auto",
             grad_checkpointing: str = "auto", dtype: str = "auto", device_gb: float | None = None,
-            objective: str = "motion", advise: bool = True, fit_suffix: str = "") -> Prediction:
+            objective: str = "motion", advise: bool = True, fit_suffix: str = "", batch: int = 1) -> Prediction:
     """Predicted peak GiB of a training step and of sampling (inversion, guided DDIM) for the model at this size.
+
+    ``batch``: (t, eps) draws per training step (``TrainConfig.batch_size``); a step's activations grow with it.
 
     ``fit_suffix`` picks another measured variant of the setting (``"-block"``: whole blocks checkpointed, the
     first version; for docs/performance.md's table).
@@ -277,7 +279,7 @@ def predict(source: str | None, frames: int = 16, size: int = 384, device: str =
     others = (arch.vae_params + arch.text_params) * wsize
     lora = _lora_params(arch.unet)
     a, b = _fits_for(arch, f"train-{objective}", setting + (fit_suffix if ckpt else ""))
-    train = unet_train + others + lora * 12 + a + b * positions  # LoRA: weights + Adam's two moments (fp32)
+    train = unet_train + others + lora * 12 + a + b * positions * batch  # LoRA: weights + Adam's two moments (fp32)
     sw = "halfw" if wsize == 2 else "fp32w"
     acts = [fa + fb * positions for fa, fb in (_fits_for(arch, k, sw) for k in ("invert", "guided"))]
     if arch.zeroscope:  # the VAE decodes 8 frames at a time (models.decode_latents)
@@ -288,7 +290,7 @@ def predict(source: str | None, frames: int = 16, size: int = 384, device: str =
     train_gb, sample_gb = train / GIB + gpu, sample / GIB + gpu
     total = device_gb if device_gb is not None else device_memory_gb(str(dev))
     fits = None if total is None else max(train_gb, sample_gb) <= total
-    advice = _advice(arch, train_gb, sample_gb, total, frames, size, setting, objective, dev) if advise else ""
+    advice = _advice(arch, train_gb, sample_gb, total, frames, size, setting, objective, dev, batch) if advise else ""
     return Prediction(train_gb, sample_gb, total, setting, frames, size, fits, advice)
 
 
@@ -297,9 +299,10 @@ def _gb(x: float) -> str:
 
 
 def _advice(arch: _Arch, train_gb: float, sample_gb: float, total: float | None, frames: int, size: int,
-            setting: str, objective: str, dev: torch.device) -> str:
-    head = (f"{arch.source}: training at {frames} frames x {size} x {size} ({setting}) needs about {_gb(train_gb)} GB,"
-            f" sampling about {_gb(sample_gb)} GB")
+            setting: str, objective: str, dev: torch.device, batch: int = 1) -> str:
+    draws = f", {batch} draws a step" if batch > 1 else ""
+    head = (f"{arch.source}: training at {frames} frames x {size} x {size} ({setting}{draws}) needs about "
+            f"{_gb(train_gb)} GB, sampling about {_gb(sample_gb)} GB")
     if total is None:
         return head + "; the device's memory is unknown (give --memory-gb to check a fit)."
     if max(train_gb, sample_gb) <= total:
@@ -307,7 +310,8 @@ def _advice(arch: _Arch, train_gb: float, sample_gb: float, total: float | None,
     # Name one that fits: the low-memory setting (half weights, bf16 autocast, checkpointing), fewer frames if need be.
     if arch.zeroscope:
         for f in sorted({frames, *range(frames - 2, 1, -2)}, reverse=True):
-            p = predict("zeroscope-config", f, size, str(dev), "bf16", "on", "fp16", total, objective, advise=False)
+            p = predict("zeroscope-config", f, size, str(dev), "bf16", "on", "fp16", total, objective, advise=False,
+                        batch=batch)
             if max(p.train_peak_gb, p.sample_peak_gb) <= total:
                 return head + (f": does not fit the device's {total:.0f} GB. This fits: --precision bf16 --dtype fp16 "
                                f"--grad-checkpointing on --frames {f} (about {p.train_peak_gb:.1f} GB).")
@@ -327,7 +331,7 @@ def check_run(source: str | None, cfg: Any, device_gb: float | None = None) -> P
     try:
         p = predict(source, cfg.video.num_frames, max(cfg.video.height, cfg.video.width), "cuda",
                     cfg.train.precision, cfg.train.grad_checkpointing, "auto", device_gb,
-                    "ddpm" if cfg.loss.objective != "motion" else "motion")
+                    "ddpm" if cfg.loss.objective != "motion" else "motion", batch=cfg.train.batch_size)
     except ValueError:
         return None
     if p.fits is False:

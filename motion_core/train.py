@@ -12,6 +12,7 @@ and leaves the last good checkpoint untouched.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -27,7 +28,7 @@ from .attention import MotionFeatureExtractor, extractor_path
 from .checkpointing import resolve_checkpointing
 from .config import RunConfig, check_text
 from .lora_io import ADAPTER, add_lora, lora_state_dict, save_lora
-from .models import T2VModel, encode_prompt, encode_video
+from .models import T2VModel, decode_latents, encode_prompt, encode_video
 from .objectives import ObjectiveContext, get_objective
 from .rundir import CHECKPOINT, LORA_FILE, RunDir
 
@@ -115,6 +116,21 @@ def lora_train_mode(unet: torch.nn.Module) -> None:
             drop.train()
 
 
+def recolourings(frames: torch.Tensor) -> list[torch.Tensor]:
+    """The clip ``(F, 3, H, W)`` in its 11 other colourings: RGB channels permuted, and each permutation inverted.
+
+    Every pixel moves exactly as before, so the motion is the reference's while object and background change colour
+    (grey stays grey under a permutation, white and black swap under inversion). Some may equal the clip (a red
+    object on grey is the same with green and blue swapped): they are kept, as when this was measured."""
+    out = []
+    for invert in (False, True):
+        for perm in itertools.permutations(range(3)):
+            if invert or perm != (0, 1, 2):
+                f = frames[:, list(perm)]
+                out.append(1 - f if invert else f)
+    return out
+
+
 def train_lora(
     model: T2VModel,
     reference: torch.Tensor,
@@ -154,7 +170,7 @@ def train_lora(
     amp = resolve_amp(tc.precision, dev)
     grad_ckpt = resolve_checkpointing(tc.grad_checkpointing, dev)
 
-    # 2. The reference's latents and caption embedding, computed once.
+    # 2. The reference's latents (and its recoloured copies', if asked) and caption embedding, computed once.
     if reference.ndim == 4:
         z0 = encode_video(model, reference)
     elif reference.ndim == 5:
@@ -163,7 +179,13 @@ def train_lora(
         raise ValueError(
             f"reference must be frames (F, 3, H, W) or latents (1, C, F, h, w), got {tuple(reference.shape)}"
         )
+    recoloured = None
+    if tc.recolour > 0:
+        # from latents (the CLI's and the app's cached reference), the frames the VAE decodes them to
+        frames = reference.float().to(dev) if reference.ndim == 4 else decode_latents(model, z0)[0]
+        recoloured = torch.cat([encode_video(model, f) for f in recolourings(frames)])
     text = encode_prompt(model, caption).float()
+    pool = encode_prompt(model, list(tc.caption_pool)).float() if tc.caption_dropout > 0 else None
 
     # 3. A fresh LoRA, optimiser, seeded random stream; then the last checkpoint if there is one.
     params = add_lora(model, cfg.lora, seed=tc.seed)
@@ -187,6 +209,8 @@ def train_lora(
     # fp16 gradients of a loss of ~1e-6 underflow without loss scaling (measured: all zero on a tiny UNet).
     scaler = torch.amp.GradScaler(dev.type) if amp == torch.float16 else None
 
+    # the reference repeated for the step's batch of (t, eps) draws (views: no copies)
+    zb, textb = z0.expand(tc.batch_size, -1, -1, -1, -1), text.expand(tc.batch_size, -1, -1)
     objective = get_objective(lc.objective)
     extractor = MotionFeatureExtractor(model, lc.capture_blocks, grad_ckpt) if lc.objective == "motion" else None
     ctx = ObjectiveContext(model, lc, extractor, amp, gen, grad_ckpt)
@@ -216,13 +240,23 @@ def train_lora(
                 cancelled = True
                 break
             # 4. One step: a new (t, eps) from the seeded stream, the objective, AdamW.
-            t = torch.randint(lo, hi, (1,), generator=gen).to(dev)
-            eps = torch.randn(z0.shape, generator=gen).to(dev)
-            out_loss = objective(ctx, z0, text, t, eps)
+            t = torch.randint(lo, hi, (tc.batch_size,), generator=gen).to(dev)
+            eps = torch.randn((tc.batch_size, *z0.shape[1:]), generator=gen).to(dev)
+            step_z0 = zb
+            if recoloured is not None:  # as below: drawn only when asked
+                swap = (torch.rand(tc.batch_size, generator=gen) < tc.recolour).to(dev).view(-1, 1, 1, 1, 1)
+                pick = torch.randint(0, recoloured.shape[0], (tc.batch_size,), generator=gen).to(dev)
+                step_z0 = torch.where(swap, recoloured[pick], zb)
+            step_text = textb
+            if pool is not None:  # drawn only when asked, so that runs without it keep their random stream
+                drop = (torch.rand(tc.batch_size, generator=gen) < tc.caption_dropout).to(dev).view(-1, 1, 1)
+                pick = torch.randint(0, pool.shape[0], (tc.batch_size,), generator=gen).to(dev)
+                step_text = torch.where(drop, pool[pick], textb)
+            out_loss = objective(ctx, step_z0, step_text, t, eps)
             loss = out_loss.loss
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(
-                    f"the loss became {float(loss)} at step {step + 1} (t={int(t)}); training stopped. The last "
+                    f"the loss became {float(loss)} at step {step + 1} (t={t.tolist()}); training stopped. The last "
                     f"checkpoint (step {ckpt_step}) is kept. Try a lower learning rate or fp32 precision."
                 )
             opt.zero_grad(set_to_none=True)
@@ -239,7 +273,8 @@ def train_lora(
             else:
                 opt.step()
             step += 1
-            rec = {"step": step, "t": int(t), "loss": float(loss.detach()), **out_loss.parts}
+            t_log = int(t[0]) if tc.batch_size == 1 else [int(x) for x in t]
+            rec = {"step": step, "t": t_log, "loss": float(loss.detach()), **out_loss.parts}
             losses.append(rec)
             with log_path.open("a") as f:
                 f.write(json.dumps(rec) + "\n")

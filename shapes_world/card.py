@@ -139,7 +139,11 @@ def checks(res: dict) -> list[tuple[str, str, str, bool]]:
         name = "training families" if part == "trained" else "held-out families"
         if part == "trained" and "L1 / oracle" in r:
             o, l1 = g["L0 oracle beta=0"]["distance"], g["L1 lora beta=0"]["distance"]
-            out.append((f"L1: DDPM LoRA, own caption, beta 0 ({name})", "<= 2 x oracle",
+            l1_lora = "DDPM LoRA"
+            if res.get("ladder_l1"):  # how the L1 LoRA was trained (ladders older than --l1-set do not say)
+                t1 = res["ladder_l1"]
+                l1_lora += f" ({t1['train']['steps']} steps, t >= {t1['loss']['t_min'] or 0})"
+            out.append((f"L1: {l1_lora}, own caption, beta 0 ({name})", "<= 2 x oracle",
                         f"{r['L1 / oracle']:.1f} x ({l1:.3f} / {o:.3f})", r["L1 / oracle"] <= 2))
         for beta in ("0", "0.3"):
             key = f"L3 lora/base beta={beta}"
@@ -290,6 +294,7 @@ def main(argv: list[str] | None = None) -> None:
         summary = json.loads((Path(args.ladder) / "summary.json").read_text())
         res["ladder"] = {k: summary[k] for k in ("trained", "held_out") if k in summary}
         res["ladder_command"] = summary.get("command", f"python -m shapes_world.ladder --out {args.ladder}")
+        res["ladder_l1"] = summary.get("settings", {}).get("l1_train")
     if args.flow:
         res["flow"] = json.loads((Path(args.flow) / "results.json").read_text())["flow"]
     (out / "results.json").write_text(json.dumps(res, indent=1))

@@ -24,6 +24,13 @@ estimate ``x0_hat = (z_t - sqrt(1 - abar_t) eps_hat) / sqrt(abar_t)`` at every s
 the track distance to the finished sample's track per timestep. A LoRA that is switched off below
 ``lora_cutoff`` (the release's 500) can only steer the path if the path is settled above that timestep.
 
+``--holds LADDER`` asks which change of prompt loses a trained motion LoRA's path. It loads the MotionMatcher
+LoRAs a ladder saved (``LADDER/ref<i>/motion``) and samples each with its reference's own caption and with that
+caption changed in one attribute only: the object's colour, its shape, the background's colour (the model's
+sampling defaults, beta 0, 2 seeds, the base model beside each), then prints the mean track distance to the
+reference per kind. A LoRA that keeps its path under every change carries motion; one that keeps it only under
+its own caption has learnt the motion of *that look*.
+
 ``--ceiling`` scores the prompt-following check's own 40 prompts on clips that need no UNet: the world's renders of
 those captions, and the same renders after a VAE round trip. What the round trip loses no UNet can draw back, so
 its scores bound what the base model can reach with this VAE and detector.
@@ -206,6 +213,53 @@ def formation(model: T2VModel, n: int = 8, seed: int = 20_000) -> list[dict]:
     return rows
 
 
+def one_change(i: int) -> dict[str, str]:
+    """The ladder's reference i's own caption, and that caption with one attribute changed (colour, shape, bg)."""
+    from .ladder import REFERENCES
+
+    shape, colour, bg, bgc = REFERENCES[i][:4]
+    # the next colour that stands out from the background (the detector cannot split white from grey)
+    new_colour = next(c for c in paths.COLOURS[paths.COLOURS.index(colour) + 1:] + paths.COLOURS
+                      if c not in (colour, bgc) and not (bgc == "grey" and c == "white"))
+    new_bg = next(b for b in ("white", "black", "grey") if b not in (bgc, colour))
+    out = {"own": (shape, colour, bg, bgc), "colour": (shape, new_colour, bg, bgc),
+           "shape": (paths.SHAPES[(paths.SHAPES.index(shape) + 1) % len(paths.SHAPES)], colour, bg, bgc),
+           "background": (shape, colour, "plain", new_bg)}
+    return {k: f"a {c} {s} on a {b} {bc} background" for k, (s, c, b, bc) in out.items()}
+
+
+def holds(model: T2VModel, ladder_dir: Path, seeds: int = 2) -> list[dict]:
+    """Track distance to the reference of each saved motion LoRA under its own and one-change prompts (beta 0)."""
+    from motion_core.config import RunConfig
+    from motion_core.lora_io import load_lora, remove_lora
+    from motion_core.sample import invert_cached
+
+    from .ladder import reference
+
+    scfg = RunConfig.for_model(model).sample
+    vd = VideoConfig.for_model(model)
+    side = float(max(vd.height, vd.width))
+    rows = []
+    for lora in sorted(ladder_dir.glob("ref*/motion/lora.safetensors"), key=lambda p: int(p.parent.parent.name[3:])):
+        i = int(lora.parent.parent.name[3:])
+        clip = reference(i, model)
+        ref_track = detector.track(clip.frames)
+        eps_inv = invert_cached(model, encode_video(model, frames_from_array(clip.frames)),
+                                scfg.num_inference_steps, lora.parent.parent / "cache")
+        load_lora(lora, model)
+        try:
+            for kind, prompt in one_change(i).items():
+                for seed in range(seeds):
+                    for use_lora in (True, False):
+                        cfg = SampleConfig.from_dict({**scfg.to_dict(), "beta": 0.0, "seed": seed})
+                        vid = to_uint8(sample(model, prompt, cfg, eps_inv=eps_inv, use_lora=use_lora).frames[0])
+                        rows.append({"ref": i, "kind": kind, "prompt": prompt, "seed": seed, "lora": use_lora,
+                                     "distance": evaluate.track_distance(detector.track(vid), ref_track, side)})
+        finally:
+            remove_lora(model)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="model folder (default: the embedded model)")
@@ -218,8 +272,22 @@ def main(argv: list[str] | None = None) -> None:
                     help="only score the prompt-following prompts' renders, as rendered and after the VAE")
     ap.add_argument("--formation", action="store_true",
                     help="only print when, during sampling, the object's path settles (paths-world models)")
+    ap.add_argument("--holds", default=None, metavar="LADDER",
+                    help="only sample a ladder's motion LoRAs under their own and one-change prompts")
     args = ap.parse_args(argv)
     model = load_model(args.model, device="cpu")
+    if args.holds:
+        rows = holds(model, Path(args.holds))
+        if not rows:
+            raise SystemExit(f"{args.holds}: no motion LoRA found (ref<i>/motion/lora.safetensors)")
+        print("| prompt | references | motion LoRA | base model |\n|---|---|---|---|")
+        for kind in ("own", "colour", "shape", "background"):
+            d = {u: [r["distance"] for r in rows
+                     if r["kind"] == kind and r["lora"] == u and r["distance"] == r["distance"]]  # NaN: untracked
+                 for u in (True, False)}
+            label = "own caption" if kind == "own" else f"{kind} changed"
+            print(f"| {label} | {len({r['ref'] for r in rows})} | {np.mean(d[True]):.3f} | {np.mean(d[False]):.3f} |")
+        return
     if args.formation:
         print("| t | distance of x0_hat's track to the final track | x0_hat tracked |\n|---|---|---|")
         for r in formation(model):

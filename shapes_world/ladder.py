@@ -11,7 +11,9 @@ mean distance / frame side, plus the zoom term), averaged over references x prom
   set by the detector, since a perfect transfer can do no better.
 * **L1**: a plain DDPM LoRA on the reference, sampled with the reference's *own* caption at beta 0 and the LoRA on
   at every step (cut-off 0). Can a LoRA on this model imprint a trajectory at all? (On real models such a LoRA
-  reproduces its clip.) Target: within 2x the oracle, and far below the base model with the same caption. The
+  reproduces its clip.) Target: within 2x the oracle, and far below the base model with the same caption. It is
+  trained to imprint, as long as it takes (``--l1-set``, default ``L1_SETS``: 1000 steps on t in [400, 1000), where
+  this model forms its layout; 400 steps on all of [0, 1000) leave it at 9x the oracle, docs/results.md). The
   cut-off is a product setting that keeps a motion LoRA's look out of the finished frames; this rung asks about
   the trajectory alone, and ``diagnose --formation`` shows the paths model settling its path below t = 500.
 * **L2**: the same DDPM LoRA with the new prompts at beta 0, cut-off 0: motion plus leaked look is expected.
@@ -19,9 +21,9 @@ mean distance / frame side, plus the zoom term), averaged over references x prom
   product. The reference is inverted as the model's sampling defaults say (``invert_with_lora``; ``--set
   sample.invert_with_lora=true`` for the release's choice on a model that inverts with the base model). Target:
   LoRA / base distance <= 0.5 at both betas, prompted colour kept in >= 80 %. ``--baselines
-  ddpm,frame-diff,residual`` trains those objectives with the same settings and samples them beside it (rows
-  named by objective): does the motion loss beat them on distance at no worse text alignment (prompted colour
-  and shape kept)?
+  ddpm,frame-diff,residual`` trains those objectives with the MotionMatcher LoRA's settings (not L1's) and samples
+  them beside it (rows named by objective): does the motion loss beat them on distance at no worse text alignment
+  (prompted colour and shape kept)?
 
 The base model is sampled beside each rung with the same prompts, seeds and beta. References 0-5 are drawn from
 the training families, 6-9 from ``paths.HELD_OUT`` (families the training data never drew). ``--set
@@ -70,6 +72,8 @@ REFERENCES: list[tuple[str, str, str, str, str, int]] = [
     ("circle", "yellow", "plain", "black", "figure8", 9),
     ("triangle", "green", "gradient", "white", "spiral", 10),
 ]
+# The L1 / L2 LoRA's training, over the model's defaults: a DDPM LoRA given what it needs to imprint its clip.
+L1_SETS = ["loss.t_min=400", "train.steps=1000"]
 NEW_PROMPTS = [
     "a blue star on a plain white background",
     "a yellow triangle on a dotted black background",
@@ -174,20 +178,20 @@ def run_reference(model: T2VModel, i: int, args: argparse.Namespace, out: Path) 
                                 and variant in (variants[0][0], "base")):
                             strips.append(np.concatenate(list(vid), 1))
 
-    # The LoRAs to train and the rungs each is sampled for: L1 and L2 a plain DDPM LoRA, L3 the MotionMatcher LoRA
-    # and any baselines beside it (the L1 DDPM LoRA, same settings, also serves as L3's ddpm baseline).
-    plan: dict[str, list[str]] = {}
+    # The LoRAs to train (folder: (objective, settings)) and the rungs each is sampled for: L1 and L2 a DDPM LoRA
+    # trained to imprint (args.l1_cfg), L3 the MotionMatcher LoRA and any baselines beside it (args.cfg).
+    plan: dict[str, tuple[str, RunConfig, list[str]]] = {}
     for rung in ("L1", "L2"):
         if rung in args.rungs:
-            plan.setdefault("ddpm", []).append(rung)
+            plan.setdefault("ddpm-l1", ("ddpm", args.l1_cfg, []))[2].append(rung)
     if "L3" in args.rungs:
         for objective in ["motion", *args.baselines]:
-            plan.setdefault(objective, []).append("L3")
-    for objective, rungs in plan.items():
-        cfg = RunConfig.from_dict(args.cfg.to_dict())
+            plan[objective] = (objective, args.cfg, ["L3"])
+    for folder, (objective, base_cfg, rungs) in plan.items():
+        cfg = RunConfig.from_dict(base_cfg.to_dict())
         cfg.loss.objective = objective
         t0 = time.perf_counter()
-        train_lora(model, frames, clip.caption, out / f"ref{i}" / objective, cfg, resume=False)
+        train_lora(model, frames, clip.caption, out / f"ref{i}" / folder, cfg, resume=False)
         train_s = time.perf_counter() - t0
         if args.scfg.invert_with_lora and "L3" in rungs:
             # as the product does for such a model: the reference inverted with this LoRA on, for the LoRA's
@@ -202,7 +206,7 @@ def run_reference(model: T2VModel, i: int, args: argparse.Namespace, out: Path) 
                 product = objective == "motion"
                 sweep("L3", prompts, list(args.betas), with_base=product, name="lora" if product else objective)
         remove_lora(model)
-        print(json.dumps({"ref": i, "family": family, "objective": objective, "train_s": round(train_s, 1)}),
+        print(json.dumps({"ref": i, "family": family, "lora": folder, "train_s": round(train_s, 1)}),
               flush=True)
     width = max(s.shape[1] for s in strips)
     strips = [np.pad(s, ((0, 2), (0, width - s.shape[1]), (0, 0))) for s in strips]
@@ -269,6 +273,8 @@ def _resume(out: Path, args: argparse.Namespace) -> tuple[list[dict], set[int]]:
     ladder can run in chunks of references."""
     key = {name: getattr(args, name) for name in ("prompts", "seeds", "betas", "steps", "sample_steps", "guidance",
                                                    "rungs", "baselines", "set")}
+    if "L1" in args.rungs or "L2" in args.rungs:
+        key["l1_set"] = args.l1_set
     if args.cutoffs:  # only when given, so that ladders begun before the option existed still resume
         key["cutoffs"] = args.cutoffs
     key["model"] = str(Path(args.model).resolve())
@@ -301,6 +307,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--baselines", default="", help="objectives trained and sampled beside L3's MotionMatcher LoRA "
                     "(e.g. ddpm,frame-diff,residual)")
     ap.add_argument("--set", action="append", default=[], help="section.key=value override (repeatable)")
+    ap.add_argument("--l1-set", action="append", default=None,
+                    help=f"section.key=value for the L1 / L2 DDPM LoRA, after --set (default: {' '.join(L1_SETS)})")
     ap.add_argument("--cutoffs", default="", help="sample L3's LoRAs at each of these cut-offs (e.g. 500,300,200; "
                     "default: the model's one)")
     ap.add_argument("--threads", type=int, default=0)
@@ -325,6 +333,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.steps:
         args.cfg.train.steps = args.steps
     apply_overrides(args.cfg, args.scfg, args.set)
+    args.l1_set = L1_SETS if args.l1_set is None else args.l1_set
+    if any(item.startswith("sample.") for item in args.l1_set):
+        raise SystemExit("--l1-set: the L1 LoRA's training only (train.*, lora.*, loss.*); L1 samples at beta 0, "
+                         "the LoRA on throughout")
+    args.l1_cfg = RunConfig.from_dict(args.cfg.to_dict())
+    apply_overrides(args.l1_cfg, SampleConfig.from_dict(args.scfg.to_dict()), args.l1_set)
     try:
         args.cutoffs = [int(c) for c in args.cutoffs.split(",")] if args.cutoffs else []
     except ValueError:
@@ -348,7 +362,8 @@ def main(argv: list[str] | None = None) -> None:
     summary = summarize(rows)
     summary["seconds"] = round(time.time() - t0, 1)
     summary["command"] = "python -m shapes_world.ladder " + " ".join(sys.argv[1:] if argv is None else argv)
-    summary["settings"] = {"model": args.model, "train": args.cfg.to_dict(), "sample": args.scfg.to_dict()}
+    summary["settings"] = {"model": args.model, "train": args.cfg.to_dict(), "sample": args.scfg.to_dict(),
+                           "l1_train": args.l1_cfg.to_dict()}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     md = report_md({k: v for k, v in summary.items() if k in ("all", "trained", "held_out")}, summary["command"])
     (out / "ladder.md").write_text(md)

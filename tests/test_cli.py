@@ -35,6 +35,12 @@ def test_train_then_sample_writes_playable_mp4(tiny_model_dir, clip, tmp_path, c
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["train"]["steps"] == 2 and cfg["video"]["num_frames"] == 8  # the model's own video size
     load_lora(run / "lora.safetensors", load_model(tiny_model_dir, device="cpu"))
+    assert cfg["train"]["batch_size"] == 1 and cfg["train"]["recolour"] == 0  # the library's, as the model says none
+    rc = main(["train", str(clip), "--caption", "a red square", "--model", str(tiny_model_dir), "--out",
+               str(tmp_path / "run2"), "--steps", "1", "--rank", "4", "--batch-size", "2", "--recolour", "0.5",
+               "--device", "cpu"])
+    cfg2 = json.loads((tmp_path / "run2" / "config.json").read_text())
+    assert rc == 0 and cfg2["train"]["batch_size"] == 2 and cfg2["train"]["recolour"] == 0.5
 
     capsys.readouterr()
     rc = main(["sample", "--run", str(run), "--prompt", "a blue circle", "--model", str(tiny_model_dir),
@@ -149,6 +155,8 @@ def test_inputs_are_refused_before_the_model_loads(tiny_model_dir, clip, tmp_pat
         (["train", str(clip), "--caption", "x" * 10_000], "caption is too long"),
         (["train", str(clip), "--caption", "x", "--seed", str(2**70)], "seed must be in"),
         (["train", str(clip), "--caption", "x", "--height", "100"], "height must be a multiple of 8"),
+        (["train", str(clip), "--caption", "x", "--recolour", "2"], r"recolour must be in \[0, 1\], got 2"),
+        (["train", str(clip), "--caption", "x", "--batch-size", "0"], "batch_size must be in"),
         ([*sample, "--prompt", "a cat", "--steps", "0"], r"steps must be in \[1, 1000\], got 0"),
         ([*sample, "--prompt", "a cat", "--seed", str(2**70)], "seed must be in"),
         ([*sample, "--prompt", "a cat", "--seed", "-2"], "seed must be in"),

@@ -77,6 +77,26 @@ def test_gradients_reach_only_lora(setup, name):
         p.grad = None
 
 
+@pytest.mark.parametrize("name", sorted(OBJECTIVES))
+def test_a_batch_of_draws_averages_the_single_draw_losses(setup, name):
+    # train.batch_size > 1 stacks (t, eps) draws of the one reference: each objective must treat the batch as
+    # independent items (no mixing across it in the extractor's maps) and return their mean
+    model, _, ex, text, z0, g = setup
+    t = torch.tensor([620, 930])
+    eps = torch.randn((2, *z0.shape[1:]), generator=g)
+
+    def loss(zb, tb, e, tt):
+        ctx = ObjectiveContext(model, LossConfig(objective=name, stride=300), ex if name == "motion" else None,
+                               None, torch.Generator().manual_seed(5))  # same frame-diff anchor in every call
+        with torch.no_grad():
+            return OBJECTIVES[name](ctx, zb, tb, tt, e).loss
+
+    both = loss(z0.expand(2, -1, -1, -1, -1), text.expand(2, -1, -1), eps, t)
+    singles = [loss(z0, text, eps[i:i + 1], t[i:i + 1]) for i in range(2)]
+    assert float(singles[0]) != pytest.approx(float(singles[1]))  # two different draws: the test can tell
+    torch.testing.assert_close(both, (singles[0] + singles[1]) / 2, rtol=1e-5, atol=0)
+
+
 def _lora_grad(setup, amp, t, scale=1.0):
     model, params, ex, text, z0, _ = setup
     eps = torch.randn(z0.shape, generator=torch.Generator().manual_seed(int(t)))

@@ -32,6 +32,8 @@ def test_predictions_move_the_way_the_settings_do():
     assert p(precision="bf16", grad_checkpointing="on", dtype="fp32").train_peak_gb > low.train_peak_gb
     assert p(precision="bf16", grad_checkpointing="on", dtype="fp16", frames=8).train_peak_gb < low.train_peak_gb
     assert p(precision="bf16", grad_checkpointing="on", dtype="fp16", size=256).train_peak_gb < low.train_peak_gb
+    two = p(precision="bf16", grad_checkpointing="on", dtype="fp16", batch=2)  # two (t, eps) draws a step
+    assert low.train_peak_gb < two.train_peak_gb < 2 * low.train_peak_gb and two.sample_peak_gb == low.sample_peak_gb
 
 
 def test_the_app_check_refuses_what_cannot_fit_and_names_what_does(tiny_model_dir):
@@ -42,6 +44,10 @@ def test_the_app_check_refuses_what_cannot_fit_and_names_what_does(tiny_model_di
         check_run("zeroscope-config", cfg, device_gb=24.0)
     cfg.train.grad_checkpointing, cfg.train.precision = "on", "bf16"
     assert check_run("zeroscope-config", cfg, device_gb=80.0).fits is True
+    cfg.train.batch_size = 8  # eight (t, eps) draws a step: the same video no longer fits 24 GB
+    with pytest.raises(MemoryFitError, match="8 draws a step"):
+        check_run("zeroscope-config", cfg, device_gb=24.0)
+    cfg.train.batch_size = 1
     # Another architecture is measured on the spot (small sizes, CPU); its peak grows with the video too.
     cfg.video.height = cfg.video.width = 32
     small = check_run(str(tiny_model_dir), cfg, device_gb=2.0)

@@ -107,7 +107,8 @@ def test_ladder_runs_every_rung_on_an_untrained_model(tmp_path):
     model_dir = _untrained_model(tmp_path)
     out = tmp_path / "ladder"
     cmd = ["--model", str(model_dir), "--out", str(out), "--refs", "6", "--prompts", "1", "--seeds", "1",
-           "--steps", "2", "--sample-steps", "2", "--set", "sample.lora_cutoff=250", "--baselines", "ddpm,residual"]
+           "--steps", "2", "--sample-steps", "2", "--set", "sample.lora_cutoff=250", "--baselines", "ddpm,residual",
+           "--l1-set", "train.steps=3", "--l1-set", "loss.t_min=400"]
     ladder.main(cmd + ["--threads", "1"])
     rows = [json.loads(x) for x in (out / "rows.jsonl").read_text().splitlines()]
     got = {(r["rung"], r["variant"], r["beta"]) for r in rows}
@@ -115,8 +116,12 @@ def test_ladder_runs_every_rung_on_an_untrained_model(tmp_path):
                    ("L3", "lora", 0.0), ("L3", "base", 0.0), ("L3", "lora", 0.3), ("L3", "base", 0.3),
                    ("L3", "ddpm", 0.0), ("L3", "ddpm", 0.3), ("L3", "residual", 0.0), ("L3", "residual", 0.3)}
     assert len(rows) == 12  # the base model is sampled once per cell, not again beside each baseline
-    # the L1 DDPM LoRA serves as L3's ddpm baseline: no second ddpm folder; the residual one is trained
-    assert sorted(p.name for p in (out / "ref6").iterdir() if p.name != "cache") == ["ddpm", "motion", "residual"]
+    # L1 / L2 have their own DDPM LoRA, trained as --l1-set says; L3's ddpm baseline keeps the product's settings
+    assert sorted(p.name for p in (out / "ref6").iterdir() if p.name != "cache") == ["ddpm", "ddpm-l1", "motion",
+                                                                                      "residual"]
+    logs = {n: [json.loads(x) for x in (out / "ref6" / n / "train_log.jsonl").read_text().splitlines()]
+            for n in ("ddpm", "ddpm-l1")}
+    assert len(logs["ddpm"]) == 2 and len(logs["ddpm-l1"]) == 3 and min(r["t"] for r in logs["ddpm-l1"]) >= 400
     assert all(isinstance(r["shape_ok"], bool) for r in rows)
     # the same settings again (other threads): nothing is redone; other settings on this folder are refused
     stamp = (out / "ref6" / "motion").stat().st_mtime_ns
@@ -125,6 +130,10 @@ def test_ladder_runs_every_rung_on_an_untrained_model(tmp_path):
     assert len((out / "rows.jsonl").read_text().splitlines()) == 12
     with pytest.raises(SystemExit, match="other settings"):
         ladder.main(cmd[:-2] + ["--seeds", "2"])
+    with pytest.raises(SystemExit, match="other settings"):  # the L1 LoRA's training is part of what L1 means
+        ladder.main(cmd[:-4] + ["--l1-set", "train.steps=4"])
+    with pytest.raises(SystemExit, match="L1 LoRA's training only"):
+        ladder.main(cmd + ["--l1-set", "sample.lora_cutoff=0"])
     save_model(recipe.build_model(1), model_dir)  # other weights in the same folder
     with pytest.raises(SystemExit, match="other settings"):
         ladder.main(cmd)
@@ -137,12 +146,43 @@ def test_ladder_runs_every_rung_on_an_untrained_model(tmp_path):
     assert oracle[0]["distance"] < 0.02 and oracle[0]["colour_ok"]  # the world redraws the path exactly
     summary = json.loads((out / "summary.json").read_text())
     assert summary["settings"]["sample"]["lora_cutoff"] == 250 and summary["settings"]["train"]["train"]["steps"] == 2
+    l1 = summary["settings"]["l1_train"]
+    assert l1["train"]["steps"] == 3 and l1["loss"]["t_min"] == 400
     # the product rung samples with the model's (here the --set) cut-off; L1 and L2 keep the LoRA on throughout
     assert {r["lora_cutoff"] for r in rows if r["rung"] == "L3"} == {250}
     assert {r["lora_cutoff"] for r in rows if r["rung"] in ("L1", "L2")} == {0}
     assert (out / "ladder.md").read_text().startswith("# Transfer ladder")
     with pytest.raises(SystemExit):
         ladder.apply_overrides(ladder.RunConfig(), ladder.SampleConfig(), ["train.no_such_setting=1"])
+
+
+def test_one_change_prompts_differ_from_the_own_caption_in_one_attribute_each():
+    from shapes_world import diagnose
+
+    for i, (shape, colour, _, bgc, *_rest) in enumerate(ladder.REFERENCES):
+        p = {k: paths.parse(v) for k, v in diagnose.one_change(i).items()}
+        assert p["own"]["shape"] == shape and p["own"]["colour"] == colour and p["own"]["bg_colour"] == bgc
+        for kind, key in (("colour", "colour"), ("shape", "shape"), ("background", "bg_colour")):
+            changed = {k for k in ("shape", "colour", "bg_colour") if p[kind][k] != p["own"][k]}
+            assert changed == {key}, (i, kind)
+            assert p[kind]["colour"] != p[kind]["bg_colour"]  # the object stands out
+
+
+def test_holds_samples_a_ladder_s_motion_loras_under_changed_prompts(tmp_path):
+    from shapes_world import diagnose
+
+    model_dir = _untrained_model(tmp_path)
+    out = tmp_path / "ladder"
+    ladder.main(["--model", str(model_dir), "--out", str(out), "--refs", "2", "--prompts", "1", "--seeds", "1",
+                 "--steps", "1", "--sample-steps", "2", "--rungs", "L3", "--betas", "0", "--threads", "1"])
+    model = ladder.load_model(str(model_dir))
+    rows = diagnose.holds(model, out, seeds=1)
+    assert {(r["kind"], r["lora"]) for r in rows} == {(k, u) for k in ("own", "colour", "shape", "background")
+                                                       for u in (True, False)}
+    assert {r["ref"] for r in rows} == {2} and all(0 <= r["distance"] or r["distance"] != r["distance"] for r in rows)
+    assert not diagnose.holds(model, tmp_path / "empty")
+    with pytest.raises(SystemExit, match="no motion LoRA"):
+        diagnose.main(["--model", str(model_dir), "--holds", str(tmp_path / "empty")])
 
 
 def test_ladder_samples_one_lora_at_several_cutoffs(tmp_path):
@@ -288,6 +328,22 @@ def test_formation_follows_the_models_own_sampler(tmp_path):
     assert [t for t, _ in estimates] == [t for t, _ in sampling_timesteps(model.scheduler, 4)]
     rows = diagnose.formation(model, n=2)
     assert [r["t"] for r in rows] == [t for t, _ in estimates] and all(0 <= r["tracked"] <= 1 for r in rows)
+
+
+def test_card_names_how_the_l1_lora_was_trained():
+    from shapes_world import card
+
+    cell = {"n": 2, "colour_ok": 1.0, "shape_ok": 1.0, "coherent": 1.0}
+    res = {"vae_psnr": 31.0, "prompt_following": {"n": 4, "colour_acc": 1.0, "shape_acc": 1.0, "coherent": 1.0},
+           "ladder": {"trained": {"ratios": {"L1 / oracle": 2.5},
+                                  "groups": {"L0 oracle beta=0": {**cell, "distance": 0.02},
+                                             "L1 lora beta=0": {**cell, "distance": 0.05}}}}}
+    old = [r for r in card.checks(res) if r[0].startswith("L1")]
+    assert len(old) == 1 and old[0][0].startswith("L1: DDPM LoRA, own caption") and not old[0][3]
+    res["ladder_l1"] = {"train": {"steps": 1000}, "loss": {"t_min": 400}}
+    new = [r for r in card.checks(res) if r[0].startswith("L1")]
+    assert new[0][0] == "L1: DDPM LoRA (1000 steps, t >= 400), own caption, beta 0 (training families)"
+    assert new[0][2] == "2.5 x (0.050 / 0.020)"
 
 
 def test_card_compares_motionmatcher_with_the_ladders_baselines():

@@ -56,6 +56,123 @@ def test_training_is_seeded(frames, tmp_path):
     assert [r["loss"] for r in a.losses] == [r["loss"] for r in b.losses]
 
 
+def test_a_batch_of_draws_per_step(frames, tmp_path):
+    cfg = _cfg(steps=2)
+    cfg.train.batch_size = 3
+    res = train_lora(build_tiny_model(), frames, "a red circle", tmp_path, cfg)
+    log = [json.loads(x) for x in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert res.steps_done == 2 and [len(r["t"]) for r in log] == [3, 3]
+    assert all(500 <= t < 1000 for r in log for t in r["t"]) and len(set(log[0]["t"] + log[1]["t"])) > 1
+    # batch 1 draws exactly as before batches existed: one int timestep per step, the same seeded stream
+    one = train_lora(build_tiny_model(), frames, "a red circle", tmp_path / "one", _cfg(steps=2))
+    gen = torch.Generator().manual_seed(0)
+    first_t = int(torch.randint(500, 1000, (1,), generator=gen))
+    assert one.losses[0]["t"] == first_t
+    for bad in (0, 17):
+        cfg.train.batch_size = bad
+        with pytest.raises(ValueError, match="batch_size"):
+            train_lora(build_tiny_model(), frames, "a red circle", tmp_path / "bad", cfg)
+
+
+def test_caption_dropout_trains_some_draws_under_the_pool_s_captions(frames, tmp_path, monkeypatch):
+    import motion_core.train as train_mod
+    from motion_core.models import encode_prompt
+
+    seen = []
+    real = train_mod.get_objective
+
+    def spy(name):
+        f = real(name)
+        return lambda ctx, z0, text, t, eps: (seen.append(text.clone()), f(ctx, z0, text, t, eps))[1]
+
+    monkeypatch.setattr(train_mod, "get_objective", spy)
+    model = build_tiny_model()
+    pool = ("a blue star", "")
+    want = {c: encode_prompt(model, c).float() for c in ("a red circle", *pool)}
+
+    def run(dropout, steps=8, batch=2):
+        seen.clear()
+        cfg = _cfg(steps=steps, objective="ddpm")
+        cfg.train.batch_size, cfg.train.caption_dropout, cfg.train.caption_pool = batch, dropout, pool
+        train_lora(model, frames, "a red circle", tmp_path / str(dropout), cfg, resume=False)
+        which = []
+        for text in seen:
+            for item in text:
+                which.append(next(c for c, e in want.items() if torch.equal(item, e[0])))
+        return which
+
+    assert set(run(0.0)) == {"a red circle"}
+    assert set(run(1.0)) == set(pool)  # every draw under a pool caption, both of them used
+    mixed = run(0.5, steps=12)
+    assert set(mixed) == {"a red circle", *pool} and len(mixed) == 24
+    cfg = _cfg()
+    for bad, msg in ((("x" * 5000,), "too long"), ((), "1 to 256")):
+        cfg.train.caption_dropout, cfg.train.caption_pool = 0.5, bad
+        with pytest.raises(ValueError, match=msg):
+            cfg.validate()
+    cfg.train.caption_pool, cfg.train.caption_dropout = ("",), 1.5
+    with pytest.raises(ValueError, match="caption_dropout"):
+        cfg.validate()
+
+
+def test_recolourings_keep_every_pixel_s_motion_and_change_the_colours(frames):
+    from motion_core.train import recolourings
+
+    def clip(obj, bg):
+        c = torch.zeros(3, 3, 8, 8)
+        for i in range(3):  # a square moving right
+            c[i] = torch.tensor(bg).view(3, 1, 1)
+            c[i, :, 2:5, i:i + 3] = torch.tensor(obj).view(3, 1, 1)
+        return c
+
+    ref = clip([0.9, 0.3, 0.1], [0.2, 0.5, 0.75])
+    out = recolourings(ref)
+    assert len(out) == 11 and len({o.numpy().tobytes() for o in [ref, *out]}) == 12
+    moving = (ref[1:] - ref[:-1]).abs().sum(1) > 0
+    for o in out:  # the same pixels change between frames: the motion is the reference's
+        assert torch.equal((o[1:] - o[:-1]).abs().sum(1) > 0, moving)
+    # a red object on grey: the object takes every primary and secondary colour (red again when green and blue
+    # swap); grey stays grey
+    red = recolourings(clip([1.0, 0.0, 0.0], [0.5, 0.5, 0.5]))
+    assert {tuple(o[0, :, 3, 1].tolist()) for o in red} == {(1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0),
+                                                             (0.0, 1.0, 1.0), (1.0, 0.0, 1.0), (1.0, 1.0, 0.0)}
+    assert all(torch.equal(o[0, :, 0, 0], torch.full((3,), 0.5)) for o in red)
+
+
+def test_recoloured_draws(frames, tmp_path, monkeypatch):
+    import motion_core.train as train_mod
+    from motion_core.train import recolourings
+
+    seen = []
+    real = train_mod.get_objective
+    monkeypatch.setattr(train_mod, "get_objective", lambda name: lambda ctx, z0, text, t, eps: (
+        seen.append(z0.clone()), real(name)(ctx, z0, text, t, eps))[1])
+    model = build_tiny_model()
+    variants = [encode_video(model, f) for f in [frames, *recolourings(frames)]]
+
+    def run(share):
+        seen.clear()
+        cfg = _cfg(steps=6, objective="ddpm")
+        cfg.train.batch_size, cfg.train.recolour = 2, share
+        train_lora(model, frames, "a red circle", tmp_path / str(share), cfg, resume=False)
+        return [next(k for k, v in enumerate(variants) if torch.equal(item, v[0])) for z in seen for item in z]
+
+    assert set(run(0.0)) == {0}
+    on = run(1.0)
+    assert 0 not in on and len(set(on)) > 3  # (the frames here are random: no colouring equals the clip)
+    # from latents (as the CLI and the app pass the reference): the copies are recolourings of the decoded frames
+    from motion_core.models import decode_latents
+
+    z = encode_video(model, frames)
+    variants = [z, *[encode_video(model, f) for f in recolourings(decode_latents(model, z)[0])]]
+    seen.clear()
+    cfg = _cfg(steps=3, objective="ddpm")
+    cfg.train.batch_size, cfg.train.recolour = 2, 1.0
+    train_lora(model, z, "a red circle", tmp_path / "z", cfg)
+    got = [next(k for k, v in enumerate(variants) if torch.equal(item, v[0])) for zz in seen for item in zz]
+    assert 0 not in got and len(got) == 6
+
+
 def test_cancel_checkpoints_and_resume_matches_an_uninterrupted_run(frames, tmp_path):
     full_model = build_tiny_model()
     full = train_lora(full_model, frames, "a red circle", tmp_path / "full", _cfg(steps=6, every=50))
