@@ -240,15 +240,15 @@ class TrainConfig(_Base):
     steps: int = 400  # paper: 400 steps
     learning_rate: float = 5e-4  # paper: 5e-4
     # (t, eps) draws of the one reference per step, batched; paper: 1. A small model may average a few: on the CPU
-    # a batch of 4 costs about 2.4 steps of 1 (docs/method.md, "Noise draws per step").
+    # a batch of 4 costs about 2.4 steps of 1 (docs/method.md, section 6).
     batch_size: int = 1
     # Share of draws trained under another caption than the reference's, drawn from caption_pool (the empty one by
-    # default); paper: 0. A LoRA trained under one caption may act only under it (docs/method.md, "Other captions").
+    # default); paper: 0. A LoRA trained under one caption may act only under it (docs/method.md, section 6).
     caption_dropout: float = 0.0
     caption_pool: tuple[str, ...] = ("",)
     # Share of draws taken from a recoloured copy of the reference (its RGB channels permuted and / or inverted: the
     # same motion in other colours); paper: 0. A LoRA may tie the motion to the reference's colours
-    # (docs/method.md, "Recoloured draws").
+    # (docs/method.md, section 6).
     recolour: float = 0.0
     weight_decay: float = 1e-2  # release: AdamW, weight decay 1e-2, constant learning rate
     adam_betas: tuple[float, float] = (0.9, 0.999)

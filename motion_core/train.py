@@ -131,6 +131,14 @@ def recolourings(frames: torch.Tensor) -> list[torch.Tensor]:
     return out
 
 
+def _replace_some(batch: torch.Tensor, others: torch.Tensor, share: float, gen: torch.Generator) -> torch.Tensor:
+    """``batch`` with each item, with probability ``share``, replaced by a random one of ``others`` (same shape)."""
+    n = batch.shape[0]
+    swap = (torch.rand(n, generator=gen) < share).to(batch.device).view(-1, *[1] * (batch.ndim - 1))
+    pick = torch.randint(0, others.shape[0], (n,), generator=gen).to(batch.device)
+    return torch.where(swap, others[pick], batch)
+
+
 def train_lora(
     model: T2VModel,
     reference: torch.Tensor,
@@ -242,16 +250,9 @@ def train_lora(
             # 4. One step: a new (t, eps) from the seeded stream, the objective, AdamW.
             t = torch.randint(lo, hi, (tc.batch_size,), generator=gen).to(dev)
             eps = torch.randn((tc.batch_size, *z0.shape[1:]), generator=gen).to(dev)
-            step_z0 = zb
-            if recoloured is not None:  # as below: drawn only when asked
-                swap = (torch.rand(tc.batch_size, generator=gen) < tc.recolour).to(dev).view(-1, 1, 1, 1, 1)
-                pick = torch.randint(0, recoloured.shape[0], (tc.batch_size,), generator=gen).to(dev)
-                step_z0 = torch.where(swap, recoloured[pick], zb)
-            step_text = textb
-            if pool is not None:  # drawn only when asked, so that runs without it keep their random stream
-                drop = (torch.rand(tc.batch_size, generator=gen) < tc.caption_dropout).to(dev).view(-1, 1, 1)
-                pick = torch.randint(0, pool.shape[0], (tc.batch_size,), generator=gen).to(dev)
-                step_text = torch.where(drop, pool[pick], textb)
+            # (drawn only when asked, so that runs without these options keep their random stream)
+            step_z0 = zb if recoloured is None else _replace_some(zb, recoloured, tc.recolour, gen)
+            step_text = textb if pool is None else _replace_some(textb, pool, tc.caption_dropout, gen)
             out_loss = objective(ctx, step_z0, step_text, t, eps)
             loss = out_loss.loss
             if not torch.isfinite(loss):

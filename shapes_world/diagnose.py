@@ -218,10 +218,10 @@ def one_change(i: int) -> dict[str, str]:
     from .ladder import REFERENCES
 
     shape, colour, bg, bgc = REFERENCES[i][:4]
-    # the next colour that stands out from the background (the detector cannot split white from grey)
+    # the next colour that stands out from the background; a plain background the object stands out from
     new_colour = next(c for c in paths.COLOURS[paths.COLOURS.index(colour) + 1:] + paths.COLOURS
-                      if c not in (colour, bgc) and not (bgc == "grey" and c == "white"))
-    new_bg = next(b for b in ("white", "black", "grey") if b not in (bgc, colour))
+                      if c != colour and paths.compatible(c, bgc))
+    new_bg = next(b for b in ("white", "black", "grey") if b != bgc and paths.compatible(colour, b))
     out = {"own": (shape, colour, bg, bgc), "colour": (shape, new_colour, bg, bgc),
            "shape": (paths.SHAPES[(paths.SHAPES.index(shape) + 1) % len(paths.SHAPES)], colour, bg, bgc),
            "background": (shape, colour, "plain", new_bg)}
