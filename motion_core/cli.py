@@ -93,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--recolour", type=float, default=None,
                    help="share of draws from recoloured copies of the clip, against a LoRA that ties the motion to "
                         f"its colours (default: the model's own, else {d.train.recolour:g})")
+    g.add_argument("--recolour-names", default=None, metavar="JSON",
+                   help='colour names for the recoloured copies\' captions, a JSON file ({"": {"red": [220, 30, 30]}, '
+                        '"background": {...}}; docs/method.md section 6): each copy is trained under its caption with '
+                        "the colours renamed (default: the model's own, else none: the reference's caption)")
     g.add_argument("--objective", default=d.loss.objective, choices=["motion", "ddpm", "frame-diff", "residual"],
                    help="motion = MotionMatcher; the others are the baselines")
     g.add_argument("--lambda-ca", type=float, default=d.loss.lambda_ca, help="weight of the cross-attention maps")
@@ -225,6 +229,21 @@ def _warn_base_model(meta: dict[str, Any], model: Any, lora: str) -> None:
         print(f"warning: {Path(lora).name}: {warning}", file=sys.stderr)
 
 
+def _read_names(path: str | None) -> dict[str, Any] | None:
+    """The ``--recolour-names`` file's JSON (checked by TrainConfig), or a ValueError naming what is wrong."""
+    if path is None:
+        return None
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"--recolour-names: no such file: {path}")
+    if p.stat().st_size > 100_000:
+        raise ValueError(f"--recolour-names: {path} is over 100 kB; a colour table is a few hundred bytes")
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"--recolour-names: {path} is not JSON ({err})") from None
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .rundir import RunDir
     from .train import CheckpointError, train_lora
@@ -236,7 +255,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if seed != args.seed:
         print(f"seed: {seed} (drawn at random)", file=sys.stderr)
     given = {"train": {"steps": args.steps, "learning_rate": args.lr, "adam_eps": args.adam_eps,
-                       "batch_size": args.batch_size, "recolour": args.recolour},
+                       "batch_size": args.batch_size, "recolour": args.recolour,
+                       "recolour_names": _read_names(args.recolour_names)},
              "lora": {"rank": args.rank}}
     overrides = {sec: {k: v for k, v in kv.items() if v is not None} for sec, kv in given.items()}
     overrides["train"].update(seed=seed, checkpoint_every=args.checkpoint_every, precision=args.precision,
@@ -277,6 +297,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             bar.close()
             raise ValueError(f"{err}. Run again with --no-resume to start over (the run's other files are kept), "
                              "or move the file away.") from err
+    if cfg.train.recolour > 0 and cfg.train.recolour_names is not None:
+        named = sorted(set(res.recolour_captions))
+        print(f"recoloured copies: {len(res.recolour_captions)}, under " + ("; ".join(named) if named else
+              "none: the caption names no colour the table knows, so the clip was trained alone"))
     print(f"LoRA: {res.lora_path}  ({res.steps_done} steps, {res.seconds:.0f} s)")
     return 0
 

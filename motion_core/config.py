@@ -233,6 +233,23 @@ class LossConfig(_Base):
         return lo, hi
 
 
+def _check_colour_names(names: Any) -> None:
+    if names is None:
+        return
+    _check(isinstance(names, dict) and len(names) <= 16, "recolour_names must map at most 16 context words to tables")
+    for key, table in names.items():
+        _check(isinstance(key, str) and key == key.strip().lower() and " " not in key,
+               f"recolour_names: context {key!r} must be one lower-case word, or '' for any other")
+        _check(isinstance(table, dict) and 1 <= len(table) <= 64,
+               f"recolour_names[{key!r}] must name 1 to 64 colours")
+        for name, rgb in table.items():
+            _check(isinstance(name, str) and name == " ".join(name.lower().split()) and 0 < len(name) <= 40,
+                   f"recolour_names[{key!r}]: colour name {name!r} must be lower-case words")
+            _check(isinstance(rgb, (list, tuple)) and len(rgb) == 3
+                   and all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 255 for v in rgb),
+                   f"recolour_names[{key!r}][{name!r}] must be three numbers in [0, 255], got {rgb!r}")
+
+
 @dataclass
 class TrainConfig(_Base):
     """The LoRA fine-tuning loop (paper Sec. 3.4, App. F; release settings where the paper is silent)."""
@@ -250,6 +267,10 @@ class TrainConfig(_Base):
     # same motion in other colours); paper: 0. A LoRA may tie the motion to the reference's colours
     # (docs/method.md, section 6).
     recolour: float = 0.0
+    # Colour names and their RGB, by context word ({"": {"red": [220, 30, 30]}, "background": {...}}): each copy is
+    # trained under its caption with the colours renamed (train.recolour_caption), and a copy whose colours have no
+    # name is left out. None = every copy under the reference's own caption.
+    recolour_names: dict[str, dict[str, tuple[int, ...]]] | None = None
     weight_decay: float = 1e-2  # release: AdamW, weight decay 1e-2, constant learning rate
     adam_betas: tuple[float, float] = (0.9, 0.999)
     # None = the model's own (RunConfig.for_model): Zeroscope gets the release's 1e-8 (the paper's numbers were
@@ -272,6 +293,7 @@ class TrainConfig(_Base):
                f"batch_size must be in [1, 16], got {self.batch_size}")
         _check(0 <= self.caption_dropout <= 1, f"caption_dropout must be in [0, 1], got {self.caption_dropout}")
         _check(0 <= self.recolour <= 1, f"recolour must be in [0, 1], got {self.recolour}")
+        _check_colour_names(self.recolour_names)
         _check(isinstance(self.caption_pool, (tuple, list)) and 1 <= len(self.caption_pool) <= 256,
                "caption_pool must list 1 to 256 captions")
         for c in self.caption_pool:

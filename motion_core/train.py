@@ -17,7 +17,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,6 +71,7 @@ class TrainResult:
     cancelled: bool
     losses: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
+    recolour_captions: list[str] = field(default_factory=list)  # the recoloured copies' captions, one a copy
 
 
 def resolve_amp(precision: str, device: torch.device) -> torch.dtype | None:
@@ -116,27 +117,88 @@ def lora_train_mode(unet: torch.nn.Module) -> None:
             drop.train()
 
 
+# The 11 recolourings of a clip: (channel order, inverted), the identity left out.
+RECOLOURINGS: tuple[tuple[tuple[int, int, int], bool], ...] = tuple(
+    (perm, invert) for invert in (False, True) for perm in itertools.permutations(range(3))
+    if invert or perm != (0, 1, 2)
+)
+
+
 def recolourings(frames: torch.Tensor) -> list[torch.Tensor]:
-    """The clip ``(F, 3, H, W)`` in its 11 other colourings: RGB channels permuted, and each permutation inverted.
+    """The clip ``(F, 3, H, W)`` in its 11 other colourings (``RECOLOURINGS``): RGB channels permuted, and each
+    permutation inverted.
 
     Every pixel moves exactly as before, so the motion is the reference's while object and background change colour
     (grey stays grey under a permutation, white and black swap under inversion). Some may equal the clip (a red
     object on grey is the same with green and blue swapped): they are kept, as when this was measured."""
     out = []
-    for invert in (False, True):
-        for perm in itertools.permutations(range(3)):
-            if invert or perm != (0, 1, 2):
-                f = frames[:, list(perm)]
-                out.append(1 - f if invert else f)
+    for perm, invert in RECOLOURINGS:
+        f = frames[:, list(perm)]
+        out.append(1 - f if invert else f)
     return out
 
 
-def _replace_some(batch: torch.Tensor, others: torch.Tensor, share: float, gen: torch.Generator) -> torch.Tensor:
-    """``batch`` with each item, with probability ``share``, replaced by a random one of ``others`` (same shape)."""
-    n = batch.shape[0]
-    swap = (torch.rand(n, generator=gen) < share).to(batch.device).view(-1, *[1] * (batch.ndim - 1))
-    pick = torch.randint(0, others.shape[0], (n,), generator=gen).to(batch.device)
-    return torch.where(swap, others[pick], batch)
+# How far (RGB, 0-255) a recoloured colour may lie from the name it is given. The embedded model's colours land
+# 14-57 from a name of its palette or 62 and more (inverted yellow, a blue, among them); the ladder measured 60.
+RECOLOUR_NAME_TOLERANCE = 60.0
+
+
+def recolour_caption(caption: str, perm: tuple[int, int, int], invert: bool,
+                     names: dict[str, dict[str, Sequence[int]]]) -> str | None:
+    """``caption`` with each colour name in it renamed after the recolouring (``perm``, ``invert``); None where a
+    colour has no name within ``RECOLOUR_NAME_TOLERANCE`` or the caption names no colour.
+
+    ``names`` maps a context word to colour names (lower case, one or more words) and their RGB: a name followed by
+    a context word is looked up in that word's table (``{"background": {"grey": [115, 115, 115]}}``), any other in
+    the ``""`` table, so that one word may be two colours ("blue" object, "blue" background). The longest name
+    wins ("dark green" before "green"). A name of another table than its place asks for ("red" before "background"
+    where only objects are red) cannot be renamed either. A copy whose colours cannot all be named is left out of
+    training: a caption that contradicts its pixels is what ties the motion to the look (docs/method.md, section 6)."""
+    words = caption.split(" ")
+    longest = max((len(n.split(" ")) for table in names.values() for n in table), default=0)
+    out: list[str] = []
+    renamed, i = False, 0
+    while i < len(words):
+        hit = None
+        for n in range(min(longest, len(words) - i), 0, -1):
+            phrase = " ".join(words[i:i + n])
+            bare = phrase.rstrip(".,;:!?")
+            after = words[i + n].rstrip(".,;:!?").lower() if i + n < len(words) else ""
+            table = names.get(after if after in names else "", {})
+            if bare.lower() in table:
+                hit = (table, bare.lower(), n, phrase[len(bare):])
+                break
+            if any(bare.lower() in t for t in names.values()):
+                return None  # a colour, but not one this place knows: it cannot be renamed
+        if hit is None:
+            out.append(words[i])
+            i += 1
+            continue
+        table, name, n, tail = hit
+        rgb = [float(table[name][c]) for c in perm]
+        if invert:
+            rgb = [255.0 - v for v in rgb]
+        dist, new = min((math.dist(rgb, [float(v) for v in val]), other) for other, val in table.items())
+        if dist > RECOLOUR_NAME_TOLERANCE:
+            return None
+        out.append(new + tail)
+        renamed = True
+        i += n
+    return " ".join(out) if renamed else None
+
+
+def _replace_some(batch: tuple[torch.Tensor, ...], others: tuple[torch.Tensor, ...], share: float,
+                  gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """``batch`` with each item, with probability ``share``, replaced by a random one of ``others``: the same item of
+    every tensor in ``others`` (a copy's latents with its caption), each shaped like its tensor of ``batch``."""
+    n = batch[0].shape[0]
+    swap = torch.rand(n, generator=gen) < share
+    pick = torch.randint(0, others[0].shape[0], (n,), generator=gen)
+    out = []
+    for b, o in zip(batch, others, strict=True):
+        mask = swap.to(b.device).view(-1, *[1] * (b.ndim - 1))
+        out.append(torch.where(mask, o[pick.to(o.device)], b))
+    return tuple(out)
 
 
 def train_lora(
@@ -187,12 +249,22 @@ def train_lora(
         raise ValueError(
             f"reference must be frames (F, 3, H, W) or latents (1, C, F, h, w), got {tuple(reference.shape)}"
         )
-    recoloured = None
+    text = encode_prompt(model, caption).float()
+    recoloured = recoloured_text = None
+    copy_captions: list[str] = []
     if tc.recolour > 0:
         # from latents (the CLI's and the app's cached reference), the frames the VAE decodes them to
         frames = reference.float().to(dev) if reference.ndim == 4 else decode_latents(model, z0)[0]
-        recoloured = torch.cat([encode_video(model, f) for f in recolourings(frames)])
-    text = encode_prompt(model, caption).float()
+        copies = recolourings(frames)
+        if tc.recolour_names is None:  # every copy under the reference's caption
+            keep, copy_captions = list(range(len(copies))), [caption] * len(copies)
+        else:  # only the copies whose colours can be named, each under its renamed caption
+            named = [recolour_caption(caption, perm, inv, tc.recolour_names) for perm, inv in RECOLOURINGS]
+            keep = [k for k, c in enumerate(named) if c is not None]
+            copy_captions = [named[k] for k in keep]  # type: ignore[misc]
+        if keep:
+            recoloured = torch.cat([encode_video(model, copies[k]) for k in keep])
+            recoloured_text = encode_prompt(model, copy_captions).float()
     pool = encode_prompt(model, list(tc.caption_pool)).float() if tc.caption_dropout > 0 else None
 
     # 3. A fresh LoRA, optimiser, seeded random stream; then the last checkpoint if there is one.
@@ -251,8 +323,11 @@ def train_lora(
             t = torch.randint(lo, hi, (tc.batch_size,), generator=gen).to(dev)
             eps = torch.randn((tc.batch_size, *z0.shape[1:]), generator=gen).to(dev)
             # (drawn only when asked, so that runs without these options keep their random stream)
-            step_z0 = zb if recoloured is None else _replace_some(zb, recoloured, tc.recolour, gen)
-            step_text = textb if pool is None else _replace_some(textb, pool, tc.caption_dropout, gen)
+            step_z0, step_text = zb, textb
+            if recoloured is not None:
+                step_z0, step_text = _replace_some((zb, textb), (recoloured, recoloured_text), tc.recolour, gen)
+            if pool is not None:
+                (step_text,) = _replace_some((step_text,), (pool,), tc.caption_dropout, gen)
             out_loss = objective(ctx, step_z0, step_text, t, eps)
             loss = out_loss.loss
             if not torch.isfinite(loss):
@@ -310,7 +385,7 @@ def train_lora(
         checkpoint()
     for p in params:
         p.requires_grad_(False)
-    return TrainResult(run.path, lora_path, step, cancelled, losses, time.perf_counter() - t_start)
+    return TrainResult(run.path, lora_path, step, cancelled, losses, time.perf_counter() - t_start, copy_captions)
 
 
 def _load_checkpoint(path: Path, model: T2VModel, opt: torch.optim.Optimizer, gen: torch.Generator, total: int,

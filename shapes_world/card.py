@@ -199,6 +199,15 @@ def quality_md(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def defaults_line(side: dict) -> str:
+    """The sidecar's sampling and training defaults as the card prints them: the colour table by its names only."""
+    own = {k: dict(side[k]) for k in ("sample", "train") if k in side}
+    names = own.get("train", {}).get("recolour_names")
+    if names:
+        own["train"]["recolour_names"] = {k: sorted(v) for k, v in names.items()}
+    return json.dumps(own)
+
+
 def write_card(folder: Path, res: dict, prompt: str) -> None:
     info = json.loads((folder / "training_info.json").read_text())["info"]
     side = json.loads((folder / "motion_matcher.json").read_text())
@@ -251,7 +260,7 @@ training families and {len(paths.HELD_OUT)} from families the training data neve
 
 `motion_matcher.json` holds what this model needs that Zeroscope does not: the block the motion features are read
 from ({', '.join(side['capture_blocks'])}), the video size, and sampling and training defaults
-({json.dumps({k: side[k] for k in ('sample', 'train') if k in side})}).
+({defaults_line(side)}).
 
 ## Rebuild
 Trained on a 2-core CPU in {runs} run{'s' if runs > 1 else ''} ({info['unet_steps']} UNet steps, \

@@ -72,8 +72,9 @@ REFERENCES: list[tuple[str, str, str, str, str, int]] = [
     ("circle", "yellow", "plain", "black", "figure8", 9),
     ("triangle", "green", "gradient", "white", "spiral", 10),
 ]
-# The L1 / L2 LoRA's training, over the model's defaults: a DDPM LoRA given what it needs to imprint its clip.
-L1_SETS = ["loss.t_min=400", "train.steps=1000"]
+# The L1 / L2 LoRA's training, over the model's defaults: a DDPM LoRA given what it needs to imprint its clip (the
+# clip alone: recoloured copies would teach it other looks).
+L1_SETS = ["loss.t_min=400", "train.steps=1000", "train.recolour=0"]
 NEW_PROMPTS = [
     "a blue star on a plain white background",
     "a yellow triangle on a dotted black background",

@@ -69,6 +69,13 @@ def _words() -> tuple[str, ...]:
 VOCABULARY: tuple[str, ...] = _words()
 
 
+def colour_names() -> dict[str, dict[str, list[int]]]:
+    """The world's colour words and the RGB it draws them in, as ``TrainConfig.recolour_names`` reads them: object
+    colours anywhere, background colours before the word "background" (the two "blue"s differ)."""
+    return {"": {c: list(world_specs.OBJECT_RGB[c]) for c in COLOURS},
+            "background": {c: list(world.BG_COLOURS[c]) for c in BG_COLOURS}}
+
+
 def compatible(colour: str, bg_colour: str) -> bool:
     """True when an object of ``colour`` stands out from both tones of a ``bg_colour`` background."""
     return world.compatible(colour, bg_colour)

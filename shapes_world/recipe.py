@@ -103,8 +103,11 @@ def build_model(seed: int = 0, unet_channels: tuple[int, ...] = (32, 64, 64), un
     # convolutions too (a 1-layer-per-block UNet3D keeps much of its motion there); the sampling cut-off stays the
     # release's 500 (cut-off 0 measured no better). The motion loss's DDIM map steps 400 timesteps, not 1, so the
     # extractor reads latents at t - 400, where this 8 x 8-latent model has placed its object (the whole ladder:
-    # 5-14 % closer to the reference than with stride 1, in all four cells).
-    train = {"conv_targets": ["temp_convs", "resnets"], "stride": 400} if world_name == "paths" else {}
+    # 5-14 % closer to the reference than with stride 1, in all four cells). Half the draws come from recoloured
+    # copies of the reference, each under its caption with the colours renamed: a LoRA trained on the one look
+    # loses its path under another colour (docs/results.md).
+    train = {"conv_targets": ["temp_convs", "resnets"], "stride": 400, "recolour": 0.5,
+             "recolour_names": paths.colour_names()} if world_name == "paths" else {}
     return T2VModel(unet, vae, text_encoder, tokenizer, scheduler, "shapes-t2v", ("down_blocks.1",), video,
                     torch.float32, sample, train_defaults=train)
 

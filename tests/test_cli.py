@@ -36,11 +36,18 @@ def test_train_then_sample_writes_playable_mp4(tiny_model_dir, clip, tmp_path, c
     assert cfg["train"]["steps"] == 2 and cfg["video"]["num_frames"] == 8  # the model's own video size
     load_lora(run / "lora.safetensors", load_model(tiny_model_dir, device="cpu"))
     assert cfg["train"]["batch_size"] == 1 and cfg["train"]["recolour"] == 0  # the library's, as the model says none
+    names = tmp_path / "names.json"
+    names.write_text(json.dumps({"": {"red": [255, 0, 0], "green": [0, 255, 0], "blue": [0, 0, 255]}}))
+    capsys.readouterr()
     rc = main(["train", str(clip), "--caption", "a red square", "--model", str(tiny_model_dir), "--out",
                str(tmp_path / "run2"), "--steps", "1", "--rank", "4", "--batch-size", "2", "--recolour", "0.5",
-               "--device", "cpu"])
+               "--recolour-names", str(names), "--device", "cpu"])
     cfg2 = json.loads((tmp_path / "run2" / "config.json").read_text())
     assert rc == 0 and cfg2["train"]["batch_size"] == 2 and cfg2["train"]["recolour"] == 0.5
+    assert cfg2["train"]["recolour_names"][""]["green"] == [0, 255, 0]
+    # red under the five channel orders: red twice, green twice, blue twice, minus the identity
+    out = capsys.readouterr().out
+    assert "recoloured copies: 5, under a blue square; a green square; a red square" in out
 
     capsys.readouterr()
     rc = main(["sample", "--run", str(run), "--prompt", "a blue circle", "--model", str(tiny_model_dir),
@@ -149,6 +156,8 @@ def test_inputs_are_refused_before_the_model_loads(tiny_model_dir, clip, tmp_pat
     nan = _nan_lora(tiny_model_dir, tmp_path / "nan.safetensors")
     inv = tmp_path / "inv.pt"
     inv.write_bytes(b"x")
+    names = tmp_path / "names.json"
+    names.write_text(json.dumps({"": {"red": [255, 0]}}))
     sample = ["sample", "--inverted", str(inv), "--model", str(tiny_model_dir)]
     cases = [
         (["train", str(bad), "--caption", "x", "--model", str(tiny_model_dir)], "not a video"),
@@ -157,6 +166,9 @@ def test_inputs_are_refused_before_the_model_loads(tiny_model_dir, clip, tmp_pat
         (["train", str(clip), "--caption", "x", "--height", "100"], "height must be a multiple of 8"),
         (["train", str(clip), "--caption", "x", "--recolour", "2"], r"recolour must be in \[0, 1\], got 2"),
         (["train", str(clip), "--caption", "x", "--batch-size", "0"], "batch_size must be in"),
+        (["train", str(clip), "--caption", "x", "--recolour-names", str(tmp_path / "none.json")], "no such file"),
+        (["train", str(clip), "--caption", "x", "--recolour-names", str(bad)], "is not JSON"),
+        (["train", str(clip), "--caption", "x", "--recolour-names", str(names)], "three numbers in"),
         ([*sample, "--prompt", "a cat", "--steps", "0"], r"steps must be in \[1, 1000\], got 0"),
         ([*sample, "--prompt", "a cat", "--seed", str(2**70)], "seed must be in"),
         ([*sample, "--prompt", "a cat", "--seed", "-2"], "seed must be in"),

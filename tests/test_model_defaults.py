@@ -97,3 +97,16 @@ def test_the_embedded_model_asks_for_its_measured_motion_loss_stride():
     assert cfg.loss.stride == 400 and cfg.loss.t_range() == (500, 1000)
     assert list(cfg.lora.conv_targets) == ["temp_convs", "resnets"]
     assert build_model(world_name="paths").train_defaults["stride"] == 400  # a fresh paths model gets the same
+
+
+def test_the_embedded_model_trains_half_its_draws_on_named_recolourings():
+    # docs/results.md: recoloured copies under renamed captions bring every L3 cell closer to the reference
+    from motion_core.models import model_defaults
+    from shapes_world import paths
+    from shapes_world.recipe import build_model
+
+    cfg = RunConfig.for_model(model_defaults("assets/shapes-t2v"))
+    assert cfg.train.recolour == 0.5 and cfg.train.recolour_names == paths.colour_names()
+    fresh = build_model(world_name="paths").train_defaults
+    assert fresh["recolour"] == 0.5 and fresh["recolour_names"] == paths.colour_names()
+    assert RunConfig.for_model(model_defaults("assets/shapes-t2v"), {"train": {"recolour": 0}}).train.recolour == 0

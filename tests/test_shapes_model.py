@@ -56,7 +56,11 @@ def test_the_model_card_is_the_page_its_measurement_wrote():
     info = json.loads((DEFAULT_MODEL_DIR / "training_info.json").read_text())["info"]
     assert info["world"] == "paths" and f"({info['unet_steps']} UNet steps" in card
     side = json.loads((DEFAULT_MODEL_DIR / "motion_matcher.json").read_text())
-    assert json.dumps({k: side[k] for k in ("sample", "train") if k in side}) in card
+    from shapes_world.card import defaults_line
+
+    line = defaults_line(side)
+    assert line in card and json.dumps(side["sample"]) in line and '"stride": 400' in line
+    assert '"recolour_names": {"": ["black", "blue", "green", "red", "white", "yellow"]' in line  # names, no RGB
 
 
 def test_sampling_gives_a_video_of_the_right_shape(model):

@@ -37,6 +37,35 @@ def test_paths_world_is_deterministic_and_of_the_promised_vocabulary():
         assert (got["shape"], got["colour"], got["bg_colour"]) == (o.shape, o.colour, clip.spec.bg_colour)
 
 
+def test_recoloured_captions_name_the_colours_the_copies_show():
+    import torch
+
+    from motion_core.train import RECOLOURINGS, recolour_caption, recolourings
+
+    names = paths.colour_names()
+    obj_rgb, bg_rgb = ({k: np.array(v, float) for k, v in names[t].items()} for t in ("", "background"))
+    named = 0
+    for colour in paths.COLOURS:
+        for bgc in paths.BG_COLOURS:
+            if not paths.compatible(colour, bgc):
+                continue
+            clip = paths.render(paths.make_spec("square", colour, "plain", bgc, "static", seed=1))
+            frames = torch.from_numpy(clip.frames).permute(0, 3, 1, 2).float() / 255
+            inside = clip.masks.any(axis=0)[0]
+            for (perm, inv), copy in zip(RECOLOURINGS, recolourings(frames), strict=True):
+                got = recolour_caption(clip.caption, perm, inv, names)
+                if got is None:
+                    continue
+                named += 1
+                assert set(got.split()) <= set(paths.VOCABULARY), got
+                px = copy[0].permute(1, 2, 0).numpy() * 255
+                o, b = np.median(px[inside], axis=0), np.median(px[~inside], axis=0)
+                want = paths.parse(got)  # the colour each name stands for is the nearest to what the copy shows
+                assert min(obj_rgb, key=lambda k: np.linalg.norm(obj_rgb[k] - o)) == want["colour"], (got, o)
+                assert min(bg_rgb, key=lambda k: np.linalg.norm(bg_rgb[k] - b)) == want["bg_colour"], (got, b)
+    assert named >= 100  # most of the world's looks have several nameable copies
+
+
 def test_detector_reads_back_the_ground_truth():
     clips = list(paths.iter_dataset(60, seed=11))
     errors, colour_ok, shape_ok, coherent = [], 0, 0, 0

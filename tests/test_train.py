@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -171,6 +172,105 @@ def test_recoloured_draws(frames, tmp_path, monkeypatch):
     train_lora(model, z, "a red circle", tmp_path / "z", cfg)
     got = [next(k for k, v in enumerate(variants) if torch.equal(item, v[0])) for zz in seen for item in zz]
     assert 0 not in got and len(got) == 6
+
+
+NAMES = {"": {"red": [230, 20, 20], "green": [20, 230, 20], "blue": [20, 20, 230], "yellow": [230, 230, 20],
+               "white": [240, 240, 240]},
+         "background": {"grey": [120, 120, 120], "white": [240, 240, 240], "black": [15, 15, 15],
+                        "dark green": [20, 90, 30]}}
+
+
+def test_recolour_caption_names_what_the_recoloured_pixels_show():
+    from motion_core.train import RECOLOUR_NAME_TOLERANCE, RECOLOURINGS, recolour_caption, recolourings
+
+    cap = "a red circle on a plain grey background"
+    obj, bg = torch.tensor(NAMES[""]["red"]) / 255, torch.tensor(NAMES["background"]["grey"]) / 255
+    clip = bg.view(1, 3, 1, 1).repeat(2, 1, 4, 4)
+    clip[:, :, 1:3, 1:3] = obj.view(1, 3, 1, 1)
+    seen = set()
+    for (perm, inv), copy in zip(RECOLOURINGS, recolourings(clip), strict=True):
+        got = recolour_caption(cap, perm, inv, NAMES)
+        # independent of the caption code: the nearest named colour of the copy's actual object / background pixels
+        o, b = (copy[0, :, 1, 1] * 255).tolist(), (copy[0, :, 0, 0] * 255).tolist()
+        near_o = min(NAMES[""], key=lambda n: sum((x - y) ** 2 for x, y in zip(NAMES[""][n], o)))
+        near_b = min(NAMES["background"], key=lambda n: sum((x - y) ** 2 for x, y in zip(NAMES["background"][n], b)))
+        if got is None:  # inverted red is cyan or magenta under a permutation: no name near it here
+            assert inv and min(math.dist(o, v) for v in NAMES[""].values()) > RECOLOUR_NAME_TOLERANCE
+        else:
+            assert got == f"a {near_o} circle on a plain {near_b} background"
+            seen.add(got)
+    assert seen == {cap, "a green circle on a plain grey background", "a blue circle on a plain grey background",
+                    "a yellow circle on a plain grey background"}  # inverted blue is yellow; grey stays grey
+
+
+def test_recolour_caption_context_longest_name_case_and_punctuation():
+    from motion_core.train import recolour_caption
+
+    swap_rb, invert = (2, 1, 0), ((0, 1, 2), True)
+    # "white" is looked up in the background table before "background", in the object table elsewhere: inverted,
+    # the background is black, the object (15, 15, 15) has no object name here
+    got = recolour_caption("a blue star on a white background", *invert, NAMES)
+    assert got == "a yellow star on a black background"
+    assert recolour_caption("a white star on a white background", *invert, NAMES) is None
+    assert recolour_caption("a Red square, on a dark green background", swap_rb, False, NAMES) == \
+        "a blue square, on a dark green background"
+    # "dark green" is one name (not "green" after "dark"), and it leaves the tolerance under a red / blue swap
+    assert recolour_caption("a red square on a dark green background", swap_rb, False, NAMES) == \
+        "a blue square on a dark green background"
+    assert recolour_caption("a red square on a dark green background", (1, 0, 2), False, NAMES) is None
+    assert recolour_caption("a Red circle.", swap_rb, False, NAMES) == "a blue circle."
+    assert recolour_caption("a dog running", swap_rb, False, NAMES) is None  # no colour to rename
+    assert recolour_caption("a dark circle on a red background", swap_rb, False, NAMES) is None  # no red backgrounds
+    assert recolour_caption("a yellow circle on a red background", (0, 1, 2), False, NAMES) is None
+
+
+def test_recoloured_draws_under_renamed_captions(frames, tmp_path, monkeypatch):
+    import motion_core.train as train_mod
+    from motion_core.models import encode_prompt
+    from motion_core.train import RECOLOURINGS, recolour_caption, recolourings
+
+    seen = []
+    real = train_mod.get_objective
+    monkeypatch.setattr(train_mod, "get_objective", lambda name: lambda ctx, z0, text, t, eps: (
+        seen.append((z0.clone(), text.clone())), real(name)(ctx, z0, text, t, eps))[1])
+    model = build_tiny_model()
+    caption = "a red circle on a striped background"
+    names = {"": {"red": [230, 20, 20], "green": [20, 230, 20], "blue": [20, 20, 230]}}
+    variants = {-1: (encode_video(model, frames), caption)}
+    for k, ((perm, inv), f) in enumerate(zip(RECOLOURINGS, recolourings(frames), strict=True)):
+        variants[k] = (encode_video(model, f), recolour_caption(caption, perm, inv, names))
+    named = {k for k, (_, c) in variants.items() if c is not None and k >= 0}
+    assert len(named) == 5  # red, green, blue under the five permutations; the inversions are cyan / magenta / yellow
+    cfg = _cfg(steps=8, objective="ddpm")
+    cfg.train.batch_size, cfg.train.recolour, cfg.train.recolour_names = 2, 0.75, names
+    res = train_lora(model, frames, caption, tmp_path / "n", cfg, resume=False)
+    assert sorted(res.recolour_captions) == sorted(variants[k][1] for k in named)
+    used = set()
+    for z, text in seen:
+        for zi, ti in zip(z, text, strict=True):
+            k = next(k for k, v in variants.items() if torch.equal(zi, v[0][0]))
+            assert k == -1 or k in named  # an unnamed copy is never drawn
+            want = {c: encode_prompt(model, c).float()[0] for c in {caption, *(variants[j][1] for j in named)}}
+            assert min(want, key=lambda c: float((want[c] - ti).abs().max())) == variants[k][1]  # its own caption
+            assert torch.allclose(ti, want[variants[k][1]], atol=1e-5)
+            used.add(k)
+    assert -1 in used and len(used) > 2
+    # no colour the names know: no copy, training goes on under the reference's caption alone
+    seen.clear()
+    res = train_lora(model, frames, "a dog on a striped background", tmp_path / "d", cfg, resume=False)
+    assert res.recolour_captions == [] and all(torch.equal(z[0], variants[-1][0][0]) for z, _ in seen)
+
+
+def test_recolour_names_are_checked():
+    cfg = _cfg()
+    for bad, msg in (({"Background": {"grey": [1, 2, 3]}}, "one lower-case word"),
+                     ({"": {"Red": [1, 2, 3]}}, "lower-case words"), ({"": {"red": [1, 2]}}, "three numbers"),
+                     ({"": {"red": [1, 2, 300]}}, "three numbers"), ({"": {}}, "1 to 64"), ([1], "at most 16")):
+        cfg.train.recolour_names = bad
+        with pytest.raises(ValueError, match=msg):
+            cfg.validate()
+    cfg.train.recolour_names = NAMES
+    cfg.validate()
 
 
 def test_cancel_checkpoints_and_resume_matches_an_uninterrupted_run(frames, tmp_path):
