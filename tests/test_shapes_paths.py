@@ -394,3 +394,20 @@ def test_card_compares_motionmatcher_with_the_ladders_baselines():
     groups["L3 ddpm beta=0"]["shape_ok"] = None  # a ladder from before the shape check: nothing to compare
     assert "L3: MotionMatcher beats `ddpm` (held-out families)" not in {
         r[0] for r in card._baseline_checks(groups, "held-out families")}
+
+
+def test_card_reports_an_l3_cell_with_no_tracked_sample_as_not_met():
+    from shapes_world import card
+
+    def row(variant, d):
+        return {"ref": 0, "family": "curve", "held_out": False, "rung": "L3", "variant": variant, "prompt": "p",
+                "seed": 0, "beta": 0.0, "distance": d, "colour_ok": False, "coherent": False}
+
+    res = {"vae_psnr": 31.0, "prompt_following": {"n": 2, "colour_acc": 1.0, "shape_acc": 1.0, "coherent": 1.0},
+           "ladder": ladder.summarize([row("lora", float("nan")), row("base", 0.3)])}
+    rows = {r[0]: r for r in card.checks(res)}
+    cell = rows["L3: MotionMatcher LoRA / base distance, beta 0 (training families)"]
+    assert not cell[3] and cell[2].startswith("no distance: 1 of 1 LoRA and 0 of 1 base samples")
+    res["ladder"] = ladder.summarize([row("lora", 0.1), row("base", 0.4)])
+    cell = {r[0]: r for r in card.checks(res)}["L3: MotionMatcher LoRA / base distance, beta 0 (training families)"]
+    assert cell[3] and cell[2] == "0.25 (0.100 / 0.400, n = 1)"
