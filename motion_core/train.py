@@ -256,15 +256,16 @@ def train_lora(
         # from latents (the CLI's and the app's cached reference), the frames the VAE decodes them to
         frames = reference.float().to(dev) if reference.ndim == 4 else decode_latents(model, z0)[0]
         copies = recolourings(frames)
-        if tc.recolour_names is None:  # every copy under the reference's caption
+        if tc.recolour_names is None:  # every copy under the reference's caption (its embedding, not re-encoded)
             keep, copy_captions = list(range(len(copies))), [caption] * len(copies)
+            recoloured_text = text.expand(len(keep), -1, -1)
         else:  # only the copies whose colours can be named, each under its renamed caption
             named = [recolour_caption(caption, perm, inv, tc.recolour_names) for perm, inv in RECOLOURINGS]
             keep = [k for k, c in enumerate(named) if c is not None]
             copy_captions = [named[k] for k in keep]  # type: ignore[misc]
+            recoloured_text = encode_prompt(model, copy_captions).float() if keep else None
         if keep:
             recoloured = torch.cat([encode_video(model, copies[k]) for k in keep])
-            recoloured_text = encode_prompt(model, copy_captions).float()
     pool = encode_prompt(model, list(tc.caption_pool)).float() if tc.caption_dropout > 0 else None
 
     # 3. A fresh LoRA, optimiser, seeded random stream; then the last checkpoint if there is one.
