@@ -226,7 +226,6 @@ def train_lora(
     run.path.mkdir(parents=True, exist_ok=True)
     cfg.caption = caption
     cfg.model = model.name  # the hub id or folder name: config.json travels with the LoRA
-    cfg.save(run.config)
     t_start = time.perf_counter()
     dev = model.device
     tc, lc = cfg.train, cfg.loss
@@ -277,12 +276,13 @@ def train_lora(
     step, losses = 0, []
     ckpt_path = run.checkpoint
     if resume and ckpt_path.is_file():
-        step, losses = _load_checkpoint(ckpt_path, model, opt, gen, tc.steps, dev)
+        step, losses = _load_checkpoint(ckpt_path, model, opt, gen, tc.steps, dev, learning_settings(cfg))
         if callback is not None:
             callback(Progress(step, tc.steps, losses[-1]["loss"] if losses else math.nan, {}, 0.0, math.nan,
                               "resuming"))
     elif ckpt_path.is_file():
         ckpt_path.unlink()  # starting over: the old run's checkpoint must not be mistaken for this one's
+    cfg.save(run.config)  # only now: a refused checkpoint leaves its run's config.json as it was
     ckpt_step = step  # the step the checkpoint on disk holds
     log_path = run.log
     # The log restarts from what the checkpoint knows, so steps redone after a crash are not listed twice.
@@ -297,11 +297,14 @@ def train_lora(
     ctx = ObjectiveContext(model, lc, extractor, amp, gen, grad_ckpt)
     lo, hi = lc.t_range(model.num_train_timesteps)
 
+    settings = learning_settings(cfg)
+
     def checkpoint() -> None:
         nonlocal ckpt_step
         ckpt_step = step
         state = {"step": step, "lora": lora_state_dict(model), "optimizer": opt.state_dict(),
-                 "generator": gen.get_state(), "torch_rng": torch.get_rng_state(), "losses": losses}
+                 "generator": gen.get_state(), "torch_rng": torch.get_rng_state(), "losses": losses,
+                 "settings": settings}
         if dev.type == "cuda":  # LoRA dropout on a GPU draws from the device's stream: a resume must continue it
             state["cuda_rng"] = torch.cuda.get_rng_state(dev)
         _atomic_save(state, ckpt_path)
@@ -389,9 +392,39 @@ def train_lora(
     return TrainResult(run.path, lora_path, step, cancelled, losses, time.perf_counter() - t_start, copy_captions)
 
 
+# Settings that say how a run is computed, how often it checkpoints, how long it goes on or how its LoRA is
+# sampled, not what it learns: a resume may change them (more steps, another precision on another GPU). Every
+# other setting must be the checkpoint's, or the resumed LoRA would be half one run and half another.
+RESUME_MAY_CHANGE = ("sample", "video.max_duration_sec", "video.max_source_pixels", "video.max_file_mb",
+                     "train.steps", "train.checkpoint_every", "train.precision", "train.grad_checkpointing")
+
+
+def learning_settings(cfg: RunConfig) -> str:
+    """The settings a checkpoint shares with any run that resumes it, as JSON ``{"section.key": value}``."""
+    flat: dict[str, Any] = {}
+    for name, value in cfg.to_dict().items():
+        items = value.items() if isinstance(value, dict) else [(None, value)]
+        for key, v in items:
+            k = name if key is None else f"{name}.{key}"
+            if k not in RESUME_MAY_CHANGE and name not in RESUME_MAY_CHANGE:
+                flat[k] = v
+    return json.dumps(flat, sort_keys=True, default=str)
+
+
+def _settings_changed(saved: str, now: str) -> list[str]:
+    """``"key saved (this run: value)"`` for each setting that differs; keys that a newer version added are skipped."""
+    old, new = json.loads(saved), json.loads(now)
+    return [f"{k} {json.dumps(old[k])[:60]} (this run: {json.dumps(new[k])[:60]})"
+            for k in sorted(old) if k in new and old[k] != new[k]]
+
+
 def _load_checkpoint(path: Path, model: T2VModel, opt: torch.optim.Optimizer, gen: torch.Generator, total: int,
-                     dev: torch.device) -> tuple[int, list]:
+                     dev: torch.device, settings: str | None = None) -> tuple[int, list]:
     """Restore a run from its checkpoint; any problem is a ``CheckpointError`` naming the file, never a traceback.
+
+    ``settings`` (``learning_settings`` of the resuming run) must equal the checkpoint's where it recorded them
+    (older checkpoints did not): resuming with another learning rate, objective, caption, ... would silently mix
+    two runs.
 
     ``weights_only=True`` refuses foreign pickles (no code runs); the contents are checked before they are used,
     so a refused checkpoint changes neither the LoRA nor the random streams.
@@ -409,6 +442,14 @@ def _load_checkpoint(path: Path, model: T2VModel, opt: torch.optim.Optimizer, ge
         step, losses = state["step"], state["losses"]
         if not isinstance(step, int) or not 0 <= step <= total or not isinstance(losses, list):
             raise ValueError(f"step {str(step)[:20]} of a {total}-step run")
+        saved = state.get("settings")
+        if settings is not None and saved is not None:
+            if not isinstance(saved, str):
+                raise TypeError(f"its settings are a {type(saved).__name__}, not JSON text")
+            changed = _settings_changed(saved, settings)
+            if changed:
+                raise ValueError(f"it was made with other settings: {'; '.join(changed[:4])}"
+                                 + (f" and {len(changed) - 4} more" if len(changed) > 4 else ""))
         sd = {k.removeprefix("unet."): v for k, v in state["lora"].items()}
         want = get_peft_model_state_dict(model.unet, adapter_name=ADAPTER)
         if set(sd) != set(want) or any(sd[k].shape != want[k].shape for k in want):

@@ -197,8 +197,11 @@ def _baseline_checks(groups: dict, name: str) -> list[tuple[str, str, str, bool]
 def quality_md(res: dict) -> str:
     rows = checks(res)
     met = sum(1 for r in rows if r[3])
+    ladder_cmd = f"`{res.get('ladder_command', 'not run')}`"
+    if res.get("ladder_sources"):
+        ladder_cmd += ", pooling " + "; ".join(f"`{c}`" for c in res["ladder_sources"])
     lines = [f"**Targets met: {met} of {len(rows)}.** Measured on {res['hardware']} by `{res['command']}` "
-             f"(ladder: `{res.get('ladder_command', 'not run')}`).", "",
+             f"(ladder: {ladder_cmd}).", "",
              "| check | target | measured | met |", "|---|---|---|---|"]
     lines += [f"| {c} | {t} | {m} | {'yes' if ok else '**no**'} |" for c, t, m, ok in rows]
     return "\n".join(lines) + "\n"
@@ -213,12 +216,17 @@ def defaults_line(side: dict) -> str:
     return json.dumps(own)
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'s' if n != 1 else ''}"
+
+
 def write_card(folder: Path, res: dict, prompt: str) -> None:
     info = json.loads((folder / "training_info.json").read_text())["info"]
     side = json.loads((folder / "motion_matcher.json").read_text())
     p = info["params"]
     vd = side["video"]
     runs = 1 + len(info.get("continued", []))
+    n = res.get("ladder_samples") or {"prompts": 3, "seeds": 2}  # (results written before the card counted them)
     card = f"""---
 license: apache-2.0
 library_name: diffusers
@@ -253,7 +261,8 @@ Top: a reference clip ({ladder.REFERENCES[0][4]} path). Middle: the motion LoRA 
 Motion transfer is the trajectory distance of the detector's track to the reference's (mean centroid distance /
 frame side, plus a zoom term), averaged over {len(ladder.REFERENCES) - len(paths.HELD_OUT)} references from the
 training families and {len(paths.HELD_OUT)} from families the training data never drew
-({', '.join(paths.HELD_OUT)}), 3 new prompts and 2 seeds each (`shapes_world/ladder.py`).
+({', '.join(paths.HELD_OUT)}), {_count(n['prompts'], 'new prompt')} and {_count(n['seeds'], 'seed')} each
+(`shapes_world/ladder.py`).
 
 ## Model
 | part | parameters |
@@ -309,6 +318,12 @@ def main(argv: list[str] | None = None) -> None:
         res["ladder"] = {k: summary[k] for k in ("trained", "held_out") if k in summary}
         res["ladder_command"] = summary.get("command", f"python -m shapes_world.ladder --out {args.ladder}")
         res["ladder_l1"] = summary.get("settings", {}).get("l1_train")
+        if summary.get("sources"):  # a merged ladder (ladder --merge): the runs it pools
+            res["ladder_sources"] = summary["sources"]
+        l3 = [json.loads(x) for x in (Path(args.ladder) / "rows.jsonl").read_text().splitlines() if '"L3"' in x]
+        res["ladder_samples"] = {"prompts": max((len({r["prompt"] for r in l3 if r["ref"] == i})
+                                                 for i in {r["ref"] for r in l3}), default=0),
+                                 "seeds": len({r["seed"] for r in l3})}
     if args.flow:
         res["flow"] = json.loads((Path(args.flow) / "results.json").read_text())["flow"]
     (out / "results.json").write_text(json.dumps(res, indent=1))

@@ -3,6 +3,7 @@
     python -m shapes_world.ladder --model assets/shapes-t2v --out runs/ladder              # 6 + 4 references
     python -m shapes_world.ladder --model M --out O --refs 0,6 --set train.learning_rate=2e-3   # a variant
     python -m shapes_world.ladder --model M --out O --refs 0,6 --rungs L3 --cutoffs 500,300,150  # 1 LoRA, 3 cut-offs
+    python -m shapes_world.ladder --merge runs/ladder-a runs/ladder-b --out runs/ladder      # pool finished ladders
 
 Every rung is a trajectory distance to the reference (``evaluate.track_distance``: the detector's centroid track,
 mean distance / frame side, plus the zoom term), averaged over references x prompts x seeds:
@@ -31,7 +32,10 @@ section.key=value`` overrides a training setting for both LoRAs (``train.*``, ``
 sampling one (``sample.lora_cutoff``, ...), so the same script measures the variants that decide the model's
 defaults. Writes ``rows.jsonl``, ``summary.json``, ``ladder.md`` and one montage per reference in ``--out``.
 Rows are saved after each reference; running the same command again skips the references already done (a long
-ladder runs in chunks), and a different command on the same folder is refused.
+ladder runs in chunks), and a different command on the same folder is refused. A LoRA that a reference's folder
+already holds, finished or checkpointed with the same settings, is reused or resumed rather than trained again: to
+sample a finished ladder with more seeds, copy its ``ref<i>`` folders into a new ``--out`` and run the same
+command there with ``--first-seed 2`` (the rows of both folders together are the larger ladder).
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -52,7 +58,7 @@ from motion_core.config import ConfigError, RunConfig, SampleConfig, VideoConfig
 from motion_core.lora_io import remove_lora
 from motion_core.models import T2VModel, encode_video, load_model
 from motion_core.sample import invert_cached, sample
-from motion_core.train import train_lora
+from motion_core.train import CheckpointError, train_lora
 from motion_core.video import frames_from_array, to_uint8
 
 from . import detector, paths
@@ -168,14 +174,14 @@ def run_reference(model: T2VModel, i: int, args: argparse.Namespace, out: Path) 
         cutoffs = (args.cutoffs or [args.scfg.lora_cutoff]) if rung == "L3" else [0]
         for beta in betas:
             for p in prompt_list:
-                for seed in range(args.seeds):
+                for seed in range(args.first_seed, args.first_seed + args.seeds):
                     variants = [(name if len(cutoffs) == 1 else f"{name}@{c}", True, c) for c in cutoffs]
                     variants += [("base", False, cutoffs[0])] if with_base else []  # (no LoRA: the cut-off is moot)
                     for variant, use_lora, cutoff in variants:
                         vid = draw(p, seed, beta, use_lora, cutoff)
                         add(rung, variant, p, seed, beta, _score(detector.track(vid), ref_track, side, p), cutoff)
                         # the montage: the first sample of the rung's LoRA (the first cut-off) and of the base model
-                        if (seed == 0 and p == prompt_list[0] and beta == betas[0] and name == "lora"
+                        if (seed == args.first_seed and p == prompt_list[0] and beta == betas[0] and name == "lora"
                                 and variant in (variants[0][0], "base")):
                             strips.append(np.concatenate(list(vid), 1))
 
@@ -192,7 +198,11 @@ def run_reference(model: T2VModel, i: int, args: argparse.Namespace, out: Path) 
         cfg = RunConfig.from_dict(base_cfg.to_dict())
         cfg.loss.objective = objective
         t0 = time.perf_counter()
-        train_lora(model, frames, clip.caption, out / f"ref{i}" / folder, cfg, resume=False)
+        try:  # a LoRA this folder already finished (or began) with these settings is reused (or resumed)
+            train_lora(model, frames, clip.caption, out / f"ref{i}" / folder, cfg)
+        except CheckpointError:  # another run's, or damaged: train this one from the start
+            remove_lora(model)
+            train_lora(model, frames, clip.caption, out / f"ref{i}" / folder, cfg, resume=False)
         train_s = time.perf_counter() - t0
         if args.scfg.invert_with_lora and "L3" in rungs:
             # as the product does for such a model: the reference inverted with this LoRA on, for the LoRA's
@@ -278,6 +288,8 @@ def _resume(out: Path, args: argparse.Namespace) -> tuple[list[dict], set[int]]:
         key["l1_set"] = args.l1_set
     if args.cutoffs:  # only when given, so that ladders begun before the option existed still resume
         key["cutoffs"] = args.cutoffs
+    if args.first_seed:  # the same
+        key["first_seed"] = args.first_seed
     key["model"] = str(Path(args.model).resolve())
     # the same folder may hold other weights by now (a training run continued into it)
     key["weights"] = hashlib.sha256(b"".join(hashlib.sha256(f.read_bytes()).digest()
@@ -292,14 +304,92 @@ def _resume(out: Path, args: argparse.Namespace) -> tuple[list[dict], set[int]]:
     return rows, {r["ref"] for r in rows}
 
 
+# What a row means besides its own fields: ladders merge only where these agree (``--refs``, ``--seeds`` and
+# ``--first-seed`` are what merging adds up; rungs and their LoRAs' settings are checked where both ran them).
+MERGE_MUST_MATCH = ("model", "weights", "prompts", "betas", "steps", "sample_steps", "guidance", "set", "cutoffs")
+ROW_KEY = ("ref", "rung", "variant", "prompt", "seed", "beta", "lora_cutoff")
+
+
+def _link(src: Path, dst: Path) -> None:
+    """Hard links (no second copy of a ladder's hundreds of MB of LoRAs), copies where the file system refuses."""
+    def one(a: str, b: str) -> None:
+        try:
+            os.link(a, b)
+        except OSError:
+            shutil.copy2(a, b)
+
+    if src.is_dir():
+        shutil.copytree(src, dst, copy_function=one)
+    else:
+        one(str(src), str(dst))
+
+
+def merge(sources: list[Path], out: Path, command: str) -> dict:
+    """One ladder from several runs on the same model and settings (chunks of references, more seeds).
+
+    Rows are pooled (a row that two sources both hold, e.g. the oracle's, must agree and is kept once); each
+    ``ref<i>`` folder (LoRAs, inversion cache) and montage is linked from the first source that has it. Writes
+    ``rows.jsonl``, ``summary.json`` (its ``sources`` list each source's command) and ``ladder.md`` in ``out``,
+    which no ladder run resumes (it has no ``settings.json``)."""
+    if len(sources) < 2:
+        raise SystemExit("--merge: give two or more ladder folders")
+    keys, all_rows, summaries = [], [], []
+    for src in sources:
+        try:
+            keys.append(json.loads((src / "settings.json").read_text()))
+            summaries.append(json.loads((src / "summary.json").read_text()))
+            all_rows.append([json.loads(x) for x in (src / "rows.jsonl").read_text().splitlines() if x.strip()])
+        except (OSError, ValueError) as err:
+            raise SystemExit(f"--merge: {src} is not a finished ladder ({type(err).__name__}: {err})") from None
+    first = keys[0]
+    for src, key in zip(sources[1:], keys[1:]):
+        differ = [k for k in MERGE_MUST_MATCH if key.get(k) != first.get(k)]
+        both = set(key["rungs"]) & set(first["rungs"])
+        if "L3" in both and key["baselines"] != first["baselines"]:
+            differ.append("baselines")
+        if both & {"L1", "L2"} and key.get("l1_set") != first.get("l1_set"):
+            differ.append("l1_set")
+        if differ:
+            raise SystemExit(f"--merge: {src} was run with other {', '.join(differ)} than {sources[0]}")
+    if out.exists() and any(out.iterdir()):
+        raise SystemExit(f"--merge: {out} is not empty; merge into a new folder")
+    rows: dict[tuple, dict] = {}
+    for src, src_rows in zip(sources, all_rows):
+        for r in src_rows:
+            k = tuple(r.get(f) for f in ROW_KEY)
+            if k in rows and json.dumps(rows[k], sort_keys=True) != json.dumps(r, sort_keys=True):  # (NaN as text)
+                raise SystemExit(f"--merge: {src} and an earlier folder disagree on {dict(zip(ROW_KEY, k))}")
+            rows.setdefault(k, r)
+    merged = sorted(rows.values(), key=lambda r: r["ref"])  # stable: each reference's rows in their run order
+    out.mkdir(parents=True, exist_ok=True)
+    for src in sources:
+        for item in sorted(src.glob("ref*")):
+            if not (out / item.name).exists():
+                _link(item, out / item.name)
+    (out / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in merged))
+    summary = summarize(merged)
+    summary["command"] = command
+    summary["sources"] = [sm.get("command", str(src)) for src, sm in zip(sources, summaries)]
+    settings = dict(summaries[0].get("settings", {}))
+    settings["l1_train"] = next((sm["settings"]["l1_train"] for sm, key in zip(summaries, keys)
+                                 if {"L1", "L2"} & set(key["rungs"]) and "l1_train" in sm.get("settings", {})), None)
+    summary["settings"] = settings
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    md = report_md({k: v for k, v in summary.items() if k in ("all", "trained", "held_out")}, command)
+    (out / "ladder.md").write_text(md)
+    return summary
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", required=True, help="a paths-world model folder")
+    ap.add_argument("--model", default=None, help="a paths-world model folder")
     ap.add_argument("--out", required=True)
     ap.add_argument("--refs", default=",".join(str(i) for i in range(len(REFERENCES))),
                     help="reference indices (0-5 training families, 6-9 held out)")
     ap.add_argument("--prompts", type=int, default=3, help="new prompts per reference")
     ap.add_argument("--seeds", type=int, default=2, help="seeds per prompt")
+    ap.add_argument("--first-seed", type=int, default=0,
+                    help="seeds run from this one (more seeds for a finished ladder: its LoRAs copied in are reused)")
     ap.add_argument("--betas", default="0,0.3", help="betas of the L3 rung")
     ap.add_argument("--steps", type=int, default=None, help="LoRA steps (default: the model's training default)")
     ap.add_argument("--sample-steps", type=int, default=None, help="DDIM steps (default: the model's)")
@@ -313,7 +403,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--cutoffs", default="", help="sample L3's LoRAs at each of these cut-offs (e.g. 500,300,200; "
                     "default: the model's one)")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--merge", nargs="+", default=None, metavar="LADDER",
+                    help="only pool these finished ladders (chunks of references, more seeds) into --out")
     args = ap.parse_args(argv)
+    if args.merge:
+        command = "python -m shapes_world.ladder " + " ".join(sys.argv[1:] if argv is None else argv)
+        print(report_md({k: v for k, v in merge([Path(m) for m in args.merge], Path(args.out), command).items()
+                         if k in ("all", "trained", "held_out")}, command))
+        return
+    if not args.model:
+        raise SystemExit("--model: give a paths-world model folder (or --merge LADDER ...)")
     try:
         args.baselines = [b for b in parse_variants(args.baselines) if b != "motion"] if args.baselines else []
     except ProtocolError as e:
@@ -324,6 +423,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"--refs {args.refs!r}: give comma-separated indices 0-{len(REFERENCES) - 1}") from None
     if not all(0 <= i < len(REFERENCES) for i in refs):
         raise SystemExit(f"--refs {args.refs!r}: indices run from 0 to {len(REFERENCES) - 1}")
+    if args.seeds < 1 or args.first_seed < 0:
+        raise SystemExit(f"--seeds {args.seeds} --first-seed {args.first_seed}: at least one seed, from 0 up")
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)

@@ -202,6 +202,13 @@ def test_damaged_checkpoint_is_named_with_the_way_out_and_errors_start_their_own
     assert before == "" or before.endswith("\n"), repr(before[-80:])  # the bar was ended first
     assert sorted(p.name for p in run.iterdir()) == kept  # the run's files are all still there
     assert main([*common, "--steps", "2", "--no-resume"]) == 0
+    # a resume with another learning rate would mix two runs: refused, with the setting named and the way out
+    config = (run / "config.json").read_text()
+    capsys.readouterr()
+    assert main([*common, "--steps", "3", "--lr", "1e-3"]) == 2
+    err = capsys.readouterr().err
+    assert "train.learning_rate" in err and "--no-resume" in err and "Traceback" not in err, err
+    assert (run / "config.json").read_text() == config
 
 
 def test_a_resumed_run_says_so_and_the_bar_counts_only_new_steps(tiny_model_dir, clip, tmp_path, capsys,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import inspect
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -132,7 +133,7 @@ def _untrained_model(tmp_path: Path) -> Path:
     return tmp_path / "m"
 
 
-def test_ladder_runs_every_rung_on_an_untrained_model(tmp_path):
+def test_ladder_runs_every_rung_on_an_untrained_model(tmp_path, monkeypatch):
     model_dir = _untrained_model(tmp_path)
     out = tmp_path / "ladder"
     cmd = ["--model", str(model_dir), "--out", str(out), "--refs", "6", "--prompts", "1", "--seeds", "1",
@@ -163,6 +164,53 @@ def test_ladder_runs_every_rung_on_an_untrained_model(tmp_path):
         ladder.main(cmd[:-4] + ["--l1-set", "train.steps=4"])
     with pytest.raises(SystemExit, match="L1 LoRA's training only"):
         ladder.main(cmd + ["--l1-set", "sample.lora_cutoff=0"])
+    # More seeds for the finished ladder: its reference folder copied into a new --out; the LoRAs are reused (a
+    # checkpoint at its last step, resumed: not one step trained again) and only the new seed is sampled.
+    more = tmp_path / "more"
+    shutil.copytree(out / "ref6", more / "ref6")
+    phases: dict[str, list[str]] = {}
+    real_train = ladder.train_lora
+
+    def train_watched(model, frames, caption, run_dir, cfg, **kw):
+        seen = phases.setdefault(Path(run_dir).name, [])
+        return real_train(model, frames, caption, run_dir, cfg, callback=lambda p: seen.append(p.phase), **kw)
+
+    monkeypatch.setattr(ladder, "train_lora", train_watched)
+    ladder.main(["--model", str(model_dir), "--out", str(more), *cmd[4:], "--first-seed", "1"])
+    assert set(phases) == {"ddpm-l1", "motion", "ddpm", "residual"}
+    assert all("training" not in seen and seen[0] == "resuming" for seen in phases.values()), phases
+    more_rows = [json.loads(x) for x in (more / "rows.jsonl").read_text().splitlines()]
+    assert len(more_rows) == 12 and {r["seed"] for r in more_rows if r["rung"] != "L0"} == {1}
+    # a LoRA another ladder trained with other settings is not resumed: trained from the start
+    other = tmp_path / "other"
+    shutil.copytree(out / "ref6", other / "ref6")
+    phases.clear()
+    ladder.main(["--model", str(model_dir), "--out", str(other), *cmd[4:], "--set", "train.learning_rate=1e-3"])
+    assert "resuming" not in phases["motion"] and phases["motion"].count("training") == 2
+    assert json.loads((other / "ref6" / "motion" / "config.json").read_text())["train"]["learning_rate"] == 1e-3
+    # the two ladders pooled: seeds 0 and 1 in every cell, the oracle's row (seed 0 in both) once
+    merged = tmp_path / "merged"
+    ladder.main(["--merge", str(out), str(more), "--out", str(merged)])
+    pooled = [json.loads(x) for x in (merged / "rows.jsonl").read_text().splitlines()]
+    assert len(pooled) == 23 and sum(r["rung"] == "L0" for r in pooled) == 1
+    summary = json.loads((merged / "summary.json").read_text())
+    assert summary["all"]["groups"]["L3 lora beta=0.3"]["n"] == 2 and len(summary["sources"]) == 2
+    assert summary["settings"]["l1_train"]["train"]["steps"] == 3
+    assert (merged / "ref6" / "motion" / "lora.safetensors").read_bytes() == (
+        out / "ref6" / "motion" / "lora.safetensors").read_bytes()
+    with pytest.raises(SystemExit, match="not empty"):
+        ladder.main(["--merge", str(out), str(more), "--out", str(merged)])
+    tampered = tmp_path / "tampered"
+    shutil.copytree(more, tampered)
+    lines = (tampered / "rows.jsonl").read_text().splitlines()
+    first = json.loads(lines[0])
+    assert first["rung"] == "L0"  # the oracle's row, which both folders hold
+    lines[0] = json.dumps({**first, "distance": first["distance"] + 0.01})
+    (tampered / "rows.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(SystemExit, match="disagree"):
+        ladder.main(["--merge", str(out), str(tampered), "--out", str(tmp_path / "m3")])
+    with pytest.raises(SystemExit, match="other set"):  # another learning rate: rows that mean something else
+        ladder.main(["--merge", str(out), str(other), "--out", str(tmp_path / "m2")])
     save_model(recipe.build_model(1), model_dir)  # other weights in the same folder
     with pytest.raises(SystemExit, match="other settings"):
         ladder.main(cmd)
@@ -302,10 +350,12 @@ def test_card_measures_a_model_and_writes_a_users_page(tmp_path, monkeypatch, ca
                "--prompts", "2", "--write"])
     res = json.loads((tmp_path / "card" / "results.json").read_text())
     assert res["prompt_following"]["n"] == 2 and "trained" in res["ladder"]
+    assert res["ladder_samples"] == {"prompts": 1, "seeds": 1}  # counted from the ladder's rows
     text = (model_dir / "README.md").read_text()
     for section in ("## What it draws", "## Quality", "## Model", "## Rebuild", "](transfer.png)",
                     "recipe --replay assets/shapes-t2v/training_info.json", "| check | target | measured | met |",
-                    "L3: MotionMatcher LoRA / base distance, beta 0 (training families)", "default flow"):
+                    "L3: MotionMatcher LoRA / base distance, beta 0 (training families)", "default flow",
+                    "1 new prompt and 1 seed each"):
         assert section in text, section
     assert (model_dir / "transfer.png").is_file()
     rows = card.checks(res)

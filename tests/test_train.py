@@ -427,7 +427,7 @@ def test_a_damaged_checkpoint_is_named_and_left_alone(frames, tmp_path):
         assert ckpt.read_bytes() == data, what  # left as it is, for a look
         assert not marker.exists(), what  # weights_only: the pickle's code never ran
     ckpt.write_bytes(good)
-    with pytest.raises(CheckpointError, match="does not match"):
+    with pytest.raises(CheckpointError, match=r"other settings: lora.rank 4 \(this run: 2\)"):
         train_lora(build_tiny_model(), frames, "a red circle", run, other_rank)
     assert ckpt.read_bytes() == good
     import pickle
@@ -438,6 +438,41 @@ def test_a_damaged_checkpoint_is_named_and_left_alone(frames, tmp_path):
     res = train_lora(build_tiny_model(), frames, "a red circle", run, _cfg(steps=2, every=1, objective="ddpm"),
                      resume=False)
     assert res.steps_done == 2 and torch.load(ckpt, weights_only=True)["step"] == 2
+
+
+def test_a_checkpoint_resumes_only_a_run_with_its_learning_settings(frames, tmp_path):
+    from motion_core.train import RESUME_MAY_CHANGE, CheckpointError, learning_settings
+
+    run = tmp_path / "run"
+    train_lora(build_tiny_model(), frames, "a red circle", run, _cfg(steps=4, every=1, objective="ddpm"),
+               max_steps_this_call=2)
+    ckpt, config = run / "checkpoint.pt", run / "config.json"
+    kept = ckpt.read_bytes(), config.read_text()
+    changes = {"learning rate": ("train", "learning_rate", 1e-3), "objective": ("loss", "objective", "frame-diff"),
+               "t range": ("loss", "t_min", 300), "LoRA targets": ("lora", "spatial_targets", ["attn1"])}
+    for what, (section, key, value) in changes.items():
+        cfg = _cfg(steps=4, every=1, objective="ddpm")
+        setattr(getattr(cfg, section), key, value)
+        with pytest.raises(CheckpointError, match=rf"other settings: {section}.{key} .*\(this run: "):
+            train_lora(build_tiny_model(), frames, "a red circle", run, cfg)
+        assert (ckpt.read_bytes(), config.read_text()) == kept, what  # the run's files as they were
+    with pytest.raises(CheckpointError, match="other settings: caption"):
+        train_lora(build_tiny_model(), frames, "a blue star", run, _cfg(steps=4, every=1, objective="ddpm"))
+    # how it is computed, how often it checkpoints and how long it goes on may change: it resumes
+    cfg = _cfg(steps=5, every=2, objective="ddpm")
+    cfg.train.precision, cfg.sample.lora_cutoff = "fp32", 300
+    res = train_lora(build_tiny_model(), frames, "a red circle", run, cfg)
+    assert res.steps_done == 5 and [r["step"] for r in res.losses] == [1, 2, 3, 4, 5]
+    assert {"train.steps", "train.precision", "sample"} <= set(RESUME_MAY_CHANGE)
+    recorded = json.loads(learning_settings(cfg))
+    assert "train.steps" not in recorded and "train.seed" in recorded and "caption" in recorded
+    # a checkpoint from before settings were recorded resumes as it did
+    state = torch.load(ckpt, weights_only=True)
+    del state["settings"]
+    torch.save(state, ckpt)
+    cfg = _cfg(steps=6, every=1, objective="ddpm")
+    cfg.train.learning_rate = 1e-3
+    assert train_lora(build_tiny_model(), frames, "a red circle", run, cfg).steps_done == 6
 
 
 def test_a_resumed_run_says_so_and_its_rate_counts_only_new_steps(frames, tmp_path, monkeypatch):
