@@ -3,7 +3,7 @@
     python -m shapes_world.ladder --model assets/shapes-t2v --out runs/ladder              # 6 + 4 references
     python -m shapes_world.ladder --model M --out O --refs 0,6 --set train.learning_rate=2e-3   # a variant
     python -m shapes_world.ladder --model M --out O --refs 0,6 --rungs L3 --cutoffs 500,300,150  # 1 LoRA, 3 cut-offs
-    python -m shapes_world.ladder --merge runs/ladder-a runs/ladder-b --out runs/ladder      # pool finished ladders
+    python -m shapes_world.ladder --merge runs/ladder-a runs/ladder-b:L3 --out runs/ladder   # pool finished ladders
 
 Every rung is a trajectory distance to the reference (``evaluate.track_distance``: the detector's centroid track,
 mean distance / frame side, plus the zoom term), averaged over references x prompts x seeds:
@@ -324,37 +324,57 @@ def _link(src: Path, dst: Path) -> None:
         one(str(src), str(dst))
 
 
-def merge(sources: list[Path], out: Path, command: str) -> dict:
-    """One ladder from several runs on the same model and settings (chunks of references, more seeds).
+def _source(arg: str) -> tuple[Path, set[str] | None]:
+    """``LADDER`` (all its rows) or ``LADDER:L1,L3`` (those rungs' rows only, and the oracle's)."""
+    head, sep, tail = arg.rpartition(":")
+    if sep and tail and set(tail.split(",")) <= {"L1", "L2", "L3"}:
+        return Path(head), set(tail.split(","))
+    return Path(arg), None
 
-    Rows are pooled (a row that two sources both hold, e.g. the oracle's, must agree and is kept once); each
-    ``ref<i>`` folder (LoRAs, inversion cache) and montage is linked from the first source that has it. Writes
-    ``rows.jsonl``, ``summary.json`` (its ``sources`` list each source's command) and ``ladder.md`` in ``out``,
-    which no ladder run resumes (it has no ``settings.json``)."""
+
+def _folder_rungs(name: str) -> set[str]:
+    """The rungs a reference folder's subfolder serves: L1 / L2's DDPM LoRA, L3's LoRAs, or all (the cache)."""
+    return {"L1", "L2"} if name == "ddpm-l1" else {"L1", "L2", "L3"} if name == "cache" else {"L3"}
+
+
+def merge(sources: list[str], out: Path, command: str) -> dict:
+    """One ladder from several runs on the same model and settings (chunks of references, more seeds, a rung
+    trained another way).
+
+    ``LADDER:RUNGS`` takes only those rungs from a folder. Rows are pooled (a row that two sources both hold, e.g.
+    the oracle's, must agree and is kept once); each reference's LoRA folders, inversion cache and montage are
+    linked from the first source that has them for a rung it gives. Writes ``rows.jsonl``, ``summary.json`` (its
+    ``sources`` list each source's command) and ``ladder.md`` in ``out``, which no ladder run resumes (it has no
+    ``settings.json``)."""
     if len(sources) < 2:
         raise SystemExit("--merge: give two or more ladder folders")
-    keys, all_rows, summaries = [], [], []
-    for src in sources:
+    paths_, keys, all_rows, summaries = [], [], [], []
+    for arg in sources:
+        src, only = _source(arg)
         try:
-            keys.append(json.loads((src / "settings.json").read_text()))
+            key = json.loads((src / "settings.json").read_text())
             summaries.append(json.loads((src / "summary.json").read_text()))
-            all_rows.append([json.loads(x) for x in (src / "rows.jsonl").read_text().splitlines() if x.strip()])
+            rows_ = [json.loads(x) for x in (src / "rows.jsonl").read_text().splitlines() if x.strip()]
         except (OSError, ValueError) as err:
             raise SystemExit(f"--merge: {src} is not a finished ladder ({type(err).__name__}: {err})") from None
-    first = keys[0]
-    for src, key in zip(sources[1:], keys[1:]):
-        differ = [k for k in MERGE_MUST_MATCH if key.get(k) != first.get(k)]
-        both = set(key["rungs"]) & set(first["rungs"])
-        if "L3" in both and key["baselines"] != first["baselines"]:
-            differ.append("baselines")
-        if both & {"L1", "L2"} and key.get("l1_set") != first.get("l1_set"):
-            differ.append("l1_set")
-        if differ:
-            raise SystemExit(f"--merge: {src} was run with other {', '.join(differ)} than {sources[0]}")
+        key["rungs"] = [r for r in key["rungs"] if only is None or r in only]
+        paths_.append(src)
+        keys.append(key)
+        all_rows.append([r for r in rows_ if r["rung"] == "L0" or r["rung"] in key["rungs"]])
+    for i, key in enumerate(keys):  # every pair: any two sources must agree where both give a rung
+        for src, other in zip(paths_[:i], keys[:i]):
+            differ = [k for k in MERGE_MUST_MATCH if key.get(k) != other.get(k)]
+            both = set(key["rungs"]) & set(other["rungs"])
+            if "L3" in both and key["baselines"] != other["baselines"]:
+                differ.append("baselines")
+            if both & {"L1", "L2"} and key.get("l1_set") != other.get("l1_set"):
+                differ.append("l1_set")
+            if differ:
+                raise SystemExit(f"--merge: {paths_[i]} was run with other {', '.join(differ)} than {src}")
     if out.exists() and any(out.iterdir()):
         raise SystemExit(f"--merge: {out} is not empty; merge into a new folder")
     rows: dict[tuple, dict] = {}
-    for src, src_rows in zip(sources, all_rows):
+    for src, src_rows in zip(paths_, all_rows):
         for r in src_rows:
             k = tuple(r.get(f) for f in ROW_KEY)
             if k in rows and json.dumps(rows[k], sort_keys=True) != json.dumps(r, sort_keys=True):  # (NaN as text)
@@ -362,14 +382,21 @@ def merge(sources: list[Path], out: Path, command: str) -> dict:
             rows.setdefault(k, r)
     merged = sorted(rows.values(), key=lambda r: r["ref"])  # stable: each reference's rows in their run order
     out.mkdir(parents=True, exist_ok=True)
-    for src in sources:
+    for src, key in zip(paths_, keys):
         for item in sorted(src.glob("ref*")):
-            if not (out / item.name).exists():
-                _link(item, out / item.name)
+            if item.is_file():  # a montage
+                if not (out / item.name).exists():
+                    _link(item, out / item.name)
+                continue
+            for sub in sorted(item.iterdir()):
+                dst = out / item.name / sub.name
+                if _folder_rungs(sub.name) & set(key["rungs"]) and not dst.exists():
+                    dst.parent.mkdir(exist_ok=True)
+                    _link(sub, dst)
     (out / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in merged))
     summary = summarize(merged)
     summary["command"] = command
-    summary["sources"] = [sm.get("command", str(src)) for src, sm in zip(sources, summaries)]
+    summary["sources"] = [sm.get("command", str(src)) for src, sm in zip(paths_, summaries)]
     settings = dict(summaries[0].get("settings", {}))
     settings["l1_train"] = next((sm["settings"]["l1_train"] for sm, key in zip(summaries, keys)
                                  if {"L1", "L2"} & set(key["rungs"]) and "l1_train" in sm.get("settings", {})), None)
@@ -404,11 +431,12 @@ def main(argv: list[str] | None = None) -> None:
                     "default: the model's one)")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--merge", nargs="+", default=None, metavar="LADDER",
-                    help="only pool these finished ladders (chunks of references, more seeds) into --out")
+                    help="only pool these finished ladders (chunks of references, more seeds) into --out; LADDER:L1 "
+                    "takes one rung's rows")
     args = ap.parse_args(argv)
     if args.merge:
         command = "python -m shapes_world.ladder " + " ".join(sys.argv[1:] if argv is None else argv)
-        print(report_md({k: v for k, v in merge([Path(m) for m in args.merge], Path(args.out), command).items()
+        print(report_md({k: v for k, v in merge(args.merge, Path(args.out), command).items()
                          if k in ("all", "trained", "held_out")}, command))
         return
     if not args.model:

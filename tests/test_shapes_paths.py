@@ -200,6 +200,17 @@ def test_ladder_runs_every_rung_on_an_untrained_model(tmp_path, monkeypatch):
         out / "ref6" / "motion" / "lora.safetensors").read_bytes()
     with pytest.raises(SystemExit, match="not empty"):
         ladder.main(["--merge", str(out), str(more), "--out", str(merged)])
+    # a rung trained another way replaces that rung only (LADDER:RUNGS), with its own LoRA folder
+    l1b = tmp_path / "l1b"
+    ladder.main(["--model", str(model_dir), "--out", str(l1b), *cmd[4:16], "--rungs", "L1",
+                 "--l1-set", "train.steps=4", "--l1-set", "loss.t_min=400"])
+    with pytest.raises(SystemExit, match="other l1_set"):
+        ladder.main(["--merge", str(out), str(l1b), "--out", str(tmp_path / "m4")])
+    ladder.main(["--merge", f"{out}:L3", str(l1b), "--out", str(tmp_path / "m4")])
+    m4 = [json.loads(x) for x in (tmp_path / "m4" / "rows.jsonl").read_text().splitlines()]
+    assert collections.Counter(r["rung"] for r in m4) == {"L0": 1, "L1": 2, "L3": 8}  # no L2: not asked for
+    assert len((tmp_path / "m4" / "ref6" / "ddpm-l1" / "train_log.jsonl").read_text().splitlines()) == 4
+    assert json.loads((tmp_path / "m4" / "summary.json").read_text())["settings"]["l1_train"]["train"]["steps"] == 4
     tampered = tmp_path / "tampered"
     shutil.copytree(more, tampered)
     lines = (tampered / "rows.jsonl").read_text().splitlines()
