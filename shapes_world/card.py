@@ -142,7 +142,9 @@ def checks(res: dict) -> list[tuple[str, str, str, bool]]:
             l1_lora = "DDPM LoRA"
             if res.get("ladder_l1"):  # how the L1 LoRA was trained (ladders older than --l1-set do not say)
                 t1 = res["ladder_l1"]
-                l1_lora += f" ({t1['train']['steps']} steps, t >= {t1['loss']['t_min'] or 0})"
+                dropout = t1["train"].get("caption_dropout") or 0
+                l1_lora += (f" ({t1['train']['steps']} steps, t >= {t1['loss']['t_min'] or 0}"
+                            + (f", caption dropout {dropout:g})" if dropout else ")"))
             out.append((f"L1: {l1_lora}, own caption, beta 0 ({name})", "<= 2 x oracle",
                         f"{r['L1 / oracle']:.1f} x ({l1:.3f} / {o:.3f})", r["L1 / oracle"] <= 2))
         for beta in ("0", "0.3"):
@@ -159,7 +161,7 @@ def checks(res: dict) -> list[tuple[str, str, str, bool]]:
                         key in r and r[key] <= 0.5))
             out.append((f"L3: prompted colour kept, beta {beta} ({name})", ">= 80 %",
                         f"{100 * lo['colour_ok']:.0f} %", lo["colour_ok"] >= 0.8))
-        out += _baseline_checks(g, name)
+        out += _baseline_checks(g, name, res.get("ladder_pairs", {}).get(part))
     if "flow" in res:
         fl = res["flow"]
         out.append(("default flow on this CPU, timed alone", "<= 2 min",
@@ -174,9 +176,29 @@ def _text(group: dict) -> float | None:
     return None if group.get("shape_ok") is None else (group["colour_ok"] + group["shape_ok"]) / 2
 
 
-def _baseline_checks(groups: dict, name: str) -> list[tuple[str, str, str, bool]]:
+def paired_text(rows: list[dict]) -> dict[str, dict[str, list[int]]]:
+    """Per part (trained / held_out) and L3 baseline: ``[MotionMatcher ahead, baseline ahead, pairs]``, counting
+    the samples that share reference, prompt, seed and beta and differ in text alignment (colour and shape kept).
+    The means on the card hide how few samples a gap of a point or two is."""
+    l3 = {(r["variant"], r["ref"], r["prompt"], r["seed"], r["beta"]): r for r in rows
+          if r["rung"] == "L3" and "shape_ok" in r}
+    out: dict[str, dict[str, list[int]]] = {}
+    for (variant, *key), other in l3.items():
+        mm = l3.get(("lora", *key))
+        if variant in ("lora", "base") or mm is None:
+            continue
+        cell = out.setdefault("held_out" if mm["held_out"] else "trained", {}).setdefault(variant, [0, 0, 0])
+        t_m, t_o = int(mm["colour_ok"]) + int(mm["shape_ok"]), int(other["colour_ok"]) + int(other["shape_ok"])
+        cell[0] += t_m > t_o
+        cell[1] += t_o > t_m
+        cell[2] += 1
+    return out
+
+
+def _baseline_checks(groups: dict, name: str, pairs: dict[str, list[int]] | None = None
+                     ) -> list[tuple[str, str, str, bool]]:
     """MotionMatcher against each baseline the ladder sampled beside it (``ladder --baselines``): a shorter
-    trajectory distance at every beta, at no lower text alignment."""
+    trajectory distance at every beta, at no lower text alignment (``pairs``: ``paired_text``'s counts, shown)."""
     out = []
     betas = sorted({k.split("beta=")[1] for k in groups if k.startswith("L3 lora ")}, key=float)
     names = sorted({k.split(" ")[1] for k in groups if k.startswith("L3 ")} - {"lora", "base"})
@@ -189,8 +211,13 @@ def _baseline_checks(groups: dict, name: str) -> list[tuple[str, str, str, bool]
         t_m = float(np.mean([_text(m) for m, _ in cells]))
         t_o = float(np.mean([_text(o) for _, o in cells]))
         ok = all(m["distance"] < o["distance"] for m, o in cells) and t_m >= t_o
+        paired = ""
+        if pairs and v in pairs:
+            a, b, n = pairs[v]
+            paired = f" (of {n} paired samples, MotionMatcher's text better in {a}, `{v}`'s in {b})"
         out.append((f"L3: MotionMatcher beats `{v}` ({name})", "shorter distance, text no worse",
-                    f"distance (beta {' / '.join(betas)}) {dist}; text {100 * t_m:.0f} vs {100 * t_o:.0f} %", ok))
+                    f"distance (beta {' / '.join(betas)}) {dist}; text {100 * t_m:.0f} vs {100 * t_o:.0f} %{paired}",
+                    ok))
     return out
 
 
@@ -321,6 +348,7 @@ def main(argv: list[str] | None = None) -> None:
         if summary.get("sources"):  # a merged ladder (ladder --merge): the runs it pools
             res["ladder_sources"] = summary["sources"]
         l3 = [json.loads(x) for x in (Path(args.ladder) / "rows.jsonl").read_text().splitlines() if '"L3"' in x]
+        res["ladder_pairs"] = paired_text(l3)
         res["ladder_samples"] = {"prompts": max((len({r["prompt"] for r in l3 if r["ref"] == i})
                                                  for i in {r["ref"] for r in l3}), default=0),
                                  "seeds": len({r["seed"] for r in l3})}

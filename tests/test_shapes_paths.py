@@ -472,3 +472,25 @@ def test_card_reports_an_l3_cell_with_no_tracked_sample_as_not_met():
     res["ladder"] = ladder.summarize([row("lora", 0.1), row("base", 0.4)])
     cell = {r[0]: r for r in card.checks(res)}["L3: MotionMatcher LoRA / base distance, beta 0 (training families)"]
     assert cell[3] and cell[2] == "0.25 (0.100 / 0.400, n = 1)"
+
+
+def test_paired_text_counts_samples_that_share_reference_prompt_seed_and_beta():
+    from shapes_world import card
+
+    def row(variant, seed, shape_ok, ref=0, colour_ok=True, rung="L3"):
+        return {"rung": rung, "variant": variant, "ref": ref, "prompt": "a red star", "seed": seed, "beta": 0.0,
+                "held_out": ref >= 6, "colour_ok": colour_ok, "shape_ok": shape_ok}
+
+    rows = [row("lora", 0, True), row("ddpm", 0, False),  # MotionMatcher ahead
+            row("lora", 1, False), row("ddpm", 1, True),  # the baseline ahead
+            row("lora", 2, True), row("ddpm", 2, True),  # a tie
+            row("lora", 3, True, colour_ok=False), row("ddpm", 3, False, colour_ok=False),  # shape decides: ahead
+            row("ddpm", 4, True),  # no MotionMatcher sample beside it: not a pair
+            row("base", 0, False), row("lora", 0, True, ref=7), row("frame-diff", 0, True, ref=7),
+            row("lora", 0, True, rung="L1"), row("ddpm", 0, False, rung="L1")]  # L1 is not compared
+    got = card.paired_text(rows)
+    assert got == {"trained": {"ddpm": [2, 1, 4]}, "held_out": {"frame-diff": [0, 0, 1]}}
+    groups = {"L3 lora beta=0": {"distance": 0.1, "colour_ok": 1.0, "shape_ok": 0.5},
+              "L3 ddpm beta=0": {"distance": 0.2, "colour_ok": 1.0, "shape_ok": 0.75}}
+    (check,) = card._baseline_checks(groups, "training families", got["trained"])
+    assert not check[3] and "of 4 paired samples, MotionMatcher's text better in 2, `ddpm`'s in 1" in check[2]
