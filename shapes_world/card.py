@@ -225,8 +225,8 @@ def quality_md(res: dict) -> str:
     rows = checks(res)
     met = sum(1 for r in rows if r[3])
     ladder_cmd = f"`{res.get('ladder_command', 'not run')}`"
-    if res.get("ladder_sources"):
-        ladder_cmd += ", pooling " + "; ".join(f"`{c}`" for c in res["ladder_sources"])
+    if res.get("ladder_sources"):  # the pooled runs' commands are listed under the card's "Rebuild"
+        ladder_cmd += f", pooling {len(res['ladder_sources'])} ladder runs"
     lines = [f"**Targets met: {met} of {len(rows)}.** Measured on {res['hardware']} by `{res['command']}` "
              f"(ladder: {ladder_cmd}).", "",
              "| check | target | measured | met |", "|---|---|---|---|"]
@@ -241,6 +241,30 @@ def defaults_line(side: dict) -> str:
     if names:
         own["train"]["recolour_names"] = {k: sorted(v) for k, v in names.items()}
     return json.dumps(own)
+
+
+def shape_line(res: dict) -> str:
+    """How often each prompted shape came out right on the card's prompts, weakest first: what a user will meet."""
+    per: dict[str, list[int]] = {}
+    for r in res["prompt_following"].get("rows", []):
+        cell = per.setdefault(paths.parse(r["prompt"])["shape"], [0, 0])
+        cell[0] += bool(r["shape_ok"])
+        cell[1] += 1
+    if not per:
+        return ""
+    order = sorted(per, key=lambda k: per[k][0] / per[k][1])
+    return ("How often the prompted shape comes out, on the card's prompts: "
+            + ", ".join(f"{k} {per[k][0]} of {per[k][1]}" for k in order) + ".")
+
+
+def pooled_runs(res: dict) -> str:
+    """The commands of the ladder runs a merged ladder pools, for the card's "Rebuild" (empty for one run)."""
+    if not res.get("ladder_sources"):
+        return ""
+    cmds = "\n".join(res["ladder_sources"])
+    return (f"\nThe quality table's ladder pools these runs (then `{res['ladder_command']}`; a run with "
+            "`--first-seed` samples further seeds from the LoRAs of an earlier run, copied into its folder):"
+            f"\n\n```bash\n{cmds}\n```\n")
 
 
 def _count(n: int, noun: str) -> str:
@@ -274,6 +298,8 @@ transfer is *measured*, not judged by eye. It has Zeroscope's classes and folder
 ({', '.join(paths.BG_COLOURS)}). Prompts take the captions' form: *"a red circle on a plain white background"*.
 Motion is not in the prompt: the base model draws a random smooth path (curves, arcs and loops, bounces,
 wiggles, zooms, camera pans); a motion LoRA learnt from a reference clip pins it to the reference's path.
+
+{shape_line(res)}
 
 It cannot draw anything else: no other words, no two objects, no text, no real scenes. For real videos use
 Zeroscope on a GPU (`--model cerspense/zeroscope_v2_576w`).
@@ -311,7 +337,7 @@ One command replays them (stages stop on a wall-clock budget, so step counts dep
 ```bash
 python -m shapes_world.recipe --replay assets/shapes-t2v/training_info.json --out assets/shapes-t2v
 ```
-"""
+{pooled_runs(res)}"""
     (folder / "README.md").write_text(card)
 
 

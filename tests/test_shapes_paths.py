@@ -194,7 +194,11 @@ def test_ladder_runs_every_rung_on_an_untrained_model(tmp_path, monkeypatch):
     pooled = [json.loads(x) for x in (merged / "rows.jsonl").read_text().splitlines()]
     assert len(pooled) == 23 and sum(r["rung"] == "L0" for r in pooled) == 1
     summary = json.loads((merged / "summary.json").read_text())
-    assert summary["all"]["groups"]["L3 lora beta=0.3"]["n"] == 2 and len(summary["sources"]) == 2
+    assert summary["all"]["groups"]["L3 lora beta=0.3"]["n"] == 2
+    # every command run on each folder: the ladder's two runs (threads 1, then 2) and the more-seeds run
+    src = summary["sources"]
+    assert len(src) == 3 and src[0].endswith("--threads 1") and src[1].endswith("--threads 2")
+    assert src[2].endswith("--first-seed 1")
     assert summary["settings"]["l1_train"]["train"]["steps"] == 3
     assert (merged / "ref6" / "motion" / "lora.safetensors").read_bytes() == (
         out / "ref6" / "motion" / "lora.safetensors").read_bytes()
@@ -366,7 +370,7 @@ def test_card_measures_a_model_and_writes_a_users_page(tmp_path, monkeypatch, ca
     for section in ("## What it draws", "## Quality", "## Model", "## Rebuild", "](transfer.png)",
                     "recipe --replay assets/shapes-t2v/training_info.json", "| check | target | measured | met |",
                     "L3: MotionMatcher LoRA / base distance, beta 0 (training families)", "default flow",
-                    "1 new prompt and 1 seed each"):
+                    "1 new prompt and 1 seed each", "How often the prompted shape comes out, on the card's prompts: "):
         assert section in text, section
     assert (model_dir / "transfer.png").is_file()
     rows = card.checks(res)
