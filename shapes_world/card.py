@@ -373,7 +373,8 @@ def main(argv: list[str] | None = None) -> None:
         res["ladder_l1"] = summary.get("settings", {}).get("l1_train")
         if summary.get("sources"):  # a merged ladder (ladder --merge): the runs it pools
             res["ladder_sources"] = summary["sources"]
-        l3 = [json.loads(x) for x in (Path(args.ladder) / "rows.jsonl").read_text().splitlines() if '"L3"' in x]
+        rows = [json.loads(x) for x in (Path(args.ladder) / "rows.jsonl").read_text().splitlines() if x.strip()]
+        l3 = [r for r in rows if r["rung"] == "L3"]
         res["ladder_pairs"] = paired_text(l3)
         res["ladder_samples"] = {"prompts": max((len({r["prompt"] for r in l3 if r["ref"] == i})
                                                  for i in {r["ref"] for r in l3}), default=0),
