@@ -275,8 +275,9 @@ def train_lora(
     torch.manual_seed(tc.seed)  # LoRA dropout draws from the global stream
     step, losses = 0, []
     ckpt_path = run.checkpoint
+    settings = learning_settings(cfg)  # recorded in every checkpoint; a resume must match the one it reads
     if resume and ckpt_path.is_file():
-        step, losses = _load_checkpoint(ckpt_path, model, opt, gen, tc.steps, dev, learning_settings(cfg))
+        step, losses = _load_checkpoint(ckpt_path, model, opt, gen, tc.steps, dev, settings)
         if callback is not None:
             callback(Progress(step, tc.steps, losses[-1]["loss"] if losses else math.nan, {}, 0.0, math.nan,
                               "resuming"))
@@ -296,8 +297,6 @@ def train_lora(
     extractor = MotionFeatureExtractor(model, lc.capture_blocks, grad_ckpt) if lc.objective == "motion" else None
     ctx = ObjectiveContext(model, lc, extractor, amp, gen, grad_ckpt)
     lo, hi = lc.t_range(model.num_train_timesteps)
-
-    settings = learning_settings(cfg)
 
     def checkpoint() -> None:
         nonlocal ckpt_step
