@@ -6,8 +6,8 @@
 Runs the prompt-following check of the model's world (base model, beta = 0, the model's DDIM steps):
 ``shapes_world.card.prompt_following`` for a paths-world model, ``shapes_world.evaluate.prompt_following`` (25
 steps) for the first world, with seed 30000, so the card's prompts (seed 20000) stay held out from any choice made
-here. Prints one JSON line per guidance scale: colour, shape and background-colour accuracy and the coherent
-fraction. Not a test.
+here. Prints one JSON line per guidance scale: colour, shape and background-colour accuracy, the coherent
+fraction and (paths world) the shape accuracy per prompted shape. Not a test.
 """
 
 from __future__ import annotations
@@ -40,7 +40,9 @@ def main(argv: list[str] | None = None) -> None:
             res = card.prompt_following(model, args.n, seed=30_000, guidance=g)
         else:
             res = evaluate.prompt_following(model, args.n, args.steps, g, seed=30_000)
-        res.pop("rows")
+        rows = res.pop("rows")
+        if paths_world:  # [drawn right, asked] per prompted shape: which shapes the misses are
+            res["by_shape"] = card.shape_counts(rows)
         print(json.dumps({"guidance": g, **res, "seconds": round(time.perf_counter() - t, 1)}), flush=True)
 
 

@@ -243,13 +243,19 @@ def defaults_line(side: dict) -> str:
     return json.dumps(own)
 
 
-def shape_line(res: dict) -> str:
-    """How often each prompted shape came out right on the card's prompts, weakest first: what a user will meet."""
+def shape_counts(rows: list[dict]) -> dict[str, list[int]]:
+    """Per prompted shape of ``prompt_following``'s rows: [drawn right, asked]."""
     per: dict[str, list[int]] = {}
-    for r in res["prompt_following"].get("rows", []):
+    for r in rows:
         cell = per.setdefault(paths.parse(r["prompt"])["shape"], [0, 0])
         cell[0] += bool(r["shape_ok"])
         cell[1] += 1
+    return per
+
+
+def shape_line(res: dict) -> str:
+    """How often each prompted shape came out right on the card's prompts, weakest first: what a user will meet."""
+    per = shape_counts(res["prompt_following"].get("rows", []))
     if not per:
         return ""
     order = sorted(per, key=lambda k: per[k][0] / per[k][1])

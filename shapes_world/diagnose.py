@@ -31,6 +31,12 @@ sampling defaults, beta 0, 2 seeds, the base model beside each), then prints the
 reference per kind. A LoRA that keeps its path under every change carries motion; one that keeps it only under
 its own caption has learnt the motion of *that look*.
 
+``--shape-survival`` asks at which noise level the base model loses a shape it is given. It renders clips of each
+shape, noises each to t0 (fresh noise, one seed each) and lets the model's own DDIM sampler (its steps and
+guidance, the clip's caption) finish it from the last sampling step at or below t0, then classifies the drawn
+shape. t0 = 0 is the VAE round trip. A shape lost from small t0 is lost in the near-clean steps, below any LoRA's
+cut-off; one lost only from large t0 is lost where the layout forms.
+
 ``--ceiling`` scores the prompt-following check's own 40 prompts on clips that need no UNet: the world's renders of
 those captions, and the same renders after a VAE round trip. What the round trip loses no UNet can draw back, so
 its scores bound what the base model can reach with this VAE and detector.
@@ -45,6 +51,7 @@ import numpy as np
 import torch
 
 from motion_core.config import SampleConfig, VideoConfig
+from motion_core.ddim import abar_at, add_noise, ddim_move, sampling_timesteps
 from motion_core.models import T2VModel, decode_latents, encode_prompt, encode_video, load_model
 from motion_core.sample import sample
 from motion_core.video import frames_from_array, to_uint8
@@ -260,6 +267,45 @@ def holds(model: T2VModel, ladder_dir: Path, seeds: int = 2) -> list[dict]:
     return rows
 
 
+@torch.no_grad()
+def shape_survival(model: T2VModel, per_shape: int = 10, t0s: tuple[int, ...] = (0, 200, 400, 600, 800),
+                   seed: int = 77) -> list[dict]:
+    """Per (shape, t0): how often a rendered clip of that shape, noised to t0 and finished by the model's sampler
+    under its own caption, still shows that shape (``drawn``: the counts of what the detector read)."""
+    sd = SampleConfig.for_model(model)
+    steps = sampling_timesteps(model.scheduler, sd.num_inference_steps)
+    uncond = encode_prompt(model, "")
+    size = _size(model)
+    rng = np.random.default_rng(seed)
+    clips: dict[str, list] = {s: [] for s in paths.SHAPES}
+    while any(len(v) < per_shape for v in clips.values()):
+        spec = paths.sample_spec(rng, **size)
+        shape = spec.objects[0].shape
+        if len(clips[shape]) < per_shape:
+            clips[shape].append(paths.render(spec))
+    rows = []
+    for shape, group in clips.items():
+        for t0 in t0s:
+            drawn: dict[str, int] = {}
+            for k, clip in enumerate(group):
+                x = encode_video(model, frames_from_array(clip.frames))
+                rest = [(t, tp) for t, tp in steps if t <= t0] if t0 > 0 else []
+                if rest:
+                    eps = torch.randn(x.shape, generator=torch.Generator().manual_seed(k))
+                    x = add_noise(model.scheduler, x, eps, torch.tensor([rest[0][0]]))
+                    cond = encode_prompt(model, clip.caption)
+                for t, t_prev in rest:
+                    tt = torch.full((2,), t, dtype=torch.long)
+                    e_u, e_c = model.unet(torch.cat([x, x]), tt, encoder_hidden_states=torch.cat([uncond, cond]),
+                                          return_dict=False)[0].float().chunk(2)
+                    e = e_u + sd.guidance_scale * (e_c - e_u)
+                    x = ddim_move(x, e, abar_at(model.scheduler, t), abar_at(model.scheduler, t_prev))
+                got = detector.track(to_uint8(decode_latents(model, x)[0])).shape
+                drawn[got] = drawn.get(got, 0) + 1
+            rows.append({"shape": shape, "t0": t0, "kept": drawn.get(shape, 0) / len(group), "drawn": drawn})
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="model folder (default: the embedded model)")
@@ -272,6 +318,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="only score the prompt-following prompts' renders, as rendered and after the VAE")
     ap.add_argument("--formation", action="store_true",
                     help="only print when, during sampling, the object's path settles (paths-world models)")
+    ap.add_argument("--shape-survival", action="store_true",
+                    help="only print how often each shape survives being noised to t0 and finished by the model")
     ap.add_argument("--holds", default=None, metavar="LADDER",
                     help="only sample a ladder's motion LoRAs under their own and one-change prompts")
     args = ap.parse_args(argv)
@@ -287,6 +335,14 @@ def main(argv: list[str] | None = None) -> None:
                  for u in (True, False)}
             label = "own caption" if kind == "own" else f"{kind} changed"
             print(f"| {label} | {len({r['ref'] for r in rows})} | {np.mean(d[True]):.3f} | {np.mean(d[False]):.3f} |")
+        return
+    if args.shape_survival:
+        rows = shape_survival(model)
+        t0s = sorted({r["t0"] for r in rows})
+        print("| shape | " + " | ".join(f"from t0 = {t}" for t in t0s) + " |\n|---" + "|---" * len(t0s) + "|")
+        for shape in dict.fromkeys(r["shape"] for r in rows):
+            cells = [next(r for r in rows if r["shape"] == shape and r["t0"] == t) for t in t0s]
+            print(f"| {shape} | " + " | ".join(f"{c['kept']:.0%}" for c in cells) + " |", flush=True)
         return
     if args.formation:
         print("| t | distance of x0_hat's track to the final track | x0_hat tracked |\n|---|---|---|")

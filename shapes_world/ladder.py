@@ -134,6 +134,7 @@ def _score(model_track: detector.Track, ref_track: detector.Track, side: float, 
     want = paths.parse(prompt)
     return {"distance": track_distance(model_track, ref_track, side),
             "colour_ok": model_track.colour == want["colour"], "shape_ok": model_track.shape == want["shape"],
+            "shape": model_track.shape,  # what was drawn: a miss read as the reference's shape is a leak
             "coherent": bool(model_track.coherent)}
 
 
@@ -390,9 +391,14 @@ def merge(sources: list[str], out: Path, command: str) -> dict:
     for src, src_rows in zip(paths_, all_rows):
         for r in src_rows:
             k = tuple(r.get(f) for f in ROW_KEY)
-            if k in rows and json.dumps(rows[k], sort_keys=True) != json.dumps(r, sort_keys=True):  # (NaN as text)
-                raise SystemExit(f"--merge: {src} and an earlier folder disagree on {dict(zip(ROW_KEY, k))}")
-            rows.setdefault(k, r)
+            if k in rows:  # both must agree on what both record (rows of older runs have no "shape")
+                shared = sorted(rows[k].keys() & r.keys())
+                if json.dumps([rows[k][f] for f in shared]) != json.dumps([r[f] for f in shared]):  # (NaN as text)
+                    raise SystemExit(f"--merge: {src} and an earlier folder disagree on {dict(zip(ROW_KEY, k))}")
+                if len(r) > len(rows[k]):
+                    rows[k] = r
+            else:
+                rows[k] = r
     merged = sorted(rows.values(), key=lambda r: r["ref"])  # stable: each reference's rows in their run order
     out.mkdir(parents=True, exist_ok=True)
     for src, key in zip(paths_, keys):

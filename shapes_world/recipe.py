@@ -23,8 +23,9 @@ Training options that target what the diagnosis found (``python -m shapes_world.
 the caption, not the noise), ``--image-every 2`` makes every second step a batch of single frames of many
 clips, which teaches the caption-to-look mapping several times faster per CPU second than whole clips, and
 ``--p2-gamma 1`` weighs the noise loss toward the noisy levels, where the paths model settles its objects' paths
-late (``diagnose --formation``). ``--ema-decay 0.999`` saves a moving average of the weights instead of the last
-ones (``--save-raw DIR`` keeps the last ones too, to compare).
+late (``diagnose --formation``); ``--unet-object-weight 9`` gives the few latent pixels that show the object (whose
+shape a prompt names) ten times the background's share of the noise loss. ``--ema-decay 0.999`` saves a moving
+average of the weights instead of the last ones (``--save-raw DIR`` keeps the last ones too, to compare).
 
 Captions are the world's plain captions (objects, colours, background; no motion words), so for a prompt that
 names no motion the base model draws from the world's whole motion distribution: varied motion, which is what
@@ -60,7 +61,8 @@ FPS = 8.0
 # 22 named motions at 12 x 64 x 64 (the model shipped until the second design).
 WORLDS: dict[str, tuple] = {"paths": (paths, 8, 32), "shapes": (world, 12, 64)}
 # The options of a UNet run that ``train_unet`` returns and every run's record keeps (the card repeats them).
-RUN_OPTIONS = ("lr", "noise_offset", "image_every", "image_batch", "unet_lr", "ema_decay", "unet_batch", "p2_gamma")
+RUN_OPTIONS = ("lr", "noise_offset", "image_every", "image_batch", "unet_lr", "ema_decay", "unet_batch", "p2_gamma",
+               "unet_object_weight", "unet_t_max")
 
 
 def build_model(seed: int = 0, unet_channels: tuple[int, ...] = (32, 64, 64), unet_layers: int = 1,
@@ -192,6 +194,22 @@ def object_weights(masks: np.ndarray, weight: float) -> np.ndarray:
     return (1.0 + weight * m).numpy().reshape(*masks.shape).astype(np.float32)
 
 
+def latent_object_weights(masks: np.ndarray, factor: int, weight: float) -> torch.Tensor:
+    """Per-latent-pixel weights of the UNet's noise loss: ``1 + weight * m``, each frame scaled to mean 1.
+
+    ``m`` marks the latent pixels that see any object pixel (``masks`` (N, F, H, W) max-pooled by the VAE's
+    ``factor``), grown by one latent pixel (the outline). An object covers 2-4 of a frame's 64 latent pixels, so the
+    plain noise loss is almost all background, while the object's shape is what a prompt asks for; the mean of 1
+    keeps the loss, and with it the learning rate, on the plain loss's scale.
+    """
+    m = torch.from_numpy(np.ascontiguousarray(masks)).float()
+    n, f, h, w = m.shape
+    m = F.max_pool2d(m.reshape(n * f, 1, h, w), factor, stride=factor)
+    m = F.max_pool2d(m, 3, stride=1, padding=1)
+    wts = 1.0 + weight * m
+    return (wts / wts.mean(dim=(2, 3), keepdim=True)).reshape(n, f, *wts.shape[-2:])
+
+
 def finetune_decoder(vae: AutoencoderKL, frames: np.ndarray, minutes: float, seed: int, log: list,
                      weights: np.ndarray | None = None) -> dict:
     """Train only the decoder on the frozen encoder's mean latents: sharper frames, same latent space.
@@ -246,7 +264,8 @@ def encode_all(vae: AutoencoderKL, frames: np.ndarray) -> torch.Tensor:
 def train_unet(model: T2VModel, latents: torch.Tensor, captions: list[str], minutes: float, seed: int,
                log: list, batch: int = 8, lr: float = 4e-4, p_uncond: float = 0.1, lr_floor: float = 0.1,
                noise_offset: float = 0.0, image_every: int = 0, image_batch: int = 64, ema_decay: float = 0.0,
-               raw_out: list | None = None, p2_gamma: float = 0.0) -> dict:
+               raw_out: list | None = None, p2_gamma: float = 0.0,
+               object_masks: np.ndarray | None = None, object_weight: float = 0.0, t_max: int = 1000) -> dict:
     """Joint UNet + text encoder training with the DDPM noise loss; captions dropped 10% of the time for CFG.
 
     The learning rate warms up over 100 steps, then follows a cosine over the wall-clock budget down to
@@ -266,6 +285,12 @@ def train_unet(model: T2VModel, latents: torch.Tensor, captions: list[str], minu
 
     ``p2_gamma = g > 0`` weighs each sample's loss by ``timestep_weights`` (P2 weighting, Choi et al. 2022): more
     of the gradient goes to the noisy levels where layout and shape form, less to the near-clean ones.
+
+    ``object_weight = w > 0`` with ``object_masks`` (N, F, H, W), the clips' object masks: the latent pixels that
+    show an object weigh ``1 + w`` in the noise loss, the rest 1 (``latent_object_weights``).
+
+    ``t_max < 1000``: timesteps are drawn from [0, t_max) only, the near-clean levels where the model finishes an
+    object's outline (``diagnose --shape-survival``: a square noised to t = 200 comes back a disc).
     """
     g = torch.Generator().manual_seed(seed + 1)  # on the CPU: the same batches and noise on any device
     unet, te, tok = model.unet, model.text_encoder, model.tokenizer
@@ -282,6 +307,8 @@ def train_unet(model: T2VModel, latents: torch.Tensor, captions: list[str], minu
     warmup = 100
     weights = timestep_weights(model.scheduler, p2_gamma).to(dev)
     avg = [p.detach().clone() for p in params] if ema_decay > 0 else None
+    obj_w = (latent_object_weights(object_masks, model.vae_scale, object_weight).to(dev)
+             if object_weight > 0 and object_masks is not None else None)
     while time.time() - t0 < minutes * 60:
         image_step = image_every > 0 and step % image_every == image_every - 1
         n = image_batch if image_step else batch
@@ -289,17 +316,19 @@ def train_unet(model: T2VModel, latents: torch.Tensor, captions: list[str], minu
         if image_step:  # one random frame of each clip: (n, C, 1, h, w)
             f = torch.randint(0, latents.shape[2], (n,), generator=g).to(dev)
             z0 = latents[idx, :, f].unsqueeze(2)
+            pix_w = obj_w[idx, f].unsqueeze(1) if obj_w is not None else None
         else:
             z0 = latents[idx]
+            pix_w = obj_w[idx] if obj_w is not None else None
         ids = ids_all[idx].clone()
         drop = (torch.rand(n, generator=g) < p_uncond).to(dev)
         ids[drop] = empty
-        t = torch.randint(0, 1000, (n,), generator=g).to(dev)
+        t = torch.randint(0, t_max, (n,), generator=g).to(dev)
         eps = training_noise(z0.shape, g, noise_offset).to(dev)
         zt = add_noise(model.scheduler, z0, eps, t)
         text = te(ids)[0]
         pred = unet(zt, t, encoder_hidden_states=text).sample
-        loss = ((pred - eps) ** 2).mean(dim=tuple(range(1, pred.ndim))).mul(weights[t]).mean()
+        loss = noise_loss(pred, eps, weights[t], pix_w)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -330,7 +359,19 @@ def train_unet(model: T2VModel, latents: torch.Tensor, captions: list[str], minu
     return {"unet_steps": step, "unet_batch": batch, "unet_seconds": round(time.time() - t0, 1), "unet_loss_ema": ema,
             "unet_lr": f"{lr:g}, 100-step warm-up, cosine over the budget to {lr_floor:g} x", "lr": lr,
             "noise_offset": noise_offset, "image_every": image_every, "image_batch": image_batch,
-            "ema_decay": ema_decay, "p2_gamma": p2_gamma}
+            "ema_decay": ema_decay, "p2_gamma": p2_gamma,
+            "unet_object_weight": object_weight if obj_w is not None else 0.0, "unet_t_max": t_max}
+
+
+def noise_loss(pred: torch.Tensor, eps: torch.Tensor, t_weights: torch.Tensor, pix_w: torch.Tensor | None = None
+               ) -> torch.Tensor:
+    """The UNet's training loss: each clip's mean squared noise error, weighted by its timestep's weight
+    (``timestep_weights``) and, where given, each latent pixel by ``pix_w`` (n, F, h, w), the same for every
+    channel; then the mean over the batch."""
+    err = (pred - eps) ** 2
+    if pix_w is not None:
+        err = err * pix_w.unsqueeze(1)
+    return err.mean(dim=tuple(range(1, pred.ndim))).mul(t_weights).mean()
 
 
 def timestep_weights(scheduler: DDIMScheduler, gamma: float = 0.0, k: float = 1.0) -> torch.Tensor:
@@ -396,6 +437,11 @@ def main(argv: list[str] | None = None) -> None:
                     help="VAE and decoder stages: weigh the objects' pixels (and a 1-pixel rim) 1 + this in the "
                          "reconstruction loss (0 = uniform); 9 lifts the VAE's own prompt-following ceiling "
                          "(docs/results.md)")
+    ap.add_argument("--unet-object-weight", type=float, default=0.0,
+                    help="UNet stage: weigh the latent pixels that show an object (and a 1-latent-pixel rim) 1 + this "
+                         "in the noise loss, each frame's weights scaled to mean 1 (0 = the plain loss)")
+    ap.add_argument("--unet-t-max", type=int, default=1000,
+                    help="UNet stage: draw timesteps from [0, this) only (the near-clean levels; 1000 = all)")
     ap.add_argument("--decoder-minutes", type=float, default=10.0,
                     help="final stage: fine-tune the VAE decoder alone (the latent space stays fixed)")
     ap.add_argument("--continue-from", default=None,
@@ -411,6 +457,10 @@ def main(argv: list[str] | None = None) -> None:
         return replay(Path(args.replay), args.out)
     if not 0 <= args.ema_decay < 1:
         ap.error(f"--ema-decay must be in [0, 1), got {args.ema_decay}")
+    if not 1 <= args.unet_t_max <= 1000:
+        ap.error(f"--unet-t-max must be in [1, 1000], got {args.unet_t_max}")
+    if not 0 <= args.unet_object_weight <= 100:
+        ap.error(f"--unet-object-weight must be in [0, 100], got {args.unet_object_weight}")
     if args.save_raw and (not args.ema_decay or Path(args.save_raw).resolve() == Path(args.out).resolve()):
         ap.error("--save-raw needs --ema-decay (without it the saved weights are the raw ones) and a folder "
                  "other than --out")
@@ -457,7 +507,8 @@ def main(argv: list[str] | None = None) -> None:
     info.update(train_unet(model, raw * scale, captions, args.unet_minutes, args.seed, log, batch=args.batch,
                            lr=args.lr, noise_offset=args.noise_offset, image_every=args.image_every,
                            image_batch=args.image_batch, ema_decay=args.ema_decay, raw_out=raw_params,
-                           p2_gamma=args.p2_gamma))
+                           p2_gamma=args.p2_gamma, object_masks=masks, object_weight=args.unet_object_weight,
+                           t_max=args.unet_t_max))
     info["params"] = {k: sum(p.numel() for p in getattr(model, k).parameters())
                       for k in ("unet", "vae", "text_encoder")}
     if args.decoder_minutes > 0:
@@ -486,7 +537,8 @@ def _continue(src: Path, out: Path, args: argparse.Namespace) -> None:
     more = train_unet(model, latents, captions, args.unet_minutes, args.seed + done, log, batch=args.batch,
                       lr=args.lr, noise_offset=args.noise_offset, image_every=args.image_every,
                       image_batch=args.image_batch, ema_decay=args.ema_decay, raw_out=raw_params,
-                      p2_gamma=args.p2_gamma)
+                      p2_gamma=args.p2_gamma, object_masks=masks, object_weight=args.unet_object_weight,
+                      t_max=args.unet_t_max)
     for line in log[len(log) - more["unet_steps"] // 25:]:
         line["step"] += done  # steps count on from the earlier run
     info["unet_steps"] = done + more["unet_steps"]

@@ -132,3 +132,35 @@ def test_diagnose_ceiling_scores_the_prompt_following_prompts(tiny_model):
     r = res["rendered"]
     assert (r["colour_acc"], r["shape_acc"], r["coherent"], r["bg_colour_acc"]) == (1.0, 1.0, 1.0, 1.0)
     assert 0.0 <= res["vae"]["shape_acc"] <= 1.0
+
+
+def test_diagnose_shape_survival_finishes_each_clip_from_t0(tiny_model, monkeypatch):
+    """t0 = 0 is the VAE round trip of the rendered clip; from t0 > 0 the model's own sampler runs exactly the
+    sampling steps at or below t0 (two UNet rows a step: guidance), once per clip."""
+    from motion_core.config import SampleConfig
+    from motion_core.ddim import sampling_timesteps
+    from motion_core.models import decode_latents, encode_video
+    from motion_core.video import frames_from_array, to_uint8
+    from shapes_world import detector, diagnose, paths
+
+    calls = []
+    forward = tiny_model.unet.forward
+    monkeypatch.setattr(tiny_model.unet, "forward", lambda x, t, **kw: calls.append(int(t[0])) or forward(x, t, **kw))
+    rows = diagnose.shape_survival(tiny_model, per_shape=1, t0s=(0, 500), seed=3)
+    assert [(r["shape"], r["t0"]) for r in rows] == [(s, t) for s in paths.SHAPES for t in (0, 500)]
+    assert all(sum(r["drawn"].values()) == 1 and r["kept"] == r["drawn"].get(r["shape"], 0) for r in rows)
+    steps = sampling_timesteps(tiny_model.scheduler, SampleConfig.for_model(tiny_model).num_inference_steps)
+    per_clip = [t for t, _ in steps if t <= 500]
+    assert per_clip and calls == per_clip * len(paths.SHAPES)
+    # t0 = 0: what the detector reads on the VAE's round trip of the same clips (drawn again here)
+    rng = np.random.default_rng(3)
+    size = diagnose._size(tiny_model)
+    first: dict = {}
+    while len(first) < len(paths.SHAPES):
+        spec = paths.sample_spec(rng, **size)
+        first.setdefault(spec.objects[0].shape, paths.render(spec))
+    for r in rows:
+        if r["t0"] == 0:
+            clip = first[r["shape"]]
+            z = encode_video(tiny_model, frames_from_array(clip.frames))
+            assert r["drawn"] == {detector.track(to_uint8(decode_latents(tiny_model, z)[0])).shape: 1}

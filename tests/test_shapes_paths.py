@@ -153,6 +153,7 @@ def test_ladder_runs_every_rung_on_an_untrained_model(tmp_path, monkeypatch):
             for n in ("ddpm", "ddpm-l1")}
     assert len(logs["ddpm"]) == 2 and len(logs["ddpm-l1"]) == 3 and min(r["t"] for r in logs["ddpm-l1"]) >= 400
     assert all(isinstance(r["shape_ok"], bool) for r in rows)
+    assert all(r["shape_ok"] == (r["shape"] == paths.parse(r["prompt"])["shape"]) for r in rows)
     # the same settings again (other threads): nothing is redone; other settings on this folder are refused
     stamp = (out / "ref6" / "motion").stat().st_mtime_ns
     ladder.main(cmd + ["--threads", "2"])
@@ -224,6 +225,14 @@ def test_ladder_runs_every_rung_on_an_untrained_model(tmp_path, monkeypatch):
     (tampered / "rows.jsonl").write_text("\n".join(lines) + "\n")
     with pytest.raises(SystemExit, match="disagree"):
         ladder.main(["--merge", str(out), str(tampered), "--out", str(tmp_path / "m3")])
+    older = tmp_path / "older"  # a ladder from before rows recorded the drawn shape: merges, the fuller row kept
+    shutil.copytree(more, older)
+    lines = [json.loads(x) for x in (older / "rows.jsonl").read_text().splitlines()]
+    (older / "rows.jsonl").write_text("".join(json.dumps({k: v for k, v in r.items() if k != "shape"}) + "\n"
+                                              for r in lines))
+    ladder.main(["--merge", str(older), str(out), "--out", str(tmp_path / "m5")])
+    m5 = [json.loads(x) for x in (tmp_path / "m5" / "rows.jsonl").read_text().splitlines()]
+    assert len(m5) == 23 and next(r for r in m5 if r["rung"] == "L0")["shape"] == first["shape"]
     with pytest.raises(SystemExit, match="other set"):  # another learning rate: rows that mean something else
         ladder.main(["--merge", str(out), str(other), "--out", str(tmp_path / "m2")])
     save_model(recipe.build_model(1), model_dir)  # other weights in the same folder
@@ -357,7 +366,10 @@ def test_card_measures_a_model_and_writes_a_users_page(tmp_path, monkeypatch, ca
     monkeypatch.setattr(card, "sample", lambda m, p, cfg, **kw: seen.append(cfg.guidance_scale) or real_sample(
         m, p, cfg, **kw))
     guidance_sweep.main(["--model", str(model_dir), "--n", "1", "--guidance", "2.5"])
-    assert seen == [2.5] and json.loads(capsys.readouterr().out.splitlines()[-1])["guidance"] == 2.5
+    line = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert seen == [2.5] and line["guidance"] == 2.5
+    (asked, got), = line["by_shape"].items()  # one prompt: its shape, drawn right or not
+    assert asked in world.SHAPES and got[1] == 1 and got[0] == int(line["shape_acc"])
     monkeypatch.undo()
     flow_res = json.loads((flow / "results.json").read_text())["flow"]
     assert flow_res["train_steps"] == 2 and flow_res["total_s"] > 0

@@ -247,3 +247,83 @@ def test_object_weights_weigh_the_object_and_its_rim_only():
     assert w.shape == masks.shape and w.dtype == np.float32
     assert (w[0, 0, 2:6, 2:6] == 10).all()  # the object grown by one pixel
     assert w[0, 0].sum() == 64 + 9 * 16 and (w[0, 1] == 1).all()
+
+
+def test_latent_object_weights_mark_the_objects_latent_pixels_and_keep_mean_one():
+    masks = np.zeros((1, 2, 32, 32), dtype=bool)
+    masks[0, 0, 13:18, 13:18] = True  # a 5 x 5 object in frame 0: latent pixels 3-4 (factor 4); none in frame 1
+    w = recipe.latent_object_weights(masks, 4, 9.0)
+    assert w.shape == (1, 2, 8, 8)
+    f0 = w[0, 0]
+    assert torch.allclose(f0.mean(), torch.tensor(1.0)) and torch.allclose(w[0, 1], torch.ones(8, 8))
+    inside = torch.zeros(8, 8, dtype=torch.bool)
+    inside[2:6, 2:6] = True  # latent pixels 3-4 grown by one
+    assert torch.allclose(f0[inside], f0[inside][0]) and torch.allclose(f0[~inside], f0[~inside][0])
+    assert torch.isclose(f0[inside][0] / f0[~inside][0], torch.tensor(10.0))  # 1 + 9 against 1
+    for bad in ("-1", "1000"):
+        with pytest.raises(SystemExit):
+            recipe.main(["--out", "unused", "--unet-object-weight", bad])
+
+
+def test_unet_object_weight_reweighs_the_noise_loss_by_latent_pixel(monkeypatch):
+    """noise_loss against a hand computation; train_unet hands it the weights of the clips (video steps) or
+    frames (image steps) it drew, and none without --unet-object-weight."""
+    pred, eps = torch.randn(2, 4, 3, 8, 8), torch.randn(2, 4, 3, 8, 8)
+    tw, pw = torch.tensor([1.0, 2.0]), torch.rand(2, 3, 8, 8)
+    hand = torch.stack([((pred[i] - eps[i]) ** 2 * pw[i]).mean() * tw[i] for i in range(2)]).mean()
+    assert torch.allclose(recipe.noise_loss(pred, eps, tw, pw), hand)
+    assert torch.allclose(recipe.noise_loss(pred, eps, tw), torch.stack(
+        [((pred[i] - eps[i]) ** 2).mean() * tw[i] for i in range(2)]).mean())
+
+    model = recipe.build_model(0)
+    latents = torch.randn(4, 4, 2, 8, 8)
+    masks = np.zeros((4, 2, 32, 32), dtype=bool)
+    for k in range(4):
+        masks[k, 0, 4 * k:4 * k + 6, 8:14] = True  # each clip's object elsewhere in frame 0; frame 1 empty
+    caps = ["a red circle on a plain white background"] * 4
+    for weight in (0.0, 9.0):
+        seen: list = []
+        real = recipe.noise_loss
+
+        def spy(pred, eps, tw, pix_w=None, seen=seen, real=real):
+            seen.append(pix_w)
+            if len(seen) == 2:
+                raise StopIteration
+            return real(pred, eps, tw, pix_w)
+
+        monkeypatch.setattr(recipe, "noise_loss", spy)
+        with pytest.raises(StopIteration):
+            recipe.train_unet(model, latents, caps, minutes=1.0, seed=0, log=[], batch=2, image_every=2, image_batch=3,
+                              object_masks=masks, object_weight=weight)
+        monkeypatch.undo()
+        if weight == 0:
+            assert seen == [None, None]
+            continue
+        full = recipe.latent_object_weights(masks, model.vae_scale, weight)
+        g = torch.Generator().manual_seed(1)  # train_unet's batch stream (seed + 1): the first step's clips
+        idx = torch.randint(0, 4, (2,), generator=g)
+        assert torch.equal(seen[0], full[idx])  # video step: (2, F, h, w), the drawn clips' weights
+        assert seen[1].shape == (3, 1, 8, 8)  # image step: one frame of each of 3 clips
+        assert all(any(torch.equal(seen[1][j, 0], full[c, f]) for c in range(4) for f in range(2)) for j in range(3))
+
+
+def test_unet_t_max_draws_only_the_near_clean_levels(monkeypatch):
+    model = recipe.build_model(0)
+    latents = torch.randn(4, 4, 2, 8, 8)
+    seen: list = []
+    forward = model.unet.forward
+
+    def spy(sample, t, **kw):
+        seen.append(t.clone())
+        if len(seen) == 6:
+            raise StopIteration
+        return forward(sample, t, **kw)
+
+    monkeypatch.setattr(model.unet, "forward", spy)
+    with pytest.raises(StopIteration):
+        recipe.train_unet(model, latents, ["a red circle on a plain white background"] * 4, minutes=1.0, seed=0,
+                          log=[], batch=4, t_max=50)
+    t = torch.cat(seen)
+    assert t.max() < 50 and len(set(t.tolist())) > 5  # drawn from [0, 50), not one fixed level
+    with pytest.raises(SystemExit):
+        recipe.main(["--out", "unused", "--unet-t-max", "0"])
