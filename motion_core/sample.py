@@ -132,13 +132,16 @@ def sample(
     decode: bool = True,
     init_noise: torch.Tensor | None = None,
     x0_hook: X0Hook | None = None,
+    start_t: int | None = None,
 ) -> SampleResult:
     """Generate ``cfg.num_videos`` videos for ``prompt``; seeds ``cfg.seed, cfg.seed + 1, ...`` (random if None).
 
     ``eps_inv`` (from ``invert``) gives the shape and the motion prior; without it ``latent_shape`` = (F, h, w)
     is needed and beta is ignored (pure noise). ``init_noise`` overrides the fresh noise (tests, interop).
     ``x0_hook(t, x0_hat)`` sees each step's clean-latent estimate ``(x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)``
-    under the guided noise estimate (diagnostics: when does a sample settle its layout?).
+    under the guided noise estimate (diagnostics: when does a sample settle its layout?). ``start_t``: run only the
+    sampling steps at or below it, from ``init_noise`` taken as the noisy latent at the first of them (diagnostics:
+    which levels finish a given clip's shapes?).
     """
     # 1. Check inputs.
     cfg = cfg or SampleConfig()
@@ -159,6 +162,10 @@ def sample(
     cond = encode_prompt(model, prompt)
     uncond = encode_prompt(model, cfg.negative_prompt or "")
     steps = sampling_timesteps(model.scheduler, cfg.num_inference_steps)
+    if start_t is not None:
+        if init_noise is None:
+            raise ValueError("start_t needs init_noise: the noisy latent to start from")
+        steps = [(t, t_prev) for t, t_prev in steps if t <= start_t]
     outs = []
     for n, seed in enumerate(seeds):
         # 3. Initial noise: beta-blend of the inverted noise and fresh noise.

@@ -51,7 +51,7 @@ import numpy as np
 import torch
 
 from motion_core.config import SampleConfig, VideoConfig
-from motion_core.ddim import abar_at, add_noise, ddim_move, sampling_timesteps
+from motion_core.ddim import add_noise, sampling_timesteps
 from motion_core.models import T2VModel, decode_latents, encode_prompt, encode_video, load_model
 from motion_core.sample import sample
 from motion_core.video import frames_from_array, to_uint8
@@ -272,9 +272,8 @@ def shape_survival(model: T2VModel, per_shape: int = 10, t0s: tuple[int, ...] = 
                    seed: int = 77) -> list[dict]:
     """Per (shape, t0): how often a rendered clip of that shape, noised to t0 and finished by the model's sampler
     under its own caption, still shows that shape (``drawn``: the counts of what the detector read)."""
-    sd = SampleConfig.for_model(model)
-    steps = sampling_timesteps(model.scheduler, sd.num_inference_steps)
-    uncond = encode_prompt(model, "")
+    cfg = SampleConfig.for_model(model, {"beta": 0.0, "seed": 0})
+    steps = sampling_timesteps(model.scheduler, cfg.num_inference_steps)
     size = _size(model)
     rng = np.random.default_rng(seed)
     clips: dict[str, list] = {s: [] for s in paths.SHAPES}
@@ -288,19 +287,16 @@ def shape_survival(model: T2VModel, per_shape: int = 10, t0s: tuple[int, ...] = 
         for t0 in t0s:
             drawn: dict[str, int] = {}
             for k, clip in enumerate(group):
-                x = encode_video(model, frames_from_array(clip.frames))
-                rest = [(t, tp) for t, tp in steps if t <= t0] if t0 > 0 else []
-                if rest:
-                    eps = torch.randn(x.shape, generator=torch.Generator().manual_seed(k))
-                    x = add_noise(model.scheduler, x, eps, torch.tensor([rest[0][0]]))
-                    cond = encode_prompt(model, clip.caption)
-                for t, t_prev in rest:
-                    tt = torch.full((2,), t, dtype=torch.long)
-                    e_u, e_c = model.unet(torch.cat([x, x]), tt, encoder_hidden_states=torch.cat([uncond, cond]),
-                                          return_dict=False)[0].float().chunk(2)
-                    e = e_u + sd.guidance_scale * (e_c - e_u)
-                    x = ddim_move(x, e, abar_at(model.scheduler, t), abar_at(model.scheduler, t_prev))
-                got = detector.track(to_uint8(decode_latents(model, x)[0])).shape
+                z0 = encode_video(model, frames_from_array(clip.frames))
+                first = next((t for t, _ in steps if t <= t0), None) if t0 > 0 else None
+                if first is None:  # t0 = 0 (or below every step): the VAE's round trip
+                    video = decode_latents(model, z0)[0]
+                else:
+                    eps = torch.randn(z0.shape, generator=torch.Generator().manual_seed(k))
+                    z_t = add_noise(model.scheduler, z0, eps, torch.tensor([first]))
+                    video = sample(model, clip.caption, cfg, latent_shape=tuple(z0.shape[2:]), use_lora=False,
+                                   init_noise=z_t, start_t=t0).frames[0]
+                got = detector.track(to_uint8(video)).shape
                 drawn[got] = drawn.get(got, 0) + 1
             rows.append({"shape": shape, "t0": t0, "kept": drawn.get(shape, 0) / len(group), "drawn": drawn})
     return rows

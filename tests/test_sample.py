@@ -146,3 +146,27 @@ def test_lora_cutoff_and_scale():
     torch.testing.assert_close(off.latents, base)
     half = sample(model, "a red circle", SampleConfig(**cfg, lora_cutoff=500), latent_shape=(4, 8, 8), decode=False)
     assert (half.latents - base).abs().max() > 1e-4 and (half.latents - on.latents).abs().max() > 1e-4
+
+
+def test_start_t_runs_only_the_steps_at_or_below_it_from_the_given_latent(model):
+    """SDEdit-style: from a noisy latent, the tail of the schedule, step for step diffusers' DDIM."""
+    from diffusers import DDIMScheduler
+
+    from motion_core.models import encode_prompt
+
+    z_t = torch.randn(1, 4, 4, 8, 8, generator=torch.Generator().manual_seed(6))
+    seen: list = []
+    cfg = SampleConfig(num_inference_steps=4, guidance_scale=1.0, seed=0)
+    out = sample(model, "a red circle", cfg, latent_shape=(4, 8, 8), init_noise=z_t, decode=False, start_t=500,
+                 x0_hook=lambda t, x0: seen.append(t))
+    ref = DDIMScheduler.from_config(model.scheduler.config)
+    ref.set_timesteps(4)
+    tail = [t for t in ref.timesteps if int(t) <= 500]
+    assert 0 < len(tail) < 4 and seen == [int(t) for t in tail]
+    cond, x = encode_prompt(model, "a red circle"), z_t
+    with torch.no_grad():
+        for t in tail:
+            x = ref.step(model.unet(x, t, encoder_hidden_states=cond).sample, t, x, eta=0.0).prev_sample
+    torch.testing.assert_close(out.latents, x, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="start_t needs init_noise"):
+        sample(model, "a red circle", cfg, latent_shape=(4, 8, 8), start_t=500)
