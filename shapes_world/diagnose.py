@@ -284,11 +284,11 @@ def shape_survival(model: T2VModel, per_shape: int = 10, t0s: tuple[int, ...] = 
             clips[shape].append(paths.render(spec))
     rows = []
     for shape, group in clips.items():
+        latents = [encode_video(model, frames_from_array(clip.frames)) for clip in group]
         for t0 in t0s:
             drawn: dict[str, int] = {}
-            for k, clip in enumerate(group):
-                z0 = encode_video(model, frames_from_array(clip.frames))
-                first = next((t for t, _ in steps if t <= t0), None) if t0 > 0 else None
+            first = next((t for t, _ in steps if t <= t0), None) if t0 > 0 else None
+            for k, (clip, z0) in enumerate(zip(group, latents)):
                 if first is None:  # t0 = 0 (or below every step): the VAE's round trip
                     video = decode_latents(model, z0)[0]
                 else:

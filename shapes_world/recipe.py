@@ -204,10 +204,9 @@ def latent_object_weights(masks: np.ndarray, factor: int, weight: float) -> torc
     """
     m = torch.from_numpy(np.ascontiguousarray(masks)).float()
     n, f, h, w = m.shape
-    m = F.max_pool2d(m.reshape(n * f, 1, h, w), factor, stride=factor)
-    m = F.max_pool2d(m, 3, stride=1, padding=1)
-    wts = 1.0 + weight * m
-    return (wts / wts.mean(dim=(2, 3), keepdim=True)).reshape(n, f, *wts.shape[-2:])
+    m = F.max_pool2d(m.reshape(n * f, 1, h, w), factor, stride=factor).reshape(n, f, h // factor, w // factor)
+    wts = torch.from_numpy(object_weights(m.numpy(), weight))  # the pixel stage's rim and weight, on the latent grid
+    return wts / wts.mean(dim=(2, 3), keepdim=True)
 
 
 def finetune_decoder(vae: AutoencoderKL, frames: np.ndarray, minutes: float, seed: int, log: list,
