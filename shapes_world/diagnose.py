@@ -35,7 +35,9 @@ its own caption has learnt the motion of *that look*.
 shape, noises each to t0 (fresh noise, one seed each) and lets the model's own DDIM sampler (its steps and
 guidance, the clip's caption) finish it from the last sampling step at or below t0, then classifies the drawn
 shape. t0 = 0 is the VAE round trip. A shape lost from small t0 is lost in the near-clean steps, below any LoRA's
-cut-off; one lost only from large t0 is lost where the layout forms.
+cut-off; one lost only from large t0 is lost where the layout forms. ``--radii 0.14 0.17 0.21`` does the same per
+object size (radius / side, any size up to ``paths.MAX_SIZE``, drawn or not): how big a shape must be to survive
+(``--t0s 0 200 400`` picks the noise levels).
 
 ``--ceiling`` scores the prompt-following check's own 40 prompts on clips that need no UNet: the world's renders of
 those captions, and the same renders after a VAE round trip. What the round trip loses no UNet can draw back, so
@@ -269,21 +271,32 @@ def holds(model: T2VModel, ladder_dir: Path, seeds: int = 2) -> list[dict]:
 
 @torch.no_grad()
 def shape_survival(model: T2VModel, per_shape: int = 10, t0s: tuple[int, ...] = (0, 200, 400, 600, 800),
-                   seed: int = 77) -> list[dict]:
+                   seed: int = 77, radii: tuple[float, ...] | None = None) -> list[dict]:
     """Per (shape, t0): how often a rendered clip of that shape, noised to t0 and finished by the model's sampler
-    under its own caption, still shows that shape (``drawn``: the counts of what the detector read)."""
+    under its own caption, still shows that shape (``drawn``: the counts of what the detector read).
+
+    ``radii``: per (shape, radius, t0) instead, ``per_shape`` clips of each radius / side (``paths.size_fraction``;
+    sizes the world does not draw are allowed), the row's ``radius`` saying which."""
     cfg = SampleConfig.for_model(model, {"beta": 0.0, "seed": 0})
     steps = sampling_timesteps(model.scheduler, cfg.num_inference_steps)
     size = _size(model)
     rng = np.random.default_rng(seed)
-    clips: dict[str, list] = {s: [] for s in paths.SHAPES}
-    while any(len(v) < per_shape for v in clips.values()):
-        spec = paths.sample_spec(rng, **size)
-        shape = spec.objects[0].shape
-        if len(clips[shape]) < per_shape:
-            clips[shape].append(paths.render(spec))
+    groups: dict[tuple[str, float | None], list] = {}
+    if radii is None:
+        clips: dict[str, list] = {s: [] for s in paths.SHAPES}
+        while any(len(v) < per_shape for v in clips.values()):
+            spec = paths.sample_spec(rng, **size)
+            shape = spec.objects[0].shape
+            if len(clips[shape]) < per_shape:
+                clips[shape].append(paths.render(spec))
+        groups = {(s, None): v for s, v in clips.items()}
+    else:
+        for shape in paths.SHAPES:
+            for r in radii:
+                groups[(shape, r)] = [paths.render(paths.sample_spec(rng, shape=shape, size=float(r), **size))
+                                      for _ in range(per_shape)]
     rows = []
-    for shape, group in clips.items():
+    for (shape, radius), group in groups.items():
         latents = [encode_video(model, frames_from_array(clip.frames)) for clip in group]
         for t0 in t0s:
             drawn: dict[str, int] = {}
@@ -298,7 +311,10 @@ def shape_survival(model: T2VModel, per_shape: int = 10, t0s: tuple[int, ...] = 
                                    init_noise=z_t, start_t=t0).frames[0]
                 got = detector.track(to_uint8(video)).shape
                 drawn[got] = drawn.get(got, 0) + 1
-            rows.append({"shape": shape, "t0": t0, "kept": drawn.get(shape, 0) / len(group), "drawn": drawn})
+            row = {"shape": shape, "t0": t0, "kept": drawn.get(shape, 0) / len(group), "drawn": drawn}
+            if radius is not None:
+                row["radius"] = radius
+            rows.append(row)
     return rows
 
 
@@ -316,6 +332,10 @@ def main(argv: list[str] | None = None) -> None:
                     help="only print when, during sampling, the object's path settles (paths-world models)")
     ap.add_argument("--shape-survival", action="store_true",
                     help="only print how often each shape survives being noised to t0 and finished by the model")
+    ap.add_argument("--radii", type=float, nargs="+", default=None,
+                    help="with --shape-survival: per object radius / side instead (e.g. 0.14 0.17 0.21)")
+    ap.add_argument("--t0s", type=int, nargs="+", default=[0, 200, 400, 600, 800],
+                    help="with --shape-survival: the noise levels to start from (0 = the VAE round trip)")
     ap.add_argument("--holds", default=None, metavar="LADDER",
                     help="only sample a ladder's motion LoRAs under their own and one-change prompts")
     args = ap.parse_args(argv)
@@ -333,12 +353,17 @@ def main(argv: list[str] | None = None) -> None:
             print(f"| {label} | {len({r['ref'] for r in rows})} | {np.mean(d[True]):.3f} | {np.mean(d[False]):.3f} |")
         return
     if args.shape_survival:
-        rows = shape_survival(model)
+        if not all(0 <= t < 1000 for t in args.t0s):
+            ap.error(f"--t0s must lie in [0, 1000), got {args.t0s}")
+        rows = shape_survival(model, t0s=tuple(args.t0s), radii=tuple(args.radii) if args.radii else None)
         t0s = sorted({r["t0"] for r in rows})
-        print("| shape | " + " | ".join(f"from t0 = {t}" for t in t0s) + " |\n|---" + "|---" * len(t0s) + "|")
-        for shape in dict.fromkeys(r["shape"] for r in rows):
-            cells = [next(r for r in rows if r["shape"] == shape and r["t0"] == t) for t in t0s]
-            print(f"| {shape} | " + " | ".join(f"{c['kept']:.0%}" for c in cells) + " |", flush=True)
+        sized = args.radii is not None
+        print(("| shape | radius / side | " if sized else "| shape | ") + " | ".join(f"from t0 = {t}" for t in t0s)
+              + " |\n|---" + "|---" * (len(t0s) + sized) + "|")
+        for key in dict.fromkeys((r["shape"], r.get("radius")) for r in rows):
+            cells = [next(r for r in rows if (r["shape"], r.get("radius")) == key and r["t0"] == t) for t in t0s]
+            kept = " | ".join(f"{c['kept']:.0%}" for c in cells)
+            print(f"| {key[0]} | " + (f"{key[1]:g} | " if sized else "") + kept + " |", flush=True)
         return
     if args.formation:
         print("| t | distance of x0_hat's track to the final track | x0_hat tracked |\n|---|---|---|")

@@ -22,8 +22,9 @@ reads for the motion ``"path"``. The camera path of a pan is stored the same way
 
 API
 ---
-* ``sample_spec(rng, frames=FRAMES, size=SIZE, family=None, shape=None, colour=None, background=None,
-  bg_colour=None) -> world.ClipSpec``; ``make_spec(shape, colour, background, bg_colour, family, seed, ...)``.
+* ``sample_spec(rng, frames=FRAMES, height=SIZE, width=SIZE, family=None, shape=None, colour=None, background=None,
+  bg_colour=None, size=None) -> world.ClipSpec``; ``make_spec(shape, colour, background, bg_colour, family, seed,
+  ...)``. A ``size`` is a name of ``SIZES`` or a radius / side in (0, ``MAX_SIZE``] (``size_fraction``).
 * ``iter_dataset(n, seed, frames, height, width, first=0)`` (clip ``i`` depends only on ``(seed, i)``), ``render``.
 * ``FAMILIES`` (drawn in training, with their weights) and ``HELD_OUT`` (never drawn by ``sample_spec`` unless
   asked for), ``VOCABULARY`` (the caption words).
@@ -45,7 +46,11 @@ COLOURS: tuple[str, ...] = ("red", "green", "blue", "yellow", "white", "black")
 BG_COLOURS: tuple[str, ...] = tuple(world.BG_COLOURS)
 BACKGROUNDS: dict[str, float] = {"plain": 0.6, "gradient": 0.1, "striped": 0.15, "dotted": 0.15}
 TEXTURED: tuple[str, ...] = ("striped", "dotted")  # backgrounds on which a camera pan is visible
-SIZES: dict[str, float] = {"small": 0.14, "medium": 0.17, "large": 0.21}  # radius / side (bigger than world's)
+# Radius / side. Training on larger objects (0.2 / 0.22 / 0.25, recipe --sizes) kept stars better but not squares,
+# which the model still rounds off when it draws them from noise (diagnose --shape-survival --radii;
+# docs/results.md). MAX_SIZE: the largest radius that still leaves a zoomed object room to move.
+SIZES: dict[str, float] = {"small": 0.14, "medium": 0.17, "large": 0.21}
+MAX_SIZE = 0.25
 
 # Training families and how often each is drawn; "pan" only on a textured background (elsewhere it is redrawn).
 FAMILIES: dict[str, float] = {"curve": 0.32, "arc": 0.18, "bounce": 0.12, "wiggle": 0.13, "zoom": 0.1, "pan": 0.1,
@@ -193,16 +198,17 @@ def _pan(rng: np.random.Generator, frames: int, side: float) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------------------ specs
-def _build(rng: np.random.Generator, shape: str, colour: str, size: str, background: str, bg_colour: str,
+def _build(rng: np.random.Generator, shape: str, colour: str, size: str | float, background: str, bg_colour: str,
            family: str, frames: int, height: int, width: int, seed: int) -> world.ClipSpec:
-    for name, val, known in (("shape", shape, SHAPES), ("colour", colour, COLOURS), ("size", size, SIZES),
+    for name, val, known in (("shape", shape, SHAPES), ("colour", colour, COLOURS),
                              ("background", background, BACKGROUNDS), ("bg_colour", bg_colour, BG_COLOURS)):
         if val not in known:
             raise ValueError(f"unknown {name} {val!r}; known: {tuple(known)}")
+    frac = size_fraction(size)
     if not compatible(colour, bg_colour):
         raise ValueError(f"a {colour} object does not stand out on a {bg_colour} background")
     side = float(min(height, width))
-    r0 = SIZES[size] * side * world.SHAPE_SCALE[shape]
+    r0 = frac * side * world.SHAPE_SCALE[shape]
     zoom_max = 1.8 if family == "zoom" else 1.0
     m = r0 * zoom_max * 0.8 + 1.0  # the object may touch the border, not leave the frame
     lo, hi = np.array([m, m]), np.array([width - 1 - m, height - 1 - m])
@@ -218,7 +224,7 @@ def _build(rng: np.random.Generator, shape: str, colour: str, size: str, backgro
     world_xy = xy + cam  # the renderer draws an object at its world position minus the camera offset
     for f in range(frames):
         params.update({f"x{f}": float(world_xy[f, 0]), f"y{f}": float(world_xy[f, 1]), f"r{f}": float(r0 * scale[f])})
-    obj = world.ObjectSpec(shape, colour, size, "path", "medium", float(r0), params)
+    obj = world.ObjectSpec(shape, colour, str(size), "path", "medium", float(r0), params)
     bg = world_specs._sample_bg_params(rng, background, side, "static")
     for f in range(frames):
         bg.update({f"cx{f}": float(cam[f, 0]), f"cy{f}": float(cam[f, 1])})
@@ -228,13 +234,25 @@ def _build(rng: np.random.Generator, shape: str, colour: str, size: str, backgro
     return spec
 
 
+def size_fraction(size: str | float) -> float:
+    """The radius / side of a named size (``SIZES``), or of a number in (0, MAX_SIZE] (a size training never drew,
+    for diagnosis). Raises ValueError otherwise."""
+    if isinstance(size, str):
+        if size not in SIZES:
+            raise ValueError(f"unknown size {size!r}; known: {tuple(SIZES)} or a number in (0, {MAX_SIZE}]")
+        return SIZES[size]
+    if not 0 < float(size) <= MAX_SIZE:
+        raise ValueError(f"size {size!r} is not a name {tuple(SIZES)} or a number in (0, {MAX_SIZE}]")
+    return float(size)
+
+
 def family_of(spec: world.ClipSpec) -> str:
     """The path family a spec was drawn from."""
     return (*FAMILIES, *HELD_OUT)[int(spec.bg_params["family"])]
 
 
 def make_spec(shape: str, colour: str, background: str = "plain", bg_colour: str = "grey", family: str = "curve",
-              size: str = "medium", seed: int = 0, frames: int = FRAMES, height: int = SIZE, width: int = SIZE
+              size: str | float = "medium", seed: int = 0, frames: int = FRAMES, height: int = SIZE, width: int = SIZE
               ) -> world.ClipSpec:
     """A chosen clip; the path's free parameters are drawn from ``seed``. Raises ValueError on bad names."""
     if family == "pan" and background not in TEXTURED:
@@ -245,9 +263,11 @@ def make_spec(shape: str, colour: str, background: str = "plain", bg_colour: str
 
 def sample_spec(rng: np.random.Generator, frames: int = FRAMES, height: int = SIZE, width: int = SIZE,
                 family: str | None = None, shape: str | None = None, colour: str | None = None,
-                background: str | None = None, bg_colour: str | None = None, size: str | None = None
-                ) -> world.ClipSpec:
-    """A random training clip (any argument given is kept); ``family`` None draws from ``FAMILIES``."""
+                background: str | None = None, bg_colour: str | None = None, size: str | float | None = None,
+                sizes: tuple[float, ...] | None = None) -> world.ClipSpec:
+    """A random training clip (any argument given is kept); ``family`` None draws from ``FAMILIES``. ``size`` None
+    draws one of ``sizes`` (radius / side; default ``SIZES``), the same draw from the same ``rng`` for any sizes of
+    the same number."""
     def pick(options: tuple[str, ...] | list[str], weights: list[float] | None = None) -> str:
         p = None if weights is None else np.asarray(weights) / sum(weights)
         return str(options[int(rng.choice(len(options), p=p))])
@@ -259,7 +279,9 @@ def sample_spec(rng: np.random.Generator, frames: int = FRAMES, height: int = SI
     bg_colour = bg_colour or pick([b for b in BG_COLOURS if colour is None or compatible(colour, b)])
     colour = colour or pick([c for c in COLOURS if compatible(c, bg_colour)])
     shape = shape or pick(SHAPES)
-    size = size or pick(tuple(SIZES))
+    if size is None:
+        named = tuple(SIZES) if sizes is None else tuple(float(f) for f in sizes)
+        size = named[int(rng.choice(len(named)))]
     seed = int(rng.integers(1 << 31))
     return _build(rng, shape, colour, size, background, bg_colour, family, frames, height, width, seed)
 

@@ -61,6 +61,9 @@ FPS = 8.0
 # 22 named motions at 12 x 64 x 64 (the model shipped until the second design).
 WORLDS: dict[str, tuple] = {"paths": (paths, 8, 32), "shapes": (world, 12, 64)}
 # The options of a UNet run that ``train_unet`` returns and every run's record keeps (the card repeats them).
+# The paths world's object sizes (radius / side) of the runs recorded before runs named theirs (``--sizes``): a
+# replay draws those runs' data at these sizes, not at today's ``paths.SIZES``.
+EARLIER_SIZES = (0.14, 0.17, 0.21)
 RUN_OPTIONS = ("lr", "noise_offset", "image_every", "image_batch", "unet_lr", "ema_decay", "unet_batch", "p2_gamma",
                "unet_object_weight", "unet_t_max")
 
@@ -114,22 +117,35 @@ def build_model(seed: int = 0, unet_channels: tuple[int, ...] = (32, 64, 64), un
                     torch.float32, sample, train_defaults=train)
 
 
-def _render(first: int, n: int, seed: int, world_name: str = "paths") -> tuple[np.ndarray, list[str], np.ndarray]:
+def _render(first: int, n: int, seed: int, world_name: str = "paths", sizes: tuple[float, ...] | None = None
+            ) -> tuple[np.ndarray, list[str], np.ndarray]:
     module, frames, side = WORLDS[world_name]
-    clips = list(module.iter_dataset(n, seed=seed, frames=frames, height=side, width=side, first=first))
+    kw = {} if sizes is None else {"sizes": sizes}
+    clips = list(module.iter_dataset(n, seed=seed, frames=frames, height=side, width=side, first=first, **kw))
     return (np.stack([c.frames for c in clips]), [c.caption for c in clips],
             np.stack([c.masks.any(axis=0) for c in clips]))
 
 
-def make_data(n: int, seed: int, workers: int = 1, world_name: str = "paths"
+def world_sizes(sizes: tuple[float, ...] | None, world_name: str) -> tuple[float, ...] | None:
+    """The object sizes a run's data draw: ``sizes`` (``--sizes``) or the paths world's ``SIZES``; None for the
+    first world, which has its own. Raises SystemExit if sizes are given for the first world."""
+    if world_name != "paths":
+        if sizes is not None:
+            raise SystemExit(f"--sizes is for the paths world; this run's world is {world_name!r}")
+        return None
+    return tuple(paths.SIZES.values()) if sizes is None else tuple(sizes)
+
+
+def make_data(n: int, seed: int, workers: int = 1, world_name: str = "paths", sizes: tuple[float, ...] | None = None
               ) -> tuple[np.ndarray, list[str], np.ndarray]:
     """Clips 0 to n-1 of the seed as (n, F, H, W, 3) uint8, their captions and where any object is, (n, F, H, W)
-    bool; the same for any ``workers``."""
+    bool; the same for any ``workers``. ``sizes``: the paths world's object radii / side (default its ``SIZES``)."""
     if workers <= 1 or n < 2 * workers:
-        return _render(0, n, seed, world_name)
+        return _render(0, n, seed, world_name, sizes)
     bounds = np.linspace(0, n, workers + 1).astype(int)
     with concurrent.futures.ProcessPoolExecutor(workers) as pool:
-        parts = list(pool.map(_render, bounds[:-1], np.diff(bounds), [seed] * workers, [world_name] * workers))
+        parts = list(pool.map(_render, bounds[:-1], np.diff(bounds), [seed] * workers, [world_name] * workers,
+                              [sizes] * workers))
     return (np.concatenate([f for f, _, _ in parts]), [c for _, caps, _ in parts for c in caps],
             np.concatenate([m for _, _, m in parts]))
 
@@ -441,6 +457,9 @@ def main(argv: list[str] | None = None) -> None:
                          "in the noise loss, each frame's weights scaled to mean 1 (0 = the plain loss)")
     ap.add_argument("--unet-t-max", type=int, default=1000,
                     help="UNet stage: draw timesteps from [0, this) only (the near-clean levels; 1000 = all)")
+    ap.add_argument("--sizes", default=None,
+                    help="paths world: the object radii / side the clips draw, comma-separated (default: the "
+                         "world's SIZES, " + ",".join(f"{v:g}" for v in paths.SIZES.values()) + ")")
     ap.add_argument("--decoder-minutes", type=float, default=10.0,
                     help="final stage: fine-tune the VAE decoder alone (the latent space stays fixed)")
     ap.add_argument("--continue-from", default=None,
@@ -460,6 +479,11 @@ def main(argv: list[str] | None = None) -> None:
         ap.error(f"--unet-t-max must be in [1, 1000], got {args.unet_t_max}")
     if not 0 <= args.unet_object_weight <= 100:
         ap.error(f"--unet-object-weight must be in [0, 100], got {args.unet_object_weight}")
+    if args.sizes is not None:
+        try:
+            args.sizes = tuple(paths.size_fraction(float(v)) for v in args.sizes.split(","))
+        except ValueError as e:
+            ap.error(f"--sizes: {e}")
     if args.save_raw and (not args.ema_decay or Path(args.save_raw).resolve() == Path(args.out).resolve()):
         ap.error("--save-raw needs --ema-decay (without it the saved weights are the raw ones) and a folder "
                  "other than --out")
@@ -478,7 +502,8 @@ def main(argv: list[str] | None = None) -> None:
         return _continue(Path(args.continue_from), out, args)
     t_all = time.time()
     log: list[dict] = []
-    frames, captions, masks = make_data(args.clips, args.seed, args.workers, args.world)  # before CUDA: workers fork
+    sizes = world_sizes(args.sizes, args.world)
+    frames, captions, masks = make_data(args.clips, args.seed, args.workers, args.world, sizes)  # before CUDA: fork
     weights = object_weights(masks, args.object_weight) if args.object_weight > 0 else None
     channels = tuple(int(c) for c in args.unet_channels.split(","))
     model = build_model(args.seed, channels, args.unet_layers, args.world)
@@ -492,6 +517,8 @@ def main(argv: list[str] | None = None) -> None:
                   "unet_channels": list(channels), "unet_layers": args.unet_layers,
                   "cpu": platform.processor() or platform.machine(),
                   "cores": os.cpu_count(), "argv": args.argv}
+    if sizes is not None:
+        info["sizes"] = list(sizes)
     if args.resume_vae:
         model.vae = AutoencoderKL.from_pretrained(Path(args.resume_vae) / "vae").to(args.device)
         model.vae.eval().requires_grad_(False)
@@ -527,7 +554,8 @@ def _continue(src: Path, out: Path, args: argparse.Namespace) -> None:
     rec = json.loads((src / "training_info.json").read_text())
     info, log = rec["info"], rec["log"]
     # the world a model was trained on is its own (records from before the second world name none: the first)
-    frames, captions, masks = make_data(args.clips, args.seed, args.workers, info.get("world", "shapes"))
+    sizes = world_sizes(args.sizes, info.get("world", "shapes"))
+    frames, captions, masks = make_data(args.clips, args.seed, args.workers, info.get("world", "shapes"), sizes)
     weights = object_weights(masks, args.object_weight) if args.object_weight > 0 else None
     model = load_model(src, device=args.device, dtype="float32")
     latents = encode_all(model.vae, frames) * model.vae.config.scaling_factor
@@ -550,7 +578,8 @@ def _continue(src: Path, out: Path, args: argparse.Namespace) -> None:
                                              "decoder_minutes": args.decoder_minutes,
                                              "torch_threads": torch.get_num_threads(),
                                              "device": _device_name(args.device), "argv": args.argv,
-                                             **{k: more[k] for k in RUN_OPTIONS}})
+                                             **{k: more[k] for k in RUN_OPTIONS},
+                                             **({} if sizes is None else {"sizes": list(sizes)})})
     save_model(model, out)
     (out / "training_info.json").write_text(json.dumps({"info": info, "log": log}, indent=1))
     _save_raw(model, raw_params, args.save_raw, info, log)
@@ -560,11 +589,14 @@ def _continue(src: Path, out: Path, args: argparse.Namespace) -> None:
 def recorded_commands(info: dict, out: str) -> list[list[str]] | None:
     """A model's recorded runs (the first, then each continuation) as argument lists that write (and continue)
     ``out``; None if some run was made before commands were recorded."""
-    runs = [info.get("argv")] + [c.get("argv") for c in info.get("continued", [])]
+    records = [info, *info.get("continued", [])]
+    runs = [r.get("argv") for r in records]
     if any(r is None for r in runs):
         return None
     cmds = []
-    for i, argv in enumerate(runs):
+    for i, (argv, rec) in enumerate(zip(runs, records)):
+        if info.get("world") == "paths" and "sizes" not in rec and "--sizes" not in argv:
+            argv = [*argv, "--sizes", ",".join(f"{v:g}" for v in EARLIER_SIZES)]  # drawn before sizes were recorded
         keep, skip = [], False
         for a in argv:  # drop the recorded folders; the command writes (and continues) ``out``
             if skip:
@@ -626,7 +658,8 @@ def _decoder_only(out: Path, args: argparse.Namespace) -> None:
 
     t0 = time.time()
     rec = json.loads((out / "training_info.json").read_text())
-    frames, _, masks = make_data(args.clips, args.seed, args.workers, rec["info"].get("world", "shapes"))
+    sizes = world_sizes(args.sizes, rec["info"].get("world", "shapes"))
+    frames, _, masks = make_data(args.clips, args.seed, args.workers, rec["info"].get("world", "shapes"), sizes)
     weights = object_weights(masks, args.object_weight) if args.object_weight > 0 else None
     model = load_model(out, device=args.device, dtype="float32")
     info = rec["info"]
@@ -635,7 +668,7 @@ def _decoder_only(out: Path, args: argparse.Namespace) -> None:
     info["wall_seconds"] = round(info["wall_seconds"] + time.time() - t0, 1)
     info.setdefault("continued", []).append({"from": str(out), "clips": args.clips, "decoder_only": True,
                                              "unet_minutes": 0, "decoder_minutes": args.decoder_minutes,
-                                             "argv": args.argv})
+                                             "argv": args.argv, **({} if sizes is None else {"sizes": list(sizes)})})
     model.vae.save_pretrained(out / "vae")
     (out / "training_info.json").write_text(json.dumps(rec, indent=1))
     print(json.dumps(rec["info"]), flush=True)

@@ -6,6 +6,7 @@ import json
 import math
 
 import numpy as np
+import pytest
 
 from shapes_world import detector, evaluate, world
 
@@ -164,3 +165,13 @@ def test_diagnose_shape_survival_finishes_each_clip_from_t0(tiny_model, monkeypa
             clip = first[r["shape"]]
             z = encode_video(tiny_model, frames_from_array(clip.frames))
             assert r["drawn"] == {detector.track(to_uint8(decode_latents(tiny_model, z)[0])).shape: 1}
+    # per radius: a row per (shape, radius, t0), each over clips drawn at that radius
+    drawn_radii = []
+    render = paths.render
+    monkeypatch.setattr(paths, "render", lambda spec: drawn_radii.append(spec.objects[0].radius) or render(spec))
+    rows = diagnose.shape_survival(tiny_model, per_shape=2, t0s=(0,), seed=3, radii=(0.15, 0.25))
+    assert [(r["shape"], r["radius"]) for r in rows] == [(s, f) for s in paths.SHAPES for f in (0.15, 0.25)]
+    assert all(sum(r["drawn"].values()) == 2 for r in rows)
+    side = min(size["height"], size["width"])
+    assert drawn_radii == pytest.approx([f * side * paths.world.SHAPE_SCALE[s]
+                                         for s in paths.SHAPES for f in (0.15, 0.25) for _ in range(2)])

@@ -94,14 +94,27 @@ def test_training_stream_draws_every_family_and_never_a_held_out_one():
 
 
 @pytest.mark.parametrize("family", [*paths.FAMILIES, *paths.HELD_OUT])
-def test_every_family_moves_inside_the_frame(family):
+@pytest.mark.parametrize("size", ["medium", paths.MAX_SIZE])
+def test_every_family_moves_inside_the_frame(family, size):
     for seed in range(4):
         bg = "striped" if family == "pan" else "plain"
-        clip = paths.render(paths.make_spec("star", "red", bg, "white", family, seed=seed))
+        clip = paths.render(paths.make_spec("star", "red", bg, "white", family, seed=seed, size=size))
         c, r = clip.centroids[0], clip.scales[0]
         assert (c - 0.8 * r[:, None] >= -1).all() and (c + 0.8 * r[:, None] <= paths.SIZE).all()
         moved = np.linalg.norm(c - c[0], axis=1).max() + np.abs(np.log(r / r[0])).max() * paths.SIZE
         assert (moved > 2.0) == (family != "static")  # every family but static visibly moves or zooms
+
+
+def test_a_size_is_a_name_or_a_radius_fraction():
+    side = float(paths.SIZE)
+    for size, frac in [*paths.SIZES.items(), (0.15, 0.15), (paths.MAX_SIZE, paths.MAX_SIZE)]:
+        spec = paths.make_spec("square", "red", size=size, family="static")
+        assert spec.objects[0].radius == pytest.approx(frac * side * world.SHAPE_SCALE["square"])
+    spec = paths.sample_spec(np.random.default_rng(0), shape="star", size=0.15)
+    assert spec.objects[0].radius == pytest.approx(0.15 * side * world.SHAPE_SCALE["star"])
+    for bad in ("huge", 0.0, -0.1, paths.MAX_SIZE + 0.01):
+        with pytest.raises(ValueError, match="size"):
+            paths.make_spec("square", "red", size=bad)
 
 
 def test_pan_moves_the_background_and_restyle_keeps_the_path():

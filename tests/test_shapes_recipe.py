@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from motion_core.models import load_model
-from shapes_world import evaluate, recipe
+from shapes_world import evaluate, paths, recipe
 
 
 def _state(module):
@@ -233,11 +233,39 @@ def test_replay_runs_the_recorded_commands_again(tmp_path):
     assert cmds[0] == "python -m shapes_world.recipe " + " ".join(options(first["argv"], str(out))) + \
         " --out assets/shapes-t2v"
     assert cmds[1].endswith("--out assets/shapes-t2v --continue-from assets/shapes-t2v")
+    assert first["sizes"] == info["sizes"] == list(paths.SIZES.values())
+    # runs recorded before their sizes: replayed at the sizes of that time, not today's
+    older = json.loads(json.dumps(first))
+    for rec in (older, *older["continued"]):
+        rec.pop("sizes")
+    earlier = ",".join(f"{v:g}" for v in recipe.EARLIER_SIZES)
+    assert all(argv[-2:] == ["--sizes", earlier] or argv[argv.index("--sizes") + 1] == earlier
+               for argv in recipe.recorded_commands(older, "o"))
+    assert all("--sizes" not in argv for argv in recipe.recorded_commands(first, "o"))
     del first["argv"]
     assert "--out assets/shapes-t2v" in evaluate._training_md(first)  # older records: rebuilt from the options
     (out / "training_info.json").write_text(json.dumps({"info": first, "log": []}))
     with pytest.raises(SystemExit, match="before commands were recorded"):
         recipe.main(["--replay", str(out / "training_info.json"), "--out", str(tmp_path / "x")])
+
+
+def test_sizes_option_draws_the_same_clips_at_other_radii(tmp_path):
+    """--sizes changes only how big the objects are: the same paths world, the same draws from the same seed."""
+    f0, c0, _ = recipe.make_data(6, seed=3)
+    f1, c1, _ = recipe.make_data(6, seed=3, sizes=tuple(paths.SIZES.values()))
+    assert np.array_equal(f0, f1) and c0 == c1
+    other = (0.2, 0.22, 0.25)
+    f2, c2, _ = recipe.make_data(6, seed=3, sizes=other)
+    assert c2 == c0 and not np.array_equal(f2, f0)
+    named = tuple(paths.SIZES.values())
+    for a, b in zip(paths.iter_dataset(6, seed=3, sizes=other), paths.iter_dataset(6, seed=3)):
+        k = other.index(float(a.spec.objects[0].size))
+        assert a.spec.objects[0].radius / b.spec.objects[0].radius == pytest.approx(other[k] / named[k])
+    for bad in (["--sizes", "0.2,0.9"], ["--sizes", "big"]):
+        with pytest.raises(SystemExit):
+            recipe.main(["--out", str(tmp_path / "x"), *bad])
+    with pytest.raises(SystemExit, match="paths world"):
+        recipe.main(["--out", str(tmp_path / "y"), "--world", "shapes", "--sizes", "0.2", "--clips", "2"])
 
 
 def test_object_weights_weigh_the_object_and_its_rim_only():
