@@ -276,7 +276,8 @@ def shape_survival(model: T2VModel, per_shape: int = 10, t0s: tuple[int, ...] = 
     under its own caption, still shows that shape (``drawn``: the counts of what the detector read).
 
     ``radii``: per (shape, radius, t0) instead, ``per_shape`` clips of each radius / side (``paths.size_fraction``;
-    sizes the world does not draw are allowed), the row's ``radius`` saying which."""
+    sizes the world does not draw are allowed), the row's ``radius`` saying which. Clip ``i`` of a shape is the
+    same draw (path, colour, background) at every radius, so the rows differ in size alone."""
     cfg = SampleConfig.for_model(model, {"beta": 0.0, "seed": 0})
     steps = sampling_timesteps(model.scheduler, cfg.num_inference_steps)
     size = _size(model)
@@ -291,10 +292,11 @@ def shape_survival(model: T2VModel, per_shape: int = 10, t0s: tuple[int, ...] = 
                 clips[shape].append(paths.render(spec))
         groups = {(s, None): v for s, v in clips.items()}
     else:
-        for shape in paths.SHAPES:
+        for si, shape in enumerate(paths.SHAPES):
             for r in radii:
-                groups[(shape, r)] = [paths.render(paths.sample_spec(rng, shape=shape, size=float(r), **size))
-                                      for _ in range(per_shape)]
+                groups[(shape, r)] = [paths.render(paths.sample_spec(np.random.default_rng([seed, si, i]),
+                                                                     shape=shape, size=float(r), **size))
+                                      for i in range(per_shape)]
     rows = []
     for (shape, radius), group in groups.items():
         latents = [encode_video(model, frames_from_array(clip.frames)) for clip in group]
@@ -334,11 +336,21 @@ def main(argv: list[str] | None = None) -> None:
                     help="only print how often each shape survives being noised to t0 and finished by the model")
     ap.add_argument("--radii", type=float, nargs="+", default=None,
                     help="with --shape-survival: per object radius / side instead (e.g. 0.14 0.17 0.21)")
-    ap.add_argument("--t0s", type=int, nargs="+", default=[0, 200, 400, 600, 800],
-                    help="with --shape-survival: the noise levels to start from (0 = the VAE round trip)")
+    ap.add_argument("--t0s", type=int, nargs="+", default=None,
+                    help="with --shape-survival: the noise levels to start from (0 = the VAE round trip; default "
+                         "0 200 400 600 800)")
     ap.add_argument("--holds", default=None, metavar="LADDER",
                     help="only sample a ladder's motion LoRAs under their own and one-change prompts")
     args = ap.parse_args(argv)
+    if (args.radii or args.t0s) and not args.shape_survival:
+        ap.error("--radii and --t0s go with --shape-survival")
+    try:
+        radii = tuple(paths.size_fraction(r) for r in args.radii) if args.radii else None
+    except ValueError as e:
+        ap.error(f"--radii: {e}")
+    t0s = tuple(args.t0s or (0, 200, 400, 600, 800))
+    if not all(0 <= t < 1000 for t in t0s):
+        ap.error(f"--t0s must lie in [0, 1000), got {list(t0s)}")
     model = load_model(args.model, device="cpu")
     if args.holds:
         rows = holds(model, Path(args.holds))
@@ -353,11 +365,9 @@ def main(argv: list[str] | None = None) -> None:
             print(f"| {label} | {len({r['ref'] for r in rows})} | {np.mean(d[True]):.3f} | {np.mean(d[False]):.3f} |")
         return
     if args.shape_survival:
-        if not all(0 <= t < 1000 for t in args.t0s):
-            ap.error(f"--t0s must lie in [0, 1000), got {args.t0s}")
-        rows = shape_survival(model, t0s=tuple(args.t0s), radii=tuple(args.radii) if args.radii else None)
+        rows = shape_survival(model, t0s=t0s, radii=radii)
         t0s = sorted({r["t0"] for r in rows})
-        sized = args.radii is not None
+        sized = radii is not None
         print(("| shape | radius / side | " if sized else "| shape | ") + " | ".join(f"from t0 = {t}" for t in t0s)
               + " |\n|---" + "|---" * (len(t0s) + sized) + "|")
         for key in dict.fromkeys((r["shape"], r.get("radius")) for r in rows):

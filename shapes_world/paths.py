@@ -46,9 +46,9 @@ COLOURS: tuple[str, ...] = ("red", "green", "blue", "yellow", "white", "black")
 BG_COLOURS: tuple[str, ...] = tuple(world.BG_COLOURS)
 BACKGROUNDS: dict[str, float] = {"plain": 0.6, "gradient": 0.1, "striped": 0.15, "dotted": 0.15}
 TEXTURED: tuple[str, ...] = ("striped", "dotted")  # backgrounds on which a camera pan is visible
-# Radius / side. Training on larger objects (0.2 / 0.22 / 0.25, recipe --sizes) kept stars better but not squares,
-# which the model still rounds off when it draws them from noise (diagnose --shape-survival --radii;
-# docs/results.md). MAX_SIZE: the largest radius that still leaves a zoomed object room to move.
+# Radius / side. Training on larger objects (0.2 / 0.22 / 0.25, recipe --sizes) gave more stars but not more
+# squares, whose corners the model rounds off at every size and noise level tried (diagnose --shape-survival
+# --radii; docs/results.md). MAX_SIZE: the largest radius that still leaves a zoomed object room to move.
 SIZES: dict[str, float] = {"small": 0.14, "medium": 0.17, "large": 0.21}
 MAX_SIZE = 0.25
 
@@ -224,7 +224,8 @@ def _build(rng: np.random.Generator, shape: str, colour: str, size: str | float,
     world_xy = xy + cam  # the renderer draws an object at its world position minus the camera offset
     for f in range(frames):
         params.update({f"x{f}": float(world_xy[f, 0]), f"y{f}": float(world_xy[f, 1]), f"r{f}": float(r0 * scale[f])})
-    obj = world.ObjectSpec(shape, colour, str(size), "path", "medium", float(r0), params)
+    label = next((name for name, f in SIZES.items() if f == frac), f"{frac:g}")  # a named size keeps its name
+    obj = world.ObjectSpec(shape, colour, label, "path", "medium", float(r0), params)
     bg = world_specs._sample_bg_params(rng, background, side, "static")
     for f in range(frames):
         bg.update({f"cx{f}": float(cam[f, 0]), f"cy{f}": float(cam[f, 1])})

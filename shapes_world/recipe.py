@@ -63,7 +63,7 @@ WORLDS: dict[str, tuple] = {"paths": (paths, 8, 32), "shapes": (world, 12, 64)}
 # The options of a UNet run that ``train_unet`` returns and every run's record keeps (the card repeats them).
 # The paths world's object sizes (radius / side) of the runs recorded before runs named theirs (``--sizes``): a
 # replay draws those runs' data at these sizes, not at today's ``paths.SIZES``.
-EARLIER_SIZES = (0.14, 0.17, 0.21)
+EARLIER_SIZES: tuple[float, ...] = (0.14, 0.17, 0.21)
 RUN_OPTIONS = ("lr", "noise_offset", "image_every", "image_batch", "unet_lr", "ema_decay", "unet_batch", "p2_gamma",
                "unet_object_weight", "unet_t_max")
 
@@ -126,14 +126,22 @@ def _render(first: int, n: int, seed: int, world_name: str = "paths", sizes: tup
             np.stack([c.masks.any(axis=0) for c in clips]))
 
 
-def world_sizes(sizes: tuple[float, ...] | None, world_name: str) -> tuple[float, ...] | None:
-    """The object sizes a run's data draw: ``sizes`` (``--sizes``) or the paths world's ``SIZES``; None for the
-    first world, which has its own. Raises SystemExit if sizes are given for the first world."""
+def world_sizes(sizes: tuple[float, ...] | None, world_name: str, record: dict | None = None
+                ) -> tuple[float, ...] | None:
+    """The object sizes a run's data draw: ``sizes`` (``--sizes``); else, continuing a model (``record``: its
+    training_info ``info``), the sizes of its last run (``EARLIER_SIZES`` if it recorded none), as a continued model
+    keeps its world; else the paths world's ``SIZES``. None for the first world, which has its own. Raises
+    SystemExit if sizes are given for the first world."""
     if world_name != "paths":
         if sizes is not None:
             raise SystemExit(f"--sizes is for the paths world; this run's world is {world_name!r}")
         return None
-    return tuple(paths.SIZES.values()) if sizes is None else tuple(sizes)
+    if sizes is not None:
+        return tuple(sizes)
+    if record is not None:
+        last = [r.get("sizes") for r in (record, *record.get("continued", [])) if r.get("sizes")]
+        return tuple(last[-1]) if last else EARLIER_SIZES
+    return tuple(paths.SIZES.values())
 
 
 def make_data(n: int, seed: int, workers: int = 1, world_name: str = "paths", sizes: tuple[float, ...] | None = None
@@ -458,8 +466,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--unet-t-max", type=int, default=1000,
                     help="UNet stage: draw timesteps from [0, this) only (the near-clean levels; 1000 = all)")
     ap.add_argument("--sizes", default=None,
-                    help="paths world: the object radii / side the clips draw, comma-separated (default: the "
-                         "world's SIZES, " + ",".join(f"{v:g}" for v in paths.SIZES.values()) + ")")
+                    help="paths world: the object radii / side the clips draw, comma-separated (default: a "
+                         "continued model's own, else the world's SIZES, "
+                         + ",".join(f"{v:g}" for v in paths.SIZES.values()) + ")")
     ap.add_argument("--decoder-minutes", type=float, default=10.0,
                     help="final stage: fine-tune the VAE decoder alone (the latent space stays fixed)")
     ap.add_argument("--continue-from", default=None,
@@ -484,6 +493,8 @@ def main(argv: list[str] | None = None) -> None:
             args.sizes = tuple(paths.size_fraction(float(v)) for v in args.sizes.split(","))
         except ValueError as e:
             ap.error(f"--sizes: {e}")
+        if args.world != "paths" and not (args.continue_from or args.decoder_only):
+            ap.error(f"--sizes is for the paths world, not --world {args.world}")
     if args.save_raw and (not args.ema_decay or Path(args.save_raw).resolve() == Path(args.out).resolve()):
         ap.error("--save-raw needs --ema-decay (without it the saved weights are the raw ones) and a folder "
                  "other than --out")
@@ -554,7 +565,7 @@ def _continue(src: Path, out: Path, args: argparse.Namespace) -> None:
     rec = json.loads((src / "training_info.json").read_text())
     info, log = rec["info"], rec["log"]
     # the world a model was trained on is its own (records from before the second world name none: the first)
-    sizes = world_sizes(args.sizes, info.get("world", "shapes"))
+    sizes = world_sizes(args.sizes, info.get("world", "shapes"), info)
     frames, captions, masks = make_data(args.clips, args.seed, args.workers, info.get("world", "shapes"), sizes)
     weights = object_weights(masks, args.object_weight) if args.object_weight > 0 else None
     model = load_model(src, device=args.device, dtype="float32")
@@ -595,8 +606,8 @@ def recorded_commands(info: dict, out: str) -> list[list[str]] | None:
         return None
     cmds = []
     for i, (argv, rec) in enumerate(zip(runs, records)):
-        if info.get("world") == "paths" and "sizes" not in rec and "--sizes" not in argv:
-            argv = [*argv, "--sizes", ",".join(f"{v:g}" for v in EARLIER_SIZES)]  # drawn before sizes were recorded
+        if info.get("world") == "paths" and "--sizes" not in argv:  # the sizes it drew, whatever SIZES is now
+            argv = [*argv, "--sizes", ",".join(f"{v:g}" for v in rec.get("sizes", EARLIER_SIZES))]
         keep, skip = [], False
         for a in argv:  # drop the recorded folders; the command writes (and continues) ``out``
             if skip:
@@ -658,7 +669,7 @@ def _decoder_only(out: Path, args: argparse.Namespace) -> None:
 
     t0 = time.time()
     rec = json.loads((out / "training_info.json").read_text())
-    sizes = world_sizes(args.sizes, rec["info"].get("world", "shapes"))
+    sizes = world_sizes(args.sizes, rec["info"].get("world", "shapes"), rec["info"])
     frames, _, masks = make_data(args.clips, args.seed, args.workers, rec["info"].get("world", "shapes"), sizes)
     weights = object_weights(masks, args.object_weight) if args.object_weight > 0 else None
     model = load_model(out, device=args.device, dtype="float32")

@@ -166,12 +166,18 @@ def test_diagnose_shape_survival_finishes_each_clip_from_t0(tiny_model, monkeypa
             z = encode_video(tiny_model, frames_from_array(clip.frames))
             assert r["drawn"] == {detector.track(to_uint8(decode_latents(tiny_model, z)[0])).shape: 1}
     # per radius: a row per (shape, radius, t0), each over clips drawn at that radius
-    drawn_radii = []
+    specs = []
     render = paths.render
-    monkeypatch.setattr(paths, "render", lambda spec: drawn_radii.append(spec.objects[0].radius) or render(spec))
+    monkeypatch.setattr(paths, "render", lambda spec: specs.append(spec) or render(spec))
     rows = diagnose.shape_survival(tiny_model, per_shape=2, t0s=(0,), seed=3, radii=(0.15, 0.25))
     assert [(r["shape"], r["radius"]) for r in rows] == [(s, f) for s in paths.SHAPES for f in (0.15, 0.25)]
     assert all(sum(r["drawn"].values()) == 2 for r in rows)
     side = min(size["height"], size["width"])
-    assert drawn_radii == pytest.approx([f * side * paths.world.SHAPE_SCALE[s]
-                                         for s in paths.SHAPES for f in (0.15, 0.25) for _ in range(2)])
+    assert [s.objects[0].radius for s in specs] == pytest.approx(
+        [f * side * paths.world.SHAPE_SCALE[s] for s in paths.SHAPES for f in (0.15, 0.25) for _ in range(2)])
+    # clip i of a shape is the same draw at both radii: only the size differs
+    for k in range(0, len(specs), 4):
+        small, big = specs[k:k + 2], specs[k + 2:k + 4]
+        assert [paths.caption(a) for a in small] == [paths.caption(b) for b in big]
+        assert [paths.family_of(a) for a in small] == [paths.family_of(b) for b in big]
+        assert paths.caption(small[0]) != paths.caption(small[1]) or small[0].seed != small[1].seed

@@ -226,22 +226,25 @@ def test_replay_runs_the_recorded_commands_again(tmp_path):
     def options(argv, folder):  # the recorded command without its output folder
         return [a for a in argv if a not in ("--out", folder)]
 
-    assert options(info["argv"], str(again)) == options(first["argv"], str(out))
+    # the replay names the sizes each run drew (whatever the world's SIZES are by then)
+    drawn = ["--sizes", ",".join(f"{v:g}" for v in paths.SIZES.values())]
+    assert options(info["argv"], str(again)) == options(first["argv"], str(out)) + drawn
     assert load_model(again, device="cpu").video_defaults["height"] == 32
     # the card lists the commands as typed, every option kept, the folders renamed to the shipped one
     cmds = evaluate._training_md(first).split("```bash\n")[1].split("\n```")[0].splitlines()
-    assert cmds[0] == "python -m shapes_world.recipe " + " ".join(options(first["argv"], str(out))) + \
+    assert cmds[0] == "python -m shapes_world.recipe " + " ".join(options(first["argv"], str(out)) + drawn) + \
         " --out assets/shapes-t2v"
     assert cmds[1].endswith("--out assets/shapes-t2v --continue-from assets/shapes-t2v")
-    assert first["sizes"] == info["sizes"] == list(paths.SIZES.values())
-    # runs recorded before their sizes: replayed at the sizes of that time, not today's
-    older = json.loads(json.dumps(first))
-    for rec in (older, *older["continued"]):
+    assert first["sizes"] == first["continued"][0]["sizes"] == info["sizes"] == list(paths.SIZES.values())
+    def sizes_of(rec):
+        return [argv[argv.index("--sizes") + 1] for argv in recipe.recorded_commands(rec, "o")]
+
+    other = json.loads(json.dumps(first))
+    other["continued"][0]["sizes"] = [0.2, 0.22, 0.25]
+    assert sizes_of(other) == [drawn[1], "0.2,0.22,0.25"]
+    for rec in (other, *other["continued"]):  # runs recorded before sizes were: the sizes of that time
         rec.pop("sizes")
-    earlier = ",".join(f"{v:g}" for v in recipe.EARLIER_SIZES)
-    assert all(argv[-2:] == ["--sizes", earlier] or argv[argv.index("--sizes") + 1] == earlier
-               for argv in recipe.recorded_commands(older, "o"))
-    assert all("--sizes" not in argv for argv in recipe.recorded_commands(first, "o"))
+    assert sizes_of(other) == [",".join(f"{v:g}" for v in recipe.EARLIER_SIZES)] * 2
     del first["argv"]
     assert "--out assets/shapes-t2v" in evaluate._training_md(first)  # older records: rebuilt from the options
     (out / "training_info.json").write_text(json.dumps({"info": first, "log": []}))
@@ -261,11 +264,20 @@ def test_sizes_option_draws_the_same_clips_at_other_radii(tmp_path):
     for a, b in zip(paths.iter_dataset(6, seed=3, sizes=other), paths.iter_dataset(6, seed=3)):
         k = other.index(float(a.spec.objects[0].size))
         assert a.spec.objects[0].radius / b.spec.objects[0].radius == pytest.approx(other[k] / named[k])
-    for bad in (["--sizes", "0.2,0.9"], ["--sizes", "big"]):
+    for bad in (["--sizes", "0.2,0.9"], ["--sizes", "big"], ["--world", "shapes", "--sizes", "0.2"]):
         with pytest.raises(SystemExit):
             recipe.main(["--out", str(tmp_path / "x"), *bad])
+    assert not (tmp_path / "x").exists()
+    # a continued model keeps the sizes it was trained on unless told otherwise
+    out = tmp_path / "m"
+    tiny = ["--clips", "4", "--threads", "1", "--decoder-minutes", "0", "--unet-minutes", "0.003"]
+    recipe.main(["--out", str(out), "--vae-minutes", "0.003", "--sizes", "0.2,0.22,0.25", *tiny])
+    recipe.main(["--continue-from", str(out), "--out", str(out), *tiny])
+    info = json.loads((out / "training_info.json").read_text())["info"]
+    assert info["sizes"] == info["continued"][0]["sizes"] == [0.2, 0.22, 0.25]
+    assert recipe.world_sizes(None, "paths", {"world": "paths"}) == recipe.EARLIER_SIZES  # recorded none
     with pytest.raises(SystemExit, match="paths world"):
-        recipe.main(["--out", str(tmp_path / "y"), "--world", "shapes", "--sizes", "0.2", "--clips", "2"])
+        recipe.world_sizes((0.2,), "shapes", {"world": "shapes"})
 
 
 def test_object_weights_weigh_the_object_and_its_rim_only():
