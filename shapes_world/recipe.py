@@ -60,10 +60,10 @@ FPS = 8.0
 # default) is one object on a continuous family of smooth paths at 8 x 32 x 32; "shapes" is the first world of
 # 22 named motions at 12 x 64 x 64 (the model shipped until the second design).
 WORLDS: dict[str, tuple] = {"paths": (paths, 8, 32), "shapes": (world, 12, 64)}
-# The options of a UNet run that ``train_unet`` returns and every run's record keeps (the card repeats them).
 # The paths world's object sizes (radius / side) of the runs recorded before runs named theirs (``--sizes``): a
 # replay draws those runs' data at these sizes, not at today's ``paths.SIZES``.
 EARLIER_SIZES: tuple[float, ...] = (0.14, 0.17, 0.21)
+# The options of a UNet run that ``train_unet`` returns and every run's record keeps (the card repeats them).
 RUN_OPTIONS = ("lr", "noise_offset", "image_every", "image_batch", "unet_lr", "ema_decay", "unet_batch", "p2_gamma",
                "unet_object_weight", "unet_t_max")
 
