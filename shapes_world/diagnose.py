@@ -281,9 +281,9 @@ def shape_survival(model: T2VModel, per_shape: int = 10, t0s: tuple[int, ...] = 
     cfg = SampleConfig.for_model(model, {"beta": 0.0, "seed": 0})
     steps = sampling_timesteps(model.scheduler, cfg.num_inference_steps)
     size = _size(model)
-    rng = np.random.default_rng(seed)
     groups: dict[tuple[str, float | None], list] = {}
     if radii is None:
+        rng = np.random.default_rng(seed)
         clips: dict[str, list] = {s: [] for s in paths.SHAPES}
         while any(len(v) < per_shape for v in clips.values()):
             spec = paths.sample_spec(rng, **size)

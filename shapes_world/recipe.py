@@ -493,8 +493,6 @@ def main(argv: list[str] | None = None) -> None:
             args.sizes = tuple(paths.size_fraction(float(v)) for v in args.sizes.split(","))
         except ValueError as e:
             ap.error(f"--sizes: {e}")
-        if args.world != "paths" and not (args.continue_from or args.decoder_only):
-            ap.error(f"--sizes is for the paths world, not --world {args.world}")
     if args.save_raw and (not args.ema_decay or Path(args.save_raw).resolve() == Path(args.out).resolve()):
         ap.error("--save-raw needs --ema-decay (without it the saved weights are the raw ones) and a folder "
                  "other than --out")
