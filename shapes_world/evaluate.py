@@ -511,7 +511,7 @@ def write_card(folder: Path, quality_md: str) -> None:
     info = json.loads((folder / "training_info.json").read_text())["info"]
     side = json.loads((folder / "motion_matcher.json").read_text())
     p = info["params"]
-    layers = info.get("unet_layers", 1)  # runs before the size was an option: the shipped size
+    layers = json.loads((folder / "unet" / "config.json").read_text())["layers_per_block"]  # grown ones too
     unet_size = (f"{', '.join(map(str, info.get('unet_channels', [32, 64, 64])))} channels, {layers} layer"
                  f"{'s' if layers > 1 else ''} per block")
     card = f"""---

@@ -367,3 +367,49 @@ def test_unet_t_max_draws_only_the_near_clean_levels(monkeypatch):
     assert t.max() < 50 and len(set(t.tolist())) > 5  # drawn from [0, 50), not one fixed level
     with pytest.raises(SystemExit):
         recipe.main(["--out", "unused", "--unet-t-max", "0"])
+
+
+@pytest.mark.parametrize("channels", [(32, 64, 64), (16, 32, 48)])
+def test_grow_unet_draws_the_same_and_its_new_layers_learn(channels):
+    """One more layer a block, twice over: the grown UNet's output equals the original's, and the new layers get
+    gradients (they are identities that can learn, not dead weights)."""
+    torch.manual_seed(0)
+    unet = recipe.build_model(0, channels).unet.eval()  # eval: no dropout
+    with torch.no_grad():  # every weight non-zero, so a mis-wired layer cannot hide behind a zero init
+        for p in unet.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    x, t, text = torch.randn(2, 4, 8, 8, 8), torch.tensor([900, 30]), torch.randn(2, 7, 64)
+    with torch.no_grad():
+        want = unet(x, t, encoder_hidden_states=text).sample
+    grown = unet
+    for layers in (2, 3):
+        grown = recipe.grow_unet(grown).eval()
+        assert grown.config.layers_per_block == layers and len(grown.up_blocks[1].resnets) == layers + 1
+        with torch.no_grad():
+            got = grown(x, t, encoder_hidden_states=text).sample
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    assert sum(p.numel() for p in grown.parameters()) > 1.8 * sum(p.numel() for p in unet.parameters())
+    grown.requires_grad_(True)
+    grown(x, t, encoder_hidden_states=text).sample.square().mean().backward()
+    for name in ("down_blocks.0.resnets.2.conv2.weight", "up_blocks.2.resnets.1.conv2.weight",
+                 "up_blocks.1.attentions.1.proj_out.weight", "down_blocks.1.temp_attentions.2.proj_out.weight"):
+        assert grown.get_parameter(name).grad.abs().sum() > 0, name
+
+
+def test_recipe_grow_continues_a_model_one_layer_deeper(tmp_path):
+    out, grown = tmp_path / "m", tmp_path / "g"
+    tiny = ["--clips", "4", "--threads", "1", "--decoder-minutes", "0"]
+    with pytest.raises(SystemExit):
+        recipe.main(["--out", str(out), "--grow", *tiny])  # nothing to grow
+    recipe.main(["--out", str(out), "--vae-minutes", "0.005", "--unet-minutes", "0.005", *tiny])
+    recipe.main(["--continue-from", str(out), "--out", str(grown), "--grow", "--unet-minutes", "0.005", *tiny])
+    info = json.loads((grown / "training_info.json").read_text())["info"]
+    model = load_model(grown, device="cpu")
+    assert model.unet.config.layers_per_block == 2 == info["continued"][-1]["unet_layers"] != info["unet_layers"]
+    assert info["continued"][-1]["grow"]
+    assert info["params"]["unet"] == sum(p.numel() for p in model.unet.parameters())
+    cmds = recipe.recorded_commands(info, "x")
+    assert "--grow" in cmds[1] and "--grow" not in cmds[0]
+    evaluate.write_card(grown, "## Quality\n(not measured in this test)\n")
+    md = (grown / "README.md").read_text()
+    assert "2 layers per block" in md and "--unet-layers" not in md  # grown, not built deeper
