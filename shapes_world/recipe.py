@@ -26,8 +26,7 @@ clips, which teaches the caption-to-look mapping several times faster per CPU se
 late (``diagnose --formation``); ``--unet-object-weight 9`` gives the few latent pixels that show the object (whose
 shape a prompt names) ten times the background's share of the noise loss. ``--ema-decay 0.999`` saves a moving
 average of the weights instead of the last ones (``--save-raw DIR`` keeps the last ones too, to compare).
-``--grow`` (with ``--continue-from``) adds a UNet layer to every block that starts as the identity
-(``grow_unet``), so a deeper model trains on from the trained one instead of from scratch.
+``--grow`` (with ``--continue-from``) trains on from the trained UNet one layer a block deeper (``grow.py``).
 
 Captions are the world's plain captions (objects, colours, background; no motion words), so for a prompt that
 names no motion the base model draws from the world's whole motion distribution: varied motion, which is what
@@ -56,6 +55,7 @@ from motion_core.ddim import add_noise
 from motion_core.models import T2VModel, UNet3DWithPeft, build_word_tokenizer, resolve_device, save_model
 
 from . import paths, world
+from .grow import grow_unet
 
 FPS = 8.0
 # The two worlds a model can be trained on: module, frames, side in pixels. "paths" (the second design, the
@@ -117,61 +117,6 @@ def build_model(seed: int = 0, unet_channels: tuple[int, ...] = (32, 64, 64), un
              "recolour_names": paths.colour_names()} if world_name == "paths" else {}
     return T2VModel(unet, vae, text_encoder, tokenizer, scheduler, "shapes-t2v", ("down_blocks.1",), video,
                     torch.float32, sample, train_defaults=train)
-
-
-def grow_unet(unet: UNet3DWithPeft) -> UNet3DWithPeft:
-    """The same UNet with one more layer in every block, each new layer starting as the identity.
-
-    The grown UNet computes exactly what ``unet`` does (a test checks it), so training goes on from the trained
-    model with more capacity instead of from scratch. A new down layer's resnet has its last convolution zeroed (it
-    adds nothing to its input), its temporal convolution its last one (diffusers' own init), its two transformers
-    their output projection. A down block gets its new layer last; an up block gets it second, after the layer that
-    reads the down block's last skip (which the new down layer passes on unchanged), and its 1 x 1 shortcut passes
-    the hidden state through and drops its own skip, so every old up layer still reads the skip it was trained on.
-    """
-    cfg = dict(unet.config)
-    n = cfg["layers_per_block"]
-    if not isinstance(n, int):
-        raise ValueError(f"grow_unet needs one layers_per_block for all blocks, got {n!r}")
-    cfg["layers_per_block"] = n + 1
-    grown = UNet3DWithPeft.from_config(cfg)
-    if unet.dtype != grown.dtype:
-        grown = grown.to(unet.dtype)
-    old = unet.state_dict()
-    parts = ("resnets", "temp_convs", "attentions", "temp_attentions")
-    state = {}
-    for key in grown.state_dict():
-        k = key.split(".")
-        if k[0] in ("down_blocks", "up_blocks") and k[2] in parts:
-            i, up = int(k[3]), k[0] == "up_blocks"
-            if i == (1 if up else n):
-                continue  # a new layer: initialised below
-            state[key] = old[".".join(k[:3] + [str(i - 1 if up and i > 1 else i)] + k[4:])]
-        else:
-            state[key] = old[key]
-    loaded = grown.load_state_dict(state, strict=False)
-    new_layers = tuple(f"{blocks}.{j}.{part}.{i}." for blocks, i in (("down_blocks", n), ("up_blocks", 1))
-                       for j in range(len(getattr(grown, blocks))) for part in parts)
-    if loaded.unexpected_keys or not all(k.startswith(new_layers) for k in loaded.missing_keys):
-        raise RuntimeError(f"grow_unet: weights that do not map ({loaded}); diffusers' UNet3D layout changed?")
-    with torch.no_grad():
-        for kind, blocks, new in (("down", grown.down_blocks, n), ("up", grown.up_blocks, 1)):
-            for b in blocks:
-                res = b.resnets[new]
-                res.conv2.weight.zero_()
-                res.conv2.bias.zero_()
-                if kind == "up":  # in = hidden + skip channels; pass the hidden ones through
-                    out = res.out_channels
-                    res.conv_shortcut.weight.zero_()
-                    res.conv_shortcut.weight[:, :out, 0, 0] = torch.eye(out)
-                    res.conv_shortcut.bias.zero_()
-                b.temp_convs[new].conv4[-1].weight.zero_()
-                b.temp_convs[new].conv4[-1].bias.zero_()
-                for attn in (getattr(b, "attentions", None), getattr(b, "temp_attentions", None)):
-                    if attn is not None:
-                        attn[new].proj_out.weight.zero_()
-                        attn[new].proj_out.bias.zero_()
-    return grown
 
 
 def _render(first: int, n: int, seed: int, world_name: str = "paths", sizes: tuple[float, ...] | None = None
@@ -533,7 +478,7 @@ def main(argv: list[str] | None = None) -> None:
                          "--unet-minutes more, then the decoder stage; steps and logs accumulate")
     ap.add_argument("--grow", action="store_true",
                     help="with --continue-from: add a UNet layer to every block first, each new one starting as the "
-                         "identity (the model draws the same until it trains); see grow_unet")
+                         "identity (the model draws the same until it trains); shapes_world/grow.py")
     ap.add_argument("--decoder-only", action="store_true",
                     help="run only the decoder stage on the model already in --out (same data and seed)")
     ap.add_argument("--replay", default=None,

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from motion_core.models import load_model
-from shapes_world import evaluate, paths, recipe
+from shapes_world import evaluate, grow, paths, recipe
 
 
 def _state(module):
@@ -383,7 +383,7 @@ def test_grow_unet_draws_the_same_and_its_new_layers_learn(channels):
         want = unet(x, t, encoder_hidden_states=text).sample
     grown = unet
     for layers in (2, 3):
-        grown = recipe.grow_unet(grown).eval()
+        grown = grow.grow_unet(grown).eval()
         assert grown.config.layers_per_block == layers and len(grown.up_blocks[1].resnets) == layers + 1
         with torch.no_grad():
             got = grown(x, t, encoder_hidden_states=text).sample
