@@ -574,10 +574,9 @@ def _continue(src: Path, out: Path, args: argparse.Namespace) -> None:
     frames, captions, masks = make_data(args.clips, args.seed, args.workers, info.get("world", "shapes"), sizes)
     weights = object_weights(masks, args.object_weight) if args.object_weight > 0 else None
     model = load_model(src, device=args.device, dtype="float32")
-    if args.grow:
+    if args.grow:  # params are the saved model's; unet_layers stays the first run's, the continuation records its own
         model.unet = grow_unet(model.unet).to(args.device)
-        info["params"]["unet"] = sum(p.numel() for p in model.unet.parameters())  # the saved model's; the first
-        # run's unet_layers stays its own (the card's first command), the continuation records the new count
+        info["params"]["unet"] = sum(p.numel() for p in model.unet.parameters())
     latents = encode_all(model.vae, frames) * model.vae.config.scaling_factor
     done = int(info.get("unet_steps", 0))
     raw_params: list = []
