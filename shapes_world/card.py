@@ -282,6 +282,7 @@ def write_card(folder: Path, res: dict, prompt: str) -> None:
     side = json.loads((folder / "motion_matcher.json").read_text())
     p = info["params"]
     vd = side["video"]
+    vae_factor = 2 ** (len(json.loads((folder / "vae" / "config.json").read_text())["block_out_channels"]) - 1)
     runs = 1 + len(info.get("continued", []))
     n = res.get("ladder_samples") or {"prompts": 3, "seeds": 2}  # (results written before the card counted them)
     card = f"""---
@@ -328,7 +329,7 @@ training families and {len(paths.HELD_OUT)} from families the training data neve
 |---|---|
 | UNet3DConditionModel ({', '.join(map(str, info.get('unet_channels', [32, 64, 64])))} channels) | \
 {p['unet'] / 1e6:.2f} M |
-| AutoencoderKL (4 latent channels, factor 4) | {p['vae'] / 1e6:.2f} M |
+| AutoencoderKL (4 latent channels, factor {vae_factor}) | {p['vae'] / 1e6:.2f} M |
 | CLIPTextModel (64 hidden, 2 layers) + word-level tokenizer | {p['text_encoder'] / 1e6:.2f} M |
 
 `motion_matcher.json` holds what this model needs that Zeroscope does not: the block the motion features are read

@@ -37,7 +37,7 @@ guidance, the clip's caption) finish it from the last sampling step at or below 
 shape. t0 = 0 is the VAE round trip. A shape lost from small t0 is lost in the near-clean steps, below any LoRA's
 cut-off; one lost only from large t0 is lost where the layout forms. ``--radii 0.14 0.17 0.21`` does the same per
 object size (radius / side, any size up to ``paths.MAX_SIZE``, drawn or not): how big a shape must be to survive
-(``--t0s 0 200 400`` picks the noise levels).
+(``--t0s 0 200 400`` picks the noise levels; ``--guidance 1`` finishes without guidance).
 
 ``--ceiling`` scores the prompt-following check's own 40 prompts on clips that need no UNet: the world's renders of
 those captions, and the same renders after a VAE round trip. What the round trip loses no UNet can draw back, so
@@ -271,14 +271,17 @@ def holds(model: T2VModel, ladder_dir: Path, seeds: int = 2) -> list[dict]:
 
 @torch.no_grad()
 def shape_survival(model: T2VModel, per_shape: int = 10, t0s: tuple[int, ...] = (0, 200, 400, 600, 800),
-                   seed: int = 77, radii: tuple[float, ...] | None = None) -> list[dict]:
+                   seed: int = 77, radii: tuple[float, ...] | None = None, guidance: float | None = None
+                   ) -> list[dict]:
     """Per (shape, t0): how often a rendered clip of that shape, noised to t0 and finished by the model's sampler
     under its own caption, still shows that shape (``drawn``: the counts of what the detector read).
 
     ``radii``: per (shape, radius, t0) instead, ``per_shape`` clips of each radius / side (``paths.size_fraction``;
     sizes the world does not draw are allowed), the row's ``radius`` saying which. Clip ``i`` of a shape is the
-    same draw (path, colour, background) at every radius, so the rows differ in size alone."""
-    cfg = SampleConfig.for_model(model, {"beta": 0.0, "seed": 0})
+    same draw (path, colour, background) at every radius, so the rows differ in size alone. ``guidance``: the
+    sampler's scale instead of the model's (1 = the caption's prediction alone, no extrapolation from the empty one).
+    """
+    cfg = SampleConfig.for_model(model, {"beta": 0.0, "seed": 0, "guidance_scale": guidance})
     steps = sampling_timesteps(model.scheduler, cfg.num_inference_steps)
     size = _size(model)
     groups: dict[tuple[str, float | None], list] = {}
@@ -339,11 +342,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--t0s", type=int, nargs="+", default=None,
                     help="with --shape-survival: the noise levels to start from (0 = the VAE round trip; default "
                          "0 200 400 600 800)")
+    ap.add_argument("--guidance", type=float, default=None,
+                    help="with --shape-survival: the guidance scale to finish with (default: the model's)")
     ap.add_argument("--holds", default=None, metavar="LADDER",
                     help="only sample a ladder's motion LoRAs under their own and one-change prompts")
     args = ap.parse_args(argv)
-    if (args.radii or args.t0s) and not args.shape_survival:
-        ap.error("--radii and --t0s go with --shape-survival")
+    if (args.radii or args.t0s or args.guidance is not None) and not args.shape_survival:
+        ap.error("--radii, --t0s and --guidance go with --shape-survival")
     try:
         radii = tuple(paths.size_fraction(r) for r in args.radii) if args.radii else None
     except ValueError as e:
@@ -365,7 +370,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"| {label} | {len({r['ref'] for r in rows})} | {np.mean(d[True]):.3f} | {np.mean(d[False]):.3f} |")
         return
     if args.shape_survival:
-        rows = shape_survival(model, t0s=t0s, radii=radii)
+        rows = shape_survival(model, t0s=t0s, radii=radii, guidance=args.guidance)
         t0s = sorted({r["t0"] for r in rows})
         sized = radii is not None
         print(("| shape | radius / side | " if sized else "| shape | ") + " | ".join(f"from t0 = {t}" for t in t0s)

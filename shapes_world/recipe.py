@@ -14,9 +14,9 @@ Everything is seeded. The model uses exactly Zeroscope's classes and folder layo
 ``CLIPTextModel`` + ``CLIPTokenizer`` built from the world's small vocabulary, ``UNet3DConditionModel`` and
 ``DDIMScheduler`` with Zeroscope's schedule), so the project's one loader reads it like any hub model. The
 sidecar ``motion_matcher.json`` names the block the motion feature extractor reads (``down_blocks.1``: 4 x 4
-maps at 32 x 32 pixels in the paths world, 8 x 8 at the first world's 64 x 64), the video size and the model's
-sampling and training defaults. Training stops on a wall-clock budget per stage, so the recipe fits
-a 2-core CPU; ``training_info.json`` records the data, sizes, steps, losses, hardware and wall time.
+maps at 32 x 32 pixels in the paths world, 8 x 8 at the first world's 64 x 64 and at ``--vae-factor 2``), the
+video size and the model's sampling and training defaults. Training stops on a wall-clock budget per stage, so
+the recipe fits a 2-core CPU; ``training_info.json`` records the data, sizes, steps, losses, hardware and wall time.
 
 Training options that target what the diagnosis found (``python -m shapes_world.diagnose``):
 ``--noise-offset 0.1`` hides the clip mean that Zeroscope's z_999 still shows (so the background colour comes from
@@ -27,6 +27,8 @@ late (``diagnose --formation``); ``--unet-object-weight 9`` gives the few latent
 shape a prompt names) ten times the background's share of the noise loss. ``--ema-decay 0.999`` saves a moving
 average of the weights instead of the last ones (``--save-raw DIR`` keeps the last ones too, to compare).
 ``--grow`` (with ``--continue-from``) trains on from the trained UNet one layer a block deeper (``grow.py``).
+``--vae-factor 2`` starts a model on a latent grid twice as fine (16 x 16 at 32 x 32 pixels), so that a small
+square's corners are not finer than one latent pixel; the VAE stages are in ``vae_stages.py``.
 
 Captions are the world's plain captions (objects, colours, background; no motion words), so for a prompt that
 names no motion the base model draws from the world's whole motion distribution: varied motion, which is what
@@ -47,7 +49,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler
 from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -56,6 +57,7 @@ from motion_core.models import T2VModel, UNet3DWithPeft, build_word_tokenizer, r
 
 from . import paths, world
 from .grow import grow_unet
+from .vae_stages import encode_all, finetune_decoder, latent_object_weights, object_weights, train_vae
 
 FPS = 8.0
 # The two worlds a model can be trained on: module, frames, side in pixels. "paths" (the second design, the
@@ -71,17 +73,20 @@ RUN_OPTIONS = ("lr", "noise_offset", "image_every", "image_batch", "unet_lr", "e
 
 
 def build_model(seed: int = 0, unet_channels: tuple[int, ...] = (32, 64, 64), unet_layers: int = 1,
-                world_name: str = "paths") -> T2VModel:
+                world_name: str = "paths", vae_factor: int = 4) -> T2VModel:
     """Untrained model of a world (``WORLDS``); the defaults are the shipped size (UNet ~2.4 M parameters).
 
     A wider or deeper UNet (``--unet-channels 64,128,128 --unet-layers 2``) is for a GPU: it keeps three blocks, so
-    ``down_blocks.1`` still gives the motion extractor 8 x 8 maps at 64 x 64 pixels.
+    ``down_blocks.1`` still gives the motion extractor 8 x 8 maps at 64 x 64 pixels. ``vae_factor`` 2 (one VAE
+    block fewer) doubles the latent grid, so a square's corners span latent pixels instead of living inside one;
+    its UNet has no spatial attention at that finest level, which would cost 1.9 x a LoRA step (docs/results.md).
     """
-    if len(unet_channels) != 3 or any(c % 16 for c in unet_channels) or unet_layers < 1:
-        raise ValueError(f"unet_channels must be three multiples of 16 (group norm of 16 groups) and unet_layers "
-                         f">= 1; got {unet_channels}, {unet_layers}")
+    if len(unet_channels) != 3 or any(c % 16 for c in unet_channels) or unet_layers < 1 or vae_factor not in (2, 4):
+        raise ValueError(f"unet_channels must be three multiples of 16 (group norm of 16 groups), unet_layers >= 1 "
+                         f"and vae_factor 2 or 4; got {unet_channels}, {unet_layers}, {vae_factor}")
     torch.manual_seed(seed)
     module, frames, side = WORLDS[world_name]
+    n_vae = 3 if vae_factor == 4 else 2  # each VAE block after the first halves the side
     tokenizer = build_word_tokenizer(list(module.VOCABULARY))
     text_encoder = CLIPTextModel(CLIPTextConfig(
         vocab_size=len(tokenizer.get_vocab()), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -89,13 +94,14 @@ def build_model(seed: int = 0, unet_channels: tuple[int, ...] = (32, 64, 64), un
     ))
     vae = AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=16,
-        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
-        block_out_channels=(32, 64, 64), sample_size=side,
+        down_block_types=("DownEncoderBlock2D",) * n_vae, up_block_types=("UpDecoderBlock2D",) * n_vae,
+        block_out_channels=(32, 64, 64)[:n_vae], sample_size=side,
     )
+    top = "CrossAttn" if vae_factor == 4 else ""  # the finest level's blocks: with spatial attention or not
     unet = UNet3DWithPeft(
         in_channels=4, out_channels=4, layers_per_block=unet_layers, norm_num_groups=16, cross_attention_dim=64,
-        down_block_types=("CrossAttnDownBlock3D", "CrossAttnDownBlock3D", "DownBlock3D"),
-        up_block_types=("UpBlock3D", "CrossAttnUpBlock3D", "CrossAttnUpBlock3D"),
+        down_block_types=(f"{top}DownBlock3D", "CrossAttnDownBlock3D", "DownBlock3D"),
+        up_block_types=("UpBlock3D", "CrossAttnUpBlock3D", f"{top}UpBlock3D"),
         block_out_channels=tuple(unet_channels), attention_head_dim=4,  # diffusers' quirk: 4 heads
     )
     scheduler = DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
@@ -158,132 +164,6 @@ def make_data(n: int, seed: int, workers: int = 1, world_name: str = "paths", si
                               [sizes] * workers))
     return (np.concatenate([f for f, _, _ in parts]), [c for _, caps, _ in parts for c in caps],
             np.concatenate([m for _, _, m in parts]))
-
-
-def _to_tensor(frames_u8: np.ndarray) -> torch.Tensor:
-    """(..., H, W, 3) uint8 -> (..., 3, H, W) in [-1, 1]."""
-    x = torch.from_numpy(frames_u8).float() / 127.5 - 1
-    return x.movedim(-1, -3)
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """PSNR in dB of images in [-1, 1] (peak-to-peak 2)."""
-    mse = F.mse_loss(a.clamp(-1, 1), b.clamp(-1, 1)).item()
-    return 10 * math.log10(4.0 / max(mse, 1e-12))
-
-
-def train_vae(vae: AutoencoderKL, frames: np.ndarray, minutes: float, seed: int, log: list,
-              weights: np.ndarray | None = None) -> dict:
-    """Reconstruction (L1 + MSE) with a tiny KL weight; a small latent scale keeps detail (PSNR target 30 dB).
-    ``weights`` (N, F, H, W): per-pixel loss weights (``object_weights``), else uniform."""
-    g = torch.Generator().manual_seed(seed)  # on the CPU: the same batches and noise on any device
-    dev = vae.device
-    flat = frames.reshape(-1, *frames.shape[-3:])
-    flat_w = None if weights is None else weights.reshape(-1, 1, *weights.shape[-2:])
-    opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
-    vae.train().requires_grad_(True)
-    t0, step = time.time(), 0
-    while time.time() - t0 < minutes * 60:
-        idx = torch.randint(0, len(flat), (16,), generator=g).numpy()
-        x = _to_tensor(flat[idx]).to(dev)
-        post = vae.encode(x).latent_dist
-        z = post.mean + post.std * torch.randn(post.mean.shape, generator=g).to(dev)
-        rec = vae.decode(z).sample
-        kl = post.kl().mean() / (z[0].numel())
-        err = (rec - x).abs() + (rec - x) ** 2
-        w = None if flat_w is None else torch.from_numpy(flat_w[idx]).to(dev)
-        loss = (err.mean() if w is None else (w * err).mean() / w.mean()) + 1e-6 * kl
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
-        step += 1
-        if step % 200 == 0:
-            for group in opt.param_groups:  # a gentle decay for the last stretch of fine detail
-                group["lr"] = max(group["lr"] * 0.85, 1e-4)
-        if step % 50 == 0:
-            log.append({"stage": "vae", "step": step, "loss": float(loss.detach()), "psnr": psnr(rec.detach(), x),
-                        "sec": round(time.time() - t0, 1)})
-            print(json.dumps(log[-1]), flush=True)
-    vae.eval().requires_grad_(False)
-    return {"vae_steps": step, "vae_seconds": round(time.time() - t0, 1)}
-
-
-def object_weights(masks: np.ndarray, weight: float) -> np.ndarray:
-    """Per-pixel loss weights ``1 + weight * m`` with ``m`` the objects' masks grown by one pixel (their edges).
-
-    An object covers a few percent of a 32 x 32 frame, so a plain reconstruction loss is almost all background;
-    the objects' colour and outline are what the judge and a user look at.
-    """
-    m = torch.from_numpy(masks.reshape(-1, 1, *masks.shape[-2:])).float()
-    m = F.max_pool2d(m, 3, stride=1, padding=1)
-    return (1.0 + weight * m).numpy().reshape(*masks.shape).astype(np.float32)
-
-
-def latent_object_weights(masks: np.ndarray, factor: int, weight: float) -> torch.Tensor:
-    """Per-latent-pixel weights of the UNet's noise loss: ``1 + weight * m``, each frame scaled to mean 1.
-
-    ``m`` marks the latent pixels that see any object pixel (``masks`` (N, F, H, W) max-pooled by the VAE's
-    ``factor``), grown by one latent pixel (the outline). An object covers 2-4 of a frame's 64 latent pixels, so the
-    plain noise loss is almost all background, while the object's shape is what a prompt asks for; the mean of 1
-    keeps the loss, and with it the learning rate, on the plain loss's scale.
-    """
-    m = torch.from_numpy(np.ascontiguousarray(masks)).float()
-    n, f, h, w = m.shape
-    m = F.max_pool2d(m.reshape(n * f, 1, h, w), factor, stride=factor).reshape(n, f, h // factor, w // factor)
-    wts = torch.from_numpy(object_weights(m.numpy(), weight))  # the pixel stage's rim and weight, on the latent grid
-    return wts / wts.mean(dim=(2, 3), keepdim=True)
-
-
-def finetune_decoder(vae: AutoencoderKL, frames: np.ndarray, minutes: float, seed: int, log: list,
-                     weights: np.ndarray | None = None) -> dict:
-    """Train only the decoder on the frozen encoder's mean latents: sharper frames, same latent space.
-
-    The UNet was trained on this encoder's latents, so the encoder must not move; the decoder can keep learning.
-    ``weights`` (N, F, H, W): per-pixel loss weights (``object_weights``), else uniform.
-    """
-    g = torch.Generator().manual_seed(seed + 2)
-    dev = vae.device
-    flat = frames.reshape(-1, *frames.shape[-3:])
-    flat_w = None if weights is None else weights.reshape(-1, 1, *weights.shape[-2:])
-    dec = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
-    opt = torch.optim.AdamW(dec, lr=3e-4, weight_decay=0.0)
-    vae.eval().requires_grad_(False)
-    for p in dec:
-        p.requires_grad_(True)
-    t0, step = time.time(), 0
-    while time.time() - t0 < minutes * 60:
-        idx = torch.randint(0, len(flat), (16,), generator=g).numpy()
-        x = _to_tensor(flat[idx]).to(dev)
-        with torch.no_grad():
-            z = vae.encode(x).latent_dist.mean
-        rec = vae.decode(z).sample
-        err = (rec - x).abs() + (rec - x) ** 2
-        if flat_w is None:
-            loss = err.mean()
-        else:
-            w = torch.from_numpy(flat_w[idx]).to(dev)
-            loss = (w * err).mean() / w.mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        step += 1
-        if step % 50 == 0:
-            log.append({"stage": "decoder", "step": step, "loss": float(loss.detach()),
-                        "psnr": psnr(rec.detach(), x), "sec": round(time.time() - t0, 1)})
-            print(json.dumps(log[-1]), flush=True)
-    vae.requires_grad_(False)
-    return {"decoder_steps": step, "decoder_seconds": round(time.time() - t0, 1)}
-
-
-@torch.no_grad()
-def encode_all(vae: AutoencoderKL, frames: np.ndarray) -> torch.Tensor:
-    """Mean latents (N, 4, F, h, w), unscaled, on the VAE's device."""
-    out = []
-    for clip in frames:
-        z = vae.encode(_to_tensor(clip).to(vae.device)).latent_dist.mean  # (F, 4, h, w)
-        out.append(z.permute(1, 0, 2, 3))
-    return torch.stack(out)
 
 
 def train_unet(model: T2VModel, latents: torch.Tensor, captions: list[str], minutes: float, seed: int,
@@ -457,6 +337,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--unet-channels", default="32,64,64",
                     help="UNet block widths of a fresh run (three multiples of 16; the shipped model: 32,64,64)")
     ap.add_argument("--unet-layers", type=int, default=1, help="UNet layers per block of a fresh run")
+    ap.add_argument("--vae-factor", type=int, choices=(2, 4), default=4,
+                    help="a fresh run's VAE downsampling: 4 (the shipped model, 8 x 8 latents) or 2 (16 x 16)")
     ap.add_argument("--resume-vae", default=None, help="reuse the VAE of an earlier run's folder")
     ap.add_argument("--object-weight", type=float, default=0.0,
                     help="VAE and decoder stages: weigh the objects' pixels (and a 1-pixel rim) 1 + this in the "
@@ -501,8 +383,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.save_raw and (not args.ema_decay or Path(args.save_raw).resolve() == Path(args.out).resolve()):
         ap.error("--save-raw needs --ema-decay (without it the saved weights are the raw ones) and a folder "
                  "other than --out")
-    if (args.continue_from or args.decoder_only) and (args.unet_channels != "32,64,64" or args.unet_layers != 1):
-        ap.error("--unet-channels and --unet-layers size a fresh model; a continued model keeps its size")
+    if (args.continue_from or args.decoder_only) and (args.unet_channels != "32,64,64" or args.unet_layers != 1
+                                                      or args.vae_factor != 4):
+        ap.error("--unet-channels, --unet-layers and --vae-factor size a fresh model; a continued one keeps its own")
     if args.grow and not args.continue_from:
         ap.error("--grow adds layers to a trained model: give it --continue-from (a fresh one takes --unet-layers)")
     if args.threads:
@@ -522,17 +405,16 @@ def main(argv: list[str] | None = None) -> None:
     frames, captions, masks = make_data(args.clips, args.seed, args.workers, args.world, sizes)  # before CUDA: fork
     weights = object_weights(masks, args.object_weight) if args.object_weight > 0 else None
     channels = tuple(int(c) for c in args.unet_channels.split(","))
-    model = build_model(args.seed, channels, args.unet_layers, args.world)
+    model = build_model(args.seed, channels, args.unet_layers, args.world, args.vae_factor)
     for m in (model.unet, model.vae, model.text_encoder):
         m.to(args.device)
     print(f"data: {frames.shape} uint8, {len(set(captions))} distinct captions", flush=True)
     _, n_frames, side = WORLDS[args.world]
     info: dict = {"world": args.world, "seed": args.seed, "clips": args.clips, "frames": n_frames, "height": side,
-                  "width": side,
-                  "fps": FPS, "torch_threads": torch.get_num_threads(), "device": _device_name(args.device),
-                  "unet_channels": list(channels), "unet_layers": args.unet_layers,
-                  "cpu": platform.processor() or platform.machine(),
-                  "cores": os.cpu_count(), "argv": args.argv}
+                  "width": side, "fps": FPS, "torch_threads": torch.get_num_threads(),
+                  "device": _device_name(args.device), "unet_channels": list(channels),
+                  "unet_layers": args.unet_layers, "vae_factor": args.vae_factor,
+                  "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "argv": args.argv}
     if sizes is not None:
         info["sizes"] = list(sizes)
     if args.resume_vae:

@@ -153,6 +153,11 @@ def test_diagnose_shape_survival_finishes_each_clip_from_t0(tiny_model, monkeypa
     steps = sampling_timesteps(tiny_model.scheduler, SampleConfig.for_model(tiny_model).num_inference_steps)
     per_clip = [t for t, _ in steps if t <= 500]
     assert per_clip and calls == per_clip * len(paths.SHAPES)
+    rows_per_call = []  # guidance 1: the caption's prediction alone, one UNet row a step (guidance 3: two)
+    monkeypatch.setattr(tiny_model.unet, "forward",
+                        lambda x, t, **kw: rows_per_call.append(x.shape[0]) or forward(x, t, **kw))
+    diagnose.shape_survival(tiny_model, per_shape=1, t0s=(500,), seed=3, guidance=1.0)
+    assert rows_per_call == [1] * len(per_clip) * len(paths.SHAPES)
     # t0 = 0: what the detector reads on the VAE's round trip of the same clips (drawn again here)
     rng = np.random.default_rng(3)
     size = diagnose._size(tiny_model)

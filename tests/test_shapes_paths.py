@@ -395,7 +395,8 @@ def test_card_measures_a_model_and_writes_a_users_page(tmp_path, monkeypatch, ca
     for section in ("## What it draws", "## Quality", "## Model", "## Rebuild", "](transfer.png)",
                     "recipe --replay assets/shapes-t2v/training_info.json", "| check | target | measured | met |",
                     "L3: MotionMatcher LoRA / base distance, beta 0 (training families)", "default flow",
-                    "1 new prompt and 1 seed each", "How often the prompted shape comes out, on the card's prompts: "):
+                    "1 new prompt and 1 seed each", "How often the prompted shape comes out, on the card's prompts: ",
+                    "AutoencoderKL (4 latent channels, factor 4)"):
         assert section in text, section
     assert (model_dir / "transfer.png").is_file()
     rows = card.checks(res)

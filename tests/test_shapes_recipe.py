@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from motion_core.models import load_model
+from motion_core.config import SampleConfig
+from motion_core.models import encode_video, load_model
+from motion_core.sample import sample
 from shapes_world import evaluate, grow, paths, recipe
 
 
@@ -210,6 +212,31 @@ def test_model_size_options_and_parallel_rendering():
     f1, c1, m1 = recipe.make_data(6, seed=3)
     f2, c2, m2 = recipe.make_data(6, seed=3, workers=3)
     assert np.array_equal(f1, f2) and c1 == c2 and np.array_equal(m1, m2) and m1.shape == f1.shape[:-1] and m1.any()
+
+
+def test_vae_factor_two_doubles_the_latent_grid_and_keeps_the_capture_block(tmp_path):
+    """``--vae-factor 2``: a 32 x 32 clip gives 16 x 16 latents, the finest UNet level has no spatial attention, the
+    motion extractor's block (down_blocks.1) keeps its attention at 8 x 8, and samples come back at 32 x 32."""
+    out = tmp_path / "f2"
+    tiny = ["--clips", "4", "--unet-minutes", "0.005", "--decoder-minutes", "0", "--threads", "1"]
+    recipe.main(["--out", str(out), "--vae-factor", "2", "--vae-minutes", "0.005", *tiny])
+    assert json.loads((out / "training_info.json").read_text())["info"]["vae_factor"] == 2
+    model = load_model(out, device="cpu")
+    assert model.vae_scale == 2
+    z = encode_video(model, torch.rand(8, 3, 32, 32))
+    assert z.shape == (1, 4, 8, 16, 16)
+    assert not hasattr(model.unet.down_blocks[0], "attentions") and not hasattr(model.unet.up_blocks[2], "attentions")
+    maps = []
+    hook = model.unet.down_blocks[1].attentions[0].register_forward_hook(lambda m, i, o: maps.append(o[0].shape))
+    cfg = SampleConfig.for_model(model, {"beta": 0.0, "seed": 0, "num_inference_steps": 1})
+    video = sample(model, "a red square on a plain white background", cfg, latent_shape=(8, 16, 16), use_lora=False)
+    hook.remove()
+    assert video.frames.shape == (1, 8, 3, 32, 32) and maps and tuple(maps[0][-2:]) == (8, 8)
+    with pytest.raises(SystemExit):  # a continued model keeps the factor it was trained with
+        recipe.main(["--continue-from", str(out), "--out", str(tmp_path / "c"), "--vae-factor", "2", *tiny])
+    assert not (tmp_path / "c").exists()
+    with pytest.raises(ValueError, match="vae_factor"):
+        recipe.build_model(0, vae_factor=8)
 
 
 def test_replay_runs_the_recorded_commands_again(tmp_path):
