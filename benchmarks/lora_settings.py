@@ -63,7 +63,7 @@ def main() -> None:
     model = load_model(args.model)
     vd = model.video_defaults
     f, h, w = int(vd["num_frames"]), int(vd["height"]), int(vd["width"])
-    steps, guidance = int(model.sample_defaults.get("num_inference_steps", 25)), 7.5
+    steps = SampleConfig.for_model(model).num_inference_steps
 
     # 1. The reference, its latents, inversion and the evaluation's new prompts for it.
     ref = REFERENCES[args.ref]
@@ -98,8 +98,7 @@ def main() -> None:
 
     def samples(use_lora: bool, cutoff: int = 500) -> tuple[dict, list[np.ndarray]]:
         def run(p: str, seed: int) -> tuple[np.ndarray, float, bool]:
-            cfg = SampleConfig(num_inference_steps=steps, guidance_scale=guidance, beta=0.3, seed=seed,
-                               lora_cutoff=cutoff)
+            cfg = SampleConfig.for_model(model, {"beta": 0.3, "seed": seed, "lora_cutoff": cutoff})
             v = to_uint8(sample(model, p, cfg, eps_inv=eps_inv, use_lora=use_lora).frames[0])
             tr = detector.track(v)
             return v, track_distance(tr, ref_track, float(max(h, w))), tr.colour == world.parse_caption(p)["colour"]

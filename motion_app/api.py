@@ -85,7 +85,7 @@ class Api:
         motion report (``motion_core.report``: motion discrepancies, the sentence, CLIP scores where available).
 
         Every setting left out (None) is the run's model's own default, the value the page shows for it
-        (``SampleConfig.for_model``: e.g. 25 DDIM steps and guidance 7.5 for the embedded model, the release's 75
+        (``SampleConfig.for_model``: e.g. 25 DDIM steps and guidance 3 for the embedded model, the release's 75
         and 12 for Zeroscope; β 0.3, LoRA strength 1, one video); ``seed`` left out or -1: a random one,
         reported. Out-of-range values are refused with the config's message."""
         job = self.svc.submit_sample((job_id or "").strip(), prompt, negative_prompt, beta, seed, steps, guidance,

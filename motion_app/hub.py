@@ -117,8 +117,9 @@ from motion_core.video import read_video, write_mp4
 model = load_model({json.dumps(base_model)})
 load_lora("lora.safetensors", model)
 frames = read_video("reference.mp4", VideoConfig(num_frames={nf}, fps={fps}, height={vh}, width={vw}))
-eps_inv = invert(model, encode_video(model, frames), num_steps=75)
-out = sample(model, "a dog running on the beach", SampleConfig(beta=0.3, seed=0), eps_inv=eps_inv)
+cfg = SampleConfig.for_model(model, {{"beta": 0.3, "seed": 0}})  # the model's own steps, guidance, cut-off
+eps_inv = invert(model, encode_video(model, frames), num_steps=cfg.num_inference_steps)
+out = sample(model, "a dog running on the beach", cfg, eps_inv=eps_inv)
 write_mp4(out.frames[0], "out.mp4", fps={fps})
 ```
 """

@@ -140,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"DDIM steps, 1 to 1000 (default: the model's, else {sd.num_inference_steps})")
     s.add_argument("--guidance", type=float, default=None,
                    help=f"classifier-free guidance (default: the model's, else {sd.guidance_scale:g})")
+    s.add_argument("--guidance-rescale", type=float, default=None,
+                   help=f"rescale guided noise to the conditional one's spread, 0 to 1 (default: the model's, else "
+                        f"{sd.guidance_rescale:g})")
     s.add_argument("--lora-scale", type=float, default=None, help=f"LoRA strength (default: {sd.lora_scale})")
     s.add_argument("--lora-cutoff", type=int, default=None,
                    help=f"LoRA only while t >= this (default: the model's, else the release's {sd.lora_cutoff}; "
@@ -331,7 +334,8 @@ def _sample_cfg(args: argparse.Namespace, model) -> SampleConfig:
     """The model's sampling defaults (``model`` None: the method's, for checks before the model loads), then the
     flags given."""
     return SampleConfig.for_model(model, {
-        "num_inference_steps": args.steps, "guidance_scale": args.guidance, "beta": args.beta,
+        "num_inference_steps": args.steps, "guidance_scale": args.guidance,
+        "guidance_rescale": args.guidance_rescale, "beta": args.beta,
         "lora_scale": args.lora_scale, "lora_cutoff": args.lora_cutoff,
         "negative_prompt": check_text(args.negative_prompt, "negative prompt", required=False),
         "seed": check_seed(args.seed), "num_videos": args.num_videos})

@@ -315,6 +315,7 @@ class SampleConfig(_Base):
 
     num_inference_steps: int = 75  # release: 75 DDIM steps (inversion uses as many)
     guidance_scale: float = 12.0  # release: guidance 12
+    guidance_rescale: float = 0.0  # release: none; phi of ddim.guide (Lin et al. 2024), a model may set its own
     beta: float = 0.3  # paper's quantitative runs: z_T = sqrt(beta) eps_inv + sqrt(1 - beta) eps
     lora_scale: float = 1.0
     lora_cutoff: int = 500  # release: LoRA on only while t >= 500; 0 = on throughout
@@ -328,13 +329,14 @@ class SampleConfig(_Base):
     @classmethod
     def for_model(cls, model: Any, overrides: dict[str, Any] | None = None) -> SampleConfig:
         """Sampling settings for ``model``: docs/method.md's, then the model's own (e.g. 25 DDIM steps and guidance
-        7.5 for the embedded CPU model), then ``overrides`` (``None`` values are ignored: "not given")."""
+        3 for the embedded CPU model), then ``overrides`` (``None`` values are ignored: "not given")."""
         given = {k: v for k, v in (overrides or {}).items() if v is not None}
         return RunConfig.for_model(model, {"sample": given}).sample
 
     def validate(self) -> None:
         _check(1 <= self.num_inference_steps <= 1000, f"steps must be in [1, 1000], got {self.num_inference_steps}")
         _check(0 <= self.guidance_scale <= 50, f"guidance must be in [0, 50], got {self.guidance_scale}")
+        _check(0 <= self.guidance_rescale <= 1, f"guidance rescale must be in [0, 1], got {self.guidance_rescale}")
         _check(0 <= self.beta <= 1, f"beta must be in [0, 1], got {self.beta}")
         _check(0 <= self.lora_scale <= 4, f"LoRA strength must be in [0, 4], got {self.lora_scale}")
         _check(0 <= self.lora_cutoff <= 1000, f"LoRA cut-off must be in [0, 1000], got {self.lora_cutoff}")

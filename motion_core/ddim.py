@@ -1,4 +1,4 @@
-"""Schedule maths: the one-step DDIM map v_t, DDIM timestep lists, inversion moves and beta-blended noise.
+"""Schedule maths: the one-step DDIM map v_t, DDIM timestep lists, inversion moves, beta-blended noise and guidance.
 
 The only module that does schedule maths. Everything is written from the DDIM update (Song et al. 2021,
 eta = 0) in the notation of docs/method.md: ``abar_t`` = the scheduler's ``alphas_cumprod[t]``.
@@ -100,3 +100,25 @@ def blend_noise(eps_inv: torch.Tensor, eps: torch.Tensor, beta: float) -> torch.
     if not 0.0 <= beta <= 1.0:
         raise ValueError(f"beta must be in [0, 1], got {beta}")
     return beta**0.5 * eps_inv.to(eps.dtype) + (1 - beta) ** 0.5 * eps
+
+
+def guide(e_uncond: torch.Tensor, e_cond: torch.Tensor, scale: float, rescale: float = 0.0) -> torch.Tensor:
+    """Classifier-free guidance ``e = e_u + w (e_c - e_u)``, optionally rescaled (Lin et al. 2024, Sec. 3.4):
+
+        e_r = e * std(e_c) / std(e),   e <- phi e_r + (1 - phi) e
+
+    with std over each sample's elements (as diffusers' ``rescale_noise_cfg``, which pipelines apply only above
+    guidance 1; here any scale, and the sampler skips the empty caption's row at exactly 1, where e = e_c anyway).
+    Guidance inflates the estimate's spread; rescaling gives back the conditional prediction's spread and keeps
+    guidance's direction (on the embedded model: a few more squares from pure noise, nothing beyond noise on its
+    card's ladder; docs/results.md). ``rescale`` = phi in [0, 1]; 0, the release's plain guidance, by default.
+    """
+    if not 0.0 <= rescale <= 1.0:
+        raise ValueError(f"guidance rescale must be in [0, 1], got {rescale}")
+    e = e_uncond + scale * (e_cond - e_uncond)
+    if rescale == 0.0:
+        return e
+    dims = list(range(1, e.ndim))
+    std_e, std_c = e.float().std(dim=dims, keepdim=True), e_cond.float().std(dim=dims, keepdim=True)
+    ratio = torch.where(std_e > 0, std_c / std_e, torch.ones_like(std_e))  # a flat estimate stays as it is
+    return (rescale * ratio + (1 - rescale)).to(e.dtype) * e

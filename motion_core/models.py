@@ -49,6 +49,13 @@ class UNet3DWithPeft(UNet3DConditionModel, PeftAdapterMixin):
     config_name = UNet3DConditionModel.config_name
 
 
+def vae_factor(vae_config: Any) -> int:
+    """Pixels per latent pixel of an AutoencoderKL from its config (the object or its ``config.json`` as a dict):
+    each block after the first halves the side."""
+    channels = vae_config["block_out_channels"] if isinstance(vae_config, dict) else vae_config.block_out_channels
+    return 2 ** (len(channels) - 1)
+
+
 @dataclass
 class T2VModel:
     """The parts of a text-to-video model plus what the motion extractor needs to know about it."""
@@ -71,7 +78,7 @@ class T2VModel:
 
     @property
     def vae_scale(self) -> int:
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return vae_factor(self.vae.config)
 
     @property
     def latent_channels(self) -> int:

@@ -150,6 +150,7 @@ def _arch(source: str | None) -> _Arch:
         default_capture_blocks,
         is_zeroscope_architecture,
         read_sidecar,
+        vae_factor,
     )
 
     src = str(source or DEFAULT_MODEL_DIR)
@@ -172,7 +173,7 @@ def _arch(source: str | None) -> _Arch:
     blocks = tuple(side.get("capture_blocks") or default_capture_blocks(unet))
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     return _Arch(label, unet, count(vae), count(text), blocks, is_zeroscope_architecture(unet.config),
-                 2 ** (len(vae.config.block_out_channels) - 1))
+                 vae_factor(vae.config))
 
 
 @functools.lru_cache(maxsize=8)

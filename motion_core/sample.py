@@ -4,10 +4,11 @@
     out = sample(model, "a green star on a dotted background", SampleConfig(beta=0.3, seed=1), eps_inv=eps_inv)
 
 Sampling starts from ``z_T = sqrt(beta) eps_inv + sqrt(1 - beta) eps`` and runs eta = 0 DDIM with classifier-free
-guidance and a negative prompt. The LoRA (if the model has one) is applied at ``lora_scale`` while
-``t >= lora_cutoff`` and switched off below it (the release's choice: the base model renders the low-noise
-detail). ``invert_cached`` keeps inverted noise on disk per (video latents, model, steps), so new seeds and
-betas do not invert again. Both loops take a ``callback(step, total, t)`` for progress.
+guidance (rescaled as ``guidance_rescale`` says, ``ddim.guide``) and a negative prompt. The LoRA (if the model
+has one) is applied at ``lora_scale`` while ``t >= lora_cutoff`` and switched off below it (the release's choice:
+the base model renders the low-noise detail). ``invert_cached`` keeps inverted noise on disk per (video latents,
+model, steps), so new seeds and betas do not invert again. Both loops take a ``callback(step, total, t)`` for
+progress.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import torch
 
 from .attention import lora_disabled
 from .config import RunConfig, SampleConfig, check_text
-from .ddim import abar_at, blend_noise, ddim_move, inversion_timesteps, sampling_timesteps
+from .ddim import abar_at, blend_noise, ddim_move, guide, inversion_timesteps, sampling_timesteps
 from .lora_io import has_lora, lora_scale, lora_state_dict
 from .models import T2VModel, decode_latents, encode_prompt
 
@@ -174,14 +175,14 @@ def sample(
         else:
             eps = torch.randn((1, *shape), generator=torch.Generator().manual_seed(seed)).to(dev)
         x = blend_noise(eps_inv, eps, cfg.beta) if eps_inv is not None else eps
-        # 4. DDIM with guidance; LoRA on while t >= cutoff.
+        # 4. DDIM with (rescaled) guidance; LoRA on while t >= cutoff.
         for i, (t, t_prev) in enumerate(steps):
             with _lora_ctx(model, use_lora, cfg.lora_scale, t, cfg.lora_cutoff):
                 if cfg.guidance_scale == 1.0:
                     e = _unet(model, x, t, cond)
                 else:
                     e_u, e_c = _unet(model, torch.cat([x, x]), t, torch.cat([uncond, cond])).chunk(2)
-                    e = e_u + cfg.guidance_scale * (e_c - e_u)
+                    e = guide(e_u, e_c, cfg.guidance_scale, cfg.guidance_rescale)
             ab = abar_at(model.scheduler, t)
             if x0_hook is not None:
                 ab32 = ab.to(x.device, torch.float32)

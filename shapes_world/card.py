@@ -37,7 +37,7 @@ from PIL import Image
 
 from motion_core.config import SampleConfig, VideoConfig
 from motion_core.lora_io import load_lora, remove_lora
-from motion_core.models import T2VModel, decode_latents, encode_video, load_model
+from motion_core.models import T2VModel, decode_latents, encode_video, load_model, vae_factor
 from motion_core.sample import invert_cached, sample
 from motion_core.train import train_lora
 from motion_core.video import frames_from_array, to_uint8
@@ -58,15 +58,22 @@ def vae_psnr(model: T2VModel, n_clips: int = 40, seed: int = 10_000) -> float:
     return float(np.mean(vals))
 
 
-def prompt_following(model: T2VModel, n: int = 40, seed: int = 20_000, guidance: float | None = None) -> dict:
+CARD_SEED = 20_000  # the card's prompts are drawn from seeds CARD_SEED, CARD_SEED + 1, ... (one a prompt)
+
+
+def prompt_following(model: T2VModel, n: int = 40, seed: int = CARD_SEED, guidance: float | None = None,
+                     rescale: float | None = None) -> dict:
     """The base model at beta 0 on the captions of n random clips: colour, shape, coherence, background.
 
-    ``guidance`` replaces the model's own scale (``benchmarks/guidance_sweep.py`` chooses it on another seed)."""
+    ``guidance`` and ``rescale`` replace the model's own guidance scale and rescale (``benchmarks/guidance_sweep.py``
+    chooses them on other seeds)."""
     vd = VideoConfig.for_model(model).to_dict()
     shape = (int(vd["num_frames"]), int(vd["height"]) // model.vae_scale, int(vd["width"]) // model.vae_scale)
-    own = ladder.default_config(model).sample.to_dict()  # the model's steps and guidance
+    own = ladder.default_config(model).sample.to_dict()  # the model's steps, guidance and rescale
     if guidance is not None:
         own["guidance_scale"] = guidance
+    if rescale is not None:
+        own["guidance_rescale"] = rescale
     rng = np.random.default_rng(seed)
     rows = []
     for i in range(n):
@@ -282,7 +289,7 @@ def write_card(folder: Path, res: dict, prompt: str) -> None:
     side = json.loads((folder / "motion_matcher.json").read_text())
     p = info["params"]
     vd = side["video"]
-    vae_factor = 2 ** (len(json.loads((folder / "vae" / "config.json").read_text())["block_out_channels"]) - 1)
+    factor = vae_factor(json.loads((folder / "vae" / "config.json").read_text()))
     runs = 1 + len(info.get("continued", []))
     n = res.get("ladder_samples") or {"prompts": 3, "seeds": 2}  # (results written before the card counted them)
     card = f"""---
@@ -329,7 +336,7 @@ training families and {len(paths.HELD_OUT)} from families the training data neve
 |---|---|
 | UNet3DConditionModel ({', '.join(map(str, info.get('unet_channels', [32, 64, 64])))} channels) | \
 {p['unet'] / 1e6:.2f} M |
-| AutoencoderKL (4 latent channels, factor {vae_factor}) | {p['vae'] / 1e6:.2f} M |
+| AutoencoderKL (4 latent channels, factor {factor}) | {p['vae'] / 1e6:.2f} M |
 | CLIPTextModel (64 hidden, 2 layers) + word-level tokenizer | {p['text_encoder'] / 1e6:.2f} M |
 
 `motion_matcher.json` holds what this model needs that Zeroscope does not: the block the motion features are read

@@ -37,7 +37,8 @@ guidance, the clip's caption) finish it from the last sampling step at or below 
 shape. t0 = 0 is the VAE round trip. A shape lost from small t0 is lost in the near-clean steps, below any LoRA's
 cut-off; one lost only from large t0 is lost where the layout forms. ``--radii 0.14 0.17 0.21`` does the same per
 object size (radius / side, any size up to ``paths.MAX_SIZE``, drawn or not): how big a shape must be to survive
-(``--t0s 0 200 400`` picks the noise levels; ``--guidance 1`` finishes without guidance).
+(``--t0s 0 200 400`` picks the noise levels; ``--guidance 1`` finishes without guidance, ``--rescale 0`` with
+plain, unrescaled guidance).
 
 ``--ceiling`` scores the prompt-following check's own 40 prompts on clips that need no UNet: the world's renders of
 those captions, and the same renders after a VAE round trip. What the round trip loses no UNet can draw back, so
@@ -92,7 +93,7 @@ def mean_snr(model: T2VModel, n: int = 64, timesteps: tuple[int, ...] = (999, 90
     return out
 
 
-def montage(model: T2VModel, path: str, steps: int, guidance: float) -> None:
+def montage(model: T2VModel, path: str) -> None:
     from PIL import Image
 
     ab = model.scheduler.alphas_cumprod[999]
@@ -106,8 +107,7 @@ def montage(model: T2VModel, path: str, steps: int, guidance: float) -> None:
         injected = eps - eps.mean(dim=(2, 3, 4), keepdim=True) + (ab / (1 - ab)).sqrt() * z0.mean(
             dim=(2, 3, 4), keepdim=True)
         for noise in (eps, injected):
-            cfg = SampleConfig.from_dict({"num_inference_steps": steps, "guidance_scale": guidance, "seed": i,
-                                          "beta": 0.0, "num_videos": 1})
+            cfg = SampleConfig.for_model(model, {"seed": i, "beta": 0.0, "num_videos": 1})  # its steps, guidance
             video = sample(model, prompt, cfg, latent_shape=tuple(z0.shape[2:]), init_noise=noise)
             arr = (video.frames[0].permute(0, 2, 3, 1).clamp(0, 1).numpy() * 255).astype(np.uint8)
             last = len(arr) - 1
@@ -271,17 +271,19 @@ def holds(model: T2VModel, ladder_dir: Path, seeds: int = 2) -> list[dict]:
 
 @torch.no_grad()
 def shape_survival(model: T2VModel, per_shape: int = 10, t0s: tuple[int, ...] = (0, 200, 400, 600, 800),
-                   seed: int = 77, radii: tuple[float, ...] | None = None, guidance: float | None = None
-                   ) -> list[dict]:
+                   seed: int = 77, radii: tuple[float, ...] | None = None, guidance: float | None = None,
+                   rescale: float | None = None) -> list[dict]:
     """Per (shape, t0): how often a rendered clip of that shape, noised to t0 and finished by the model's sampler
     under its own caption, still shows that shape (``drawn``: the counts of what the detector read).
 
     ``radii``: per (shape, radius, t0) instead, ``per_shape`` clips of each radius / side (``paths.size_fraction``;
     sizes the world does not draw are allowed), the row's ``radius`` saying which. Clip ``i`` of a shape is the
     same draw (path, colour, background) at every radius, so the rows differ in size alone. ``guidance``: the
-    sampler's scale instead of the model's (1 = the caption's prediction alone, no extrapolation from the empty one).
+    sampler's scale instead of the model's (1 = the caption's prediction alone, no extrapolation from the empty one);
+    ``rescale``: its guidance rescale instead of the model's (``ddim.guide``; 0 = plain guidance).
     """
-    cfg = SampleConfig.for_model(model, {"beta": 0.0, "seed": 0, "guidance_scale": guidance})
+    cfg = SampleConfig.for_model(model, {"beta": 0.0, "seed": 0, "guidance_scale": guidance,
+                                         "guidance_rescale": rescale})
     steps = sampling_timesteps(model.scheduler, cfg.num_inference_steps)
     size = _size(model)
     groups: dict[tuple[str, float | None], list] = {}
@@ -344,11 +346,15 @@ def main(argv: list[str] | None = None) -> None:
                          "0 200 400 600 800)")
     ap.add_argument("--guidance", type=float, default=None,
                     help="with --shape-survival: the guidance scale to finish with (default: the model's)")
+    ap.add_argument("--rescale", type=float, default=None,
+                    help="with --shape-survival: the guidance rescale to finish with, 0 to 1 (default: the model's)")
     ap.add_argument("--holds", default=None, metavar="LADDER",
                     help="only sample a ladder's motion LoRAs under their own and one-change prompts")
     args = ap.parse_args(argv)
-    if (args.radii or args.t0s or args.guidance is not None) and not args.shape_survival:
-        ap.error("--radii, --t0s and --guidance go with --shape-survival")
+    if (args.radii or args.t0s or args.guidance is not None or args.rescale is not None) and not args.shape_survival:
+        ap.error("--radii, --t0s, --guidance and --rescale go with --shape-survival")
+    if args.rescale is not None and not 0 <= args.rescale <= 1:
+        ap.error(f"--rescale must be in [0, 1], got {args.rescale}")
     try:
         radii = tuple(paths.size_fraction(r) for r in args.radii) if args.radii else None
     except ValueError as e:
@@ -370,7 +376,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"| {label} | {len({r['ref'] for r in rows})} | {np.mean(d[True]):.3f} | {np.mean(d[False]):.3f} |")
         return
     if args.shape_survival:
-        rows = shape_survival(model, t0s=t0s, radii=radii, guidance=args.guidance)
+        rows = shape_survival(model, t0s=t0s, radii=radii, guidance=args.guidance, rescale=args.rescale)
         t0s = sorted({r["t0"] for r in rows})
         sized = radii is not None
         print(("| shape | radius / side | " if sized else "| shape | ") + " | ".join(f"from t0 = {t}" for t in t0s)
@@ -404,8 +410,7 @@ def main(argv: list[str] | None = None) -> None:
     for row in mean_snr(model, args.clips):
         print(f"| {row['t']} | {row['alpha_bar']:.5f} | {', '.join(f'{s:.2f}' for s in row['snr'])} |")
     if args.montage:
-        sd = model.sample_defaults
-        montage(model, args.montage, int(sd.get("num_inference_steps", 25)), float(sd.get("guidance_scale", 7.5)))
+        montage(model, args.montage)
 
 
 if __name__ == "__main__":

@@ -138,8 +138,9 @@ def prompt_following(model: T2VModel, n: int, sample_steps: int, guidance: float
     rows = []
     for i, spec in enumerate(prompt_specs(model, n, seed)):
         prompt = world.caption(spec)
-        out = sample(model, prompt, SampleConfig(num_inference_steps=sample_steps, guidance_scale=guidance, beta=0.0,
-                                                 seed=seed + i), latent_shape=shape, use_lora=False)
+        cfg = SampleConfig.for_model(model, {"num_inference_steps": sample_steps, "guidance_scale": guidance,
+                                             "beta": 0.0, "seed": seed + i})
+        out = sample(model, prompt, cfg, latent_shape=shape, use_lora=False)
         rows.append(judge_clip(to_uint8(out.frames[0]), prompt))
     return following_scores(rows)
 
@@ -174,8 +175,8 @@ def motion_transfer(model: T2VModel, s: Settings, out: Path, guidance: float, sa
             for prompt in prompts:
                 want = world.parse_caption(prompt)
                 for seed in range(s.seeds):
-                    cfg_s = SampleConfig(num_inference_steps=sample_steps, guidance_scale=guidance, beta=beta,
-                                         seed=seed)
+                    cfg_s = SampleConfig.for_model(model, {"num_inference_steps": sample_steps,
+                                                           "guidance_scale": guidance, "beta": beta, "seed": seed})
                     for variant, use_lora in (("lora", True), ("base", False)):
                         t0 = time.perf_counter()
                         o = sample(model, prompt, cfg_s, eps_inv=eps_inv, use_lora=use_lora)
@@ -203,9 +204,9 @@ def flow_timing(model_dir: str | None, s: Settings) -> dict:
     t_all = time.perf_counter()
     model = load_model(model_dir, device="cpu")
     t_load = time.perf_counter() - t_all
-    vd, sd = VideoConfig.for_model(model).to_dict(), model.sample_defaults
+    vd = VideoConfig.for_model(model).to_dict()
     f, h, w = int(vd["num_frames"]), int(vd["height"]), int(vd["width"])
-    steps = s.sample_steps or int(sd.get("num_inference_steps", 25))
+    steps = s.sample_steps or SampleConfig.for_model(model).num_inference_steps
     clip = world.render(world.make_spec(**REFERENCES[0], seed=0, frames=f, height=h, width=w))
     frames = frames_from_array(clip.frames)
     cfg = RunConfig()
@@ -218,8 +219,8 @@ def flow_timing(model_dir: str | None, s: Settings) -> dict:
         eps_inv = invert_cached(model, encode_video(model, frames), steps, Path(tmp) / "cache")
         t_inv = time.perf_counter() - t0
     t0 = time.perf_counter()
-    sample(model, NEW_PROMPTS[0], SampleConfig(num_inference_steps=steps, guidance_scale=float(sd.get(
-        "guidance_scale", 7.5)), seed=0), eps_inv=eps_inv)
+    sample(model, NEW_PROMPTS[0], SampleConfig.for_model(model, {"num_inference_steps": steps, "seed": 0}),
+           eps_inv=eps_inv)
     t_sample = time.perf_counter() - t0
     return {"load_s": t_load, "train_s": t_train, "train_steps_per_s": res.steps_done / max(t_train, 1e-9),
             "invert_s": t_inv, "sample_s": t_sample, "total_s": time.perf_counter() - t_all,
@@ -365,9 +366,9 @@ def main(argv: list[str] | None = None) -> None:
         return None
     t_all = time.perf_counter()
     model = load_model(args.model, device="cpu")
-    sd = model.sample_defaults
-    steps = s.sample_steps or int(sd.get("num_inference_steps", 25))
-    guidance = float(sd.get("guidance_scale", 7.5))
+    own = SampleConfig.for_model(model)
+    steps = s.sample_steps or own.num_inference_steps
+    guidance = own.guidance_scale
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     res: dict = {"model": model.source, "settings": s.__dict__ | {"betas": list(s.betas)},

@@ -161,14 +161,15 @@ def run_reference(model: T2VModel, i: int, args: argparse.Namespace, out: Path) 
         oracle = paths.render(paths.restyle(clip.spec, q["shape"], q["colour"], q["background"], q["bg_colour"]))
         add("L0", "oracle", p, 0, 0.0, _score(detector.track(oracle.frames), ref_track, side, p))
 
-    steps = args.sample_steps or int(model.sample_defaults.get("num_inference_steps", 25))
-    guidance = args.guidance or float(model.sample_defaults.get("guidance_scale", 7.5))
+    steps = args.sample_steps or args.scfg.num_inference_steps
+    guidance = args.guidance or args.scfg.guidance_scale
     z0 = encode_video(model, frames)
     eps_inv = invert_cached(model, z0, steps, out / f"ref{i}" / "cache")
 
     def draw(prompt: str, seed: int, beta: float, use_lora: bool, cutoff: int) -> np.ndarray:
-        scfg = SampleConfig(num_inference_steps=steps, guidance_scale=guidance, beta=beta, seed=seed,
-                            lora_cutoff=cutoff, lora_scale=args.scfg.lora_scale)
+        # the model's sampling settings as a user gets them (guidance rescale, LoRA strength, ...) and --set's
+        scfg = SampleConfig.from_dict({**args.scfg.to_dict(), "num_inference_steps": steps, "guidance_scale": guidance,
+                                       "beta": beta, "seed": seed, "lora_cutoff": cutoff, "num_videos": 1})
         # beta 0 blends none of eps_inv: pure noise
         return to_uint8(sample(model, prompt, scfg, eps_inv=eps_inv, use_lora=use_lora).frames[0])
 
@@ -304,6 +305,8 @@ def _resume(out: Path, args: argparse.Namespace) -> tuple[list[dict], set[int]]:
         key["cutoffs"] = args.cutoffs
     if args.first_seed:  # the same
         key["first_seed"] = args.first_seed
+    if args.scfg.guidance_rescale:  # the same (the model's own or --set's)
+        key["guidance_rescale"] = args.scfg.guidance_rescale
     key["model"] = str(Path(args.model).resolve())
     # the same folder may hold other weights by now (a training run continued into it)
     key["weights"] = hashlib.sha256(b"".join(hashlib.sha256(f.read_bytes()).digest()
@@ -320,7 +323,8 @@ def _resume(out: Path, args: argparse.Namespace) -> tuple[list[dict], set[int]]:
 
 # What a row means besides its own fields: ladders merge only where these agree (``--refs``, ``--seeds`` and
 # ``--first-seed`` are what merging adds up; rungs and their LoRAs' settings are checked where both ran them).
-MERGE_MUST_MATCH = ("model", "weights", "prompts", "betas", "steps", "sample_steps", "guidance", "set", "cutoffs")
+MERGE_MUST_MATCH = ("model", "weights", "prompts", "betas", "steps", "sample_steps", "guidance", "guidance_rescale",
+                    "set", "cutoffs")
 ROW_KEY = ("ref", "rung", "variant", "prompt", "seed", "beta", "lora_cutoff")
 
 

@@ -199,6 +199,7 @@ class EvalSettings:
     beta: float = 0.3  # paper's quantitative runs
     sample_steps: int | None = None  # None -> the model's own default, else 75
     guidance: float | None = None  # None -> the model's own default, else 12
+    guidance_rescale: float | None = None  # None -> the model's own default, else 0 (no rescale)
     lora_cutoff: int = 500
     grid: int = 10  # tracker grid: grid x grid query points
     clip_model: str | None = "openai/clip-vit-base-patch32"  # None: never try CLIP
@@ -206,24 +207,27 @@ class EvalSettings:
     include_oracle: bool = True  # shapes-world references only
 
     # Settings that change what a stored LoRA or score means: a re-run into the same folder must use the same.
-    FIXED = ("steps", "learning_rate", "rank", "train_seed", "beta", "sample_steps", "guidance", "lora_cutoff",
-             "grid")
+    FIXED = ("steps", "learning_rate", "rank", "train_seed", "beta", "sample_steps", "guidance", "guidance_rescale",
+             "lora_cutoff", "grid")
 
     def resolve(self, model: Any) -> None:
+        """Fill the settings left at None with the model's own sampling defaults."""
         from motion_core.config import SampleConfig
 
-        sd = model.sample_defaults
+        own = SampleConfig.for_model(model)
         if self.sample_steps is None:
-            self.sample_steps = int(sd.get("num_inference_steps", SampleConfig().num_inference_steps))
+            self.sample_steps = own.num_inference_steps
         if self.guidance is None:
-            self.guidance = float(sd.get("guidance_scale", SampleConfig().guidance_scale))
+            self.guidance = own.guidance_scale
+        if self.guidance_rescale is None:
+            self.guidance_rescale = own.guidance_rescale
 
     def sample_config(self, seed: int) -> Any:
         from motion_core.config import SampleConfig
 
         return SampleConfig.from_dict({"num_inference_steps": self.sample_steps, "guidance_scale": self.guidance,
-                                       "beta": self.beta, "lora_cutoff": self.lora_cutoff, "seed": seed,
-                                       "num_videos": 1})
+                                       "guidance_rescale": self.guidance_rescale or 0.0, "beta": self.beta,
+                                       "lora_cutoff": self.lora_cutoff, "seed": seed, "num_videos": 1})
 
     def run_config(self, model: Any, variant: str) -> Any:
         from motion_core.config import RunConfig, VideoConfig
@@ -240,6 +244,7 @@ def check_folder(out: Path, record: dict[str, Any]) -> None:
     path = out / "settings.json"
     if path.is_file():
         old = json.loads(path.read_text())
+        old.setdefault("guidance_rescale", 0.0)  # folders from before the setting sampled without rescaling
         diff = {k: (old.get(k), v) for k, v in record.items() if old.get(k) != v}
         if diff:
             text = ", ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items())

@@ -267,6 +267,12 @@ def test_model_card_names_a_hub_base_model():
     assert front["base_model"] == "cerspense/zeroscope_v2_576w"
     assert "| LoRA rank | 32 |" in card and "zig / zag" in card
     assert 'load_model("cerspense/zeroscope_v2_576w")' in card and "num_frames=16" in card
+    # the snippet is Python that samples with the base model's own settings, not the library's
+    import ast
+
+    code = card.split("```python\n")[1].split("```")[0]
+    ast.parse(code)
+    assert "SampleConfig.for_model(model" in code and "num_steps=cfg.num_inference_steps" in code
 
 
 def test_figures(tmp_path):

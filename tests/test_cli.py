@@ -170,6 +170,7 @@ def test_inputs_are_refused_before_the_model_loads(tiny_model_dir, clip, tmp_pat
         (["train", str(clip), "--caption", "x", "--recolour-names", str(bad)], "is not JSON"),
         (["train", str(clip), "--caption", "x", "--recolour-names", str(names)], "three numbers in"),
         ([*sample, "--prompt", "a cat", "--steps", "0"], r"steps must be in \[1, 1000\], got 0"),
+        ([*sample, "--prompt", "a cat", "--guidance-rescale", "2"], r"guidance rescale must be in \[0, 1\], got 2"),
         ([*sample, "--prompt", "a cat", "--seed", str(2**70)], "seed must be in"),
         ([*sample, "--prompt", "a cat", "--seed", "-2"], "seed must be in"),
         ([*sample, "--prompt", "p" * 10_000], "prompt is too long"),
@@ -252,3 +253,15 @@ def test_seed_minus_one_is_random_and_a_lora_for_another_model_warns(tiny_model_
     seed = int(re.search(r"seed: (\d+) \(drawn at random\)", err).group(1))
     assert [p.name for p in out.glob("*.mp4")] == [f"lora_seed{seed}_beta0.3.mp4"]
     assert json.loads((out / "sample_config.json").read_text())["seed"] == seed
+
+
+def test_sample_flags_reach_the_sampling_config():
+    from types import SimpleNamespace
+
+    from motion_core.cli import _sample_cfg, build_parser
+
+    args = build_parser().parse_args(["sample", "--prompt", "a cat", "--guidance-rescale", "0.5", "--guidance", "4"])
+    cfg = _sample_cfg(args, None)
+    assert (cfg.guidance_rescale, cfg.guidance_scale) == (0.5, 4.0)
+    own = SimpleNamespace(sample_defaults={"guidance_rescale": 1.0})  # left out: the model's own
+    assert _sample_cfg(build_parser().parse_args(["sample", "--prompt", "a cat"]), own).guidance_rescale == 1.0

@@ -10,6 +10,7 @@ from motion_core.ddim import (
     abar_at,
     blend_noise,
     ddim_move,
+    guide,
     inversion_timesteps,
     sampling_timesteps,
     v_t,
@@ -107,3 +108,19 @@ def test_a_long_stride_keeps_the_extractor_timestep_non_negative():
         LossConfig(stride=1000).validate()
     with pytest.raises(ConfigError):
         LossConfig(stride=900, t_max=800).t_range()
+
+
+@pytest.mark.parametrize("phi", [0.0, 0.7, 1.0])
+def test_guide_matches_diffusers_rescaled_guidance(phi):
+    """``guide`` against diffusers' own guidance arithmetic and ``rescale_noise_cfg`` (an independent reference)."""
+    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
+
+    g = torch.Generator().manual_seed(0)
+    e_u, e_c = torch.randn(2, 4, 8, 6, 6, generator=g), torch.randn(2, 4, 8, 6, 6, generator=g)
+    want = rescale_noise_cfg(e_u + 3.0 * (e_c - e_u), e_c, guidance_rescale=phi)
+    got = guide(e_u, e_c, 3.0, phi)
+    assert torch.allclose(got, want, atol=1e-6)
+    if phi == 1.0:  # each sample's spread is the conditional prediction's
+        assert torch.allclose(got.flatten(1).std(1), e_c.flatten(1).std(1), atol=1e-5)
+    with pytest.raises(ValueError, match="rescale"):
+        guide(e_u, e_c, 3.0, 1.5)

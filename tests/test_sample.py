@@ -101,6 +101,29 @@ def test_bad_inputs_are_refused(model):
         sample(model, "a cat", SampleConfig(num_inference_steps=2))
     with pytest.raises(ValueError, match="beta"):
         sample(model, "a cat", SampleConfig(num_inference_steps=2, beta=2.0), latent_shape=(4, 8, 8))
+    with pytest.raises(ValueError, match="guidance rescale"):
+        sample(model, "a cat", SampleConfig(num_inference_steps=2, guidance_rescale=1.5), latent_shape=(4, 8, 8))
+
+
+def test_guidance_rescale_reaches_the_sampler(model, monkeypatch):
+    """The sampler combines its two UNet rows with ``ddim.guide`` at the config's scale and rescale (maths:
+    test_ddim); at guidance 1 it runs the caption's row alone, which any rescale leaves as it is."""
+    import motion_core.sample as sampler
+
+    cfg = dict(num_inference_steps=3, guidance_scale=4.0, seed=5)
+    plain = sample(model, "a red circle", SampleConfig(**cfg), latent_shape=(4, 8, 8), decode=False).latents
+    seen = []
+    real = sampler.guide
+    monkeypatch.setattr(sampler, "guide", lambda u, c, w, phi: seen.append((w, phi)) or real(u, c, w, phi))
+    full = sample(model, "a red circle", SampleConfig(**cfg, guidance_rescale=1.0), latent_shape=(4, 8, 8),
+                  decode=False).latents
+    assert seen == [(4.0, 1.0)] * 3
+    assert (full - plain).abs().max() > 1e-4  # this model's noise estimates are small
+    one = dict(num_inference_steps=3, guidance_scale=1.0, seed=5)
+    a = sample(model, "a red circle", SampleConfig(**one), latent_shape=(4, 8, 8), decode=False).latents
+    b = sample(model, "a red circle", SampleConfig(**one, guidance_rescale=1.0), latent_shape=(4, 8, 8),
+               decode=False).latents
+    torch.testing.assert_close(a, b)
 
 
 def test_inversion_cache_skips_the_unet(model, z0, tmp_path):

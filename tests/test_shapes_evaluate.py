@@ -158,6 +158,12 @@ def test_diagnose_shape_survival_finishes_each_clip_from_t0(tiny_model, monkeypa
                         lambda x, t, **kw: rows_per_call.append(x.shape[0]) or forward(x, t, **kw))
     diagnose.shape_survival(tiny_model, per_shape=1, t0s=(500,), seed=3, guidance=1.0)
     assert rows_per_call == [1] * len(per_clip) * len(paths.SHAPES)
+    import motion_core.sample as sampler
+
+    phis = []  # --rescale reaches the sampler's guidance
+    monkeypatch.setattr(sampler, "guide", lambda u, c, w, phi: phis.append(phi) or u + w * (c - u))
+    diagnose.shape_survival(tiny_model, per_shape=1, t0s=(500,), seed=3, guidance=3.0, rescale=0.25)
+    assert phis == [0.25] * len(per_clip) * len(paths.SHAPES)
     # t0 = 0: what the detector reads on the VAE's round trip of the same clips (drawn again here)
     rng = np.random.default_rng(3)
     size = diagnose._size(tiny_model)

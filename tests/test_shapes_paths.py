@@ -366,6 +366,7 @@ def test_card_measures_a_model_and_writes_a_users_page(tmp_path, monkeypatch, ca
     side = json.loads((model_dir / "motion_matcher.json").read_text())
     side["train"]["steps"] = 2  # the model's own training default, which the flow and the ladder use
     side["sample"]["num_inference_steps"] = 2
+    side["sample"]["guidance_rescale"] = 0.75  # a model's own rescale, which the sweep reports when not given one
     (model_dir / "motion_matcher.json").write_text(json.dumps(side))
     ladder.main(["--model", str(model_dir), "--out", str(lad), "--refs", "0", "--prompts", "1", "--seeds", "1",
                  "--rungs", "L3", "--threads", "1"])
@@ -374,13 +375,20 @@ def test_card_measures_a_model_and_writes_a_users_page(tmp_path, monkeypatch, ca
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "benchmarks"))
     import guidance_sweep
 
-    seen: list[float] = []
+    seen: list[tuple[float, float]] = []
     real_sample = card.sample
-    monkeypatch.setattr(card, "sample", lambda m, p, cfg, **kw: seen.append(cfg.guidance_scale) or real_sample(
-        m, p, cfg, **kw))
-    guidance_sweep.main(["--model", str(model_dir), "--n", "1", "--guidance", "2.5"])
+    monkeypatch.setattr(card, "sample", lambda m, p, cfg, **kw: seen.append(
+        (cfg.guidance_scale, cfg.guidance_rescale)) or real_sample(m, p, cfg, **kw))
+    guidance_sweep.main(["--model", str(model_dir), "--n", "1", "--guidance", "2.5", "--rescale", "0,0.5"])
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()[-2:]]
+    assert seen == [(2.5, 0.0), (2.5, 0.5)] and [(x["guidance"], x["rescale"]) for x in lines] == seen
+    guidance_sweep.main(["--model", str(model_dir), "--n", "1", "--guidance", "2.5"])  # the model's own rescale
     line = json.loads(capsys.readouterr().out.splitlines()[-1])
-    assert seen == [2.5] and line["guidance"] == 2.5
+    assert seen[-1] == (2.5, 0.75) and (line["guidance"], line["rescale"]) == (2.5, 0.75)
+    for bad in (["--seed", "19990", "--n", "20"], ["--rescale", "0,2"], ["--rescale", "x"]):
+        with pytest.raises(SystemExit):  # the card's own prompts are not for choosing settings; phi in [0, 1]
+            guidance_sweep.main(["--model", str(model_dir), *bad])
+        assert "error" in capsys.readouterr().err
     (asked, got), = line["by_shape"].items()  # one prompt: its shape, drawn right or not
     assert asked in world.SHAPES and got[1] == 1 and got[0] == int(line["shape_acc"])
     monkeypatch.undo()
@@ -438,12 +446,12 @@ def test_formation_follows_the_models_own_sampler(tmp_path):
     from shapes_world import diagnose
 
     model = load_model(_untrained_model(tmp_path), device="cpu")
-    model.sample_defaults.update(num_inference_steps=4, guidance_scale=5.0)
+    model.sample_defaults.update(num_inference_steps=4, guidance_scale=5.0, guidance_rescale=1.0)
     noise = torch.randn((1, model.latent_channels, 8, 4, 4), generator=torch.Generator().manual_seed(3))
     estimates, final = diagnose.clean_estimates(model, "a red circle on a plain white background", noise)
     ref = sample(model, "a red circle on a plain white background", SampleConfig(
-        num_inference_steps=4, guidance_scale=5.0, beta=0.0, seed=0), latent_shape=(8, 4, 4), init_noise=noise,
-        decode=False).latents
+        num_inference_steps=4, guidance_scale=5.0, guidance_rescale=1.0, beta=0.0, seed=0), latent_shape=(8, 4, 4),
+        init_noise=noise, decode=False).latents
     assert torch.allclose(final, ref, atol=1e-5)  # the diagnosis walks the product's sampler with its defaults
     assert [t for t, _ in estimates] == [t for t, _ in sampling_timesteps(model.scheduler, 4)]
     rows = diagnose.formation(model, n=2)
