@@ -353,8 +353,11 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if (args.radii or args.t0s or args.guidance is not None or args.rescale is not None) and not args.shape_survival:
         ap.error("--radii, --t0s, --guidance and --rescale go with --shape-survival")
-    if args.rescale is not None and not 0 <= args.rescale <= 1:
-        ap.error(f"--rescale must be in [0, 1], got {args.rescale}")
+    if args.rescale is not None:
+        try:
+            SampleConfig(guidance_rescale=args.rescale).validate()  # the one range check
+        except ValueError as e:
+            ap.error(f"--rescale: {e}")
     try:
         radii = tuple(paths.size_fraction(r) for r in args.radii) if args.radii else None
     except ValueError as e:

@@ -192,3 +192,11 @@ def test_diagnose_shape_survival_finishes_each_clip_from_t0(tiny_model, monkeypa
         assert [paths.caption(a) for a in small] == [paths.caption(b) for b in big]
         assert [paths.family_of(a) for a in small] == [paths.family_of(b) for b in big]
         assert paths.caption(small[0]) != paths.caption(small[1]) or small[0].seed != small[1].seed
+
+
+def test_diagnose_refuses_a_rescale_out_of_range_before_loading(capsys):
+    from shapes_world import diagnose
+
+    with pytest.raises(SystemExit):
+        diagnose.main(["--model", "/nonexistent", "--shape-survival", "--rescale", "2"])
+    assert "guidance rescale must be in [0, 1], got 2" in capsys.readouterr().err
