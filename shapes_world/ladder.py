@@ -161,15 +161,15 @@ def run_reference(model: T2VModel, i: int, args: argparse.Namespace, out: Path) 
         oracle = paths.render(paths.restyle(clip.spec, q["shape"], q["colour"], q["background"], q["bg_colour"]))
         add("L0", "oracle", p, 0, 0.0, _score(detector.track(oracle.frames), ref_track, side, p))
 
-    steps = args.sample_steps or args.scfg.num_inference_steps
-    guidance = args.guidance or args.scfg.guidance_scale
+    steps = args.scfg.num_inference_steps
     z0 = encode_video(model, frames)
     eps_inv = invert_cached(model, z0, steps, out / f"ref{i}" / "cache")
 
     def draw(prompt: str, seed: int, beta: float, use_lora: bool, cutoff: int) -> np.ndarray:
-        # the model's sampling settings as a user gets them (guidance rescale, LoRA strength, ...) and --set's
-        scfg = SampleConfig.from_dict({**args.scfg.to_dict(), "num_inference_steps": steps, "guidance_scale": guidance,
-                                       "beta": beta, "seed": seed, "lora_cutoff": cutoff, "num_videos": 1})
+        # the model's sampling settings as a user gets them (guidance rescale, LoRA strength, ...), --set's and
+        # --sample-steps / --guidance (folded into args.scfg at start-up)
+        scfg = SampleConfig.from_dict({**args.scfg.to_dict(), "beta": beta, "seed": seed, "lora_cutoff": cutoff,
+                                       "num_videos": 1})
         # beta 0 blends none of eps_inv: pure noise
         return to_uint8(sample(model, prompt, scfg, eps_inv=eps_inv, use_lora=use_lora).frames[0])
 
@@ -487,6 +487,16 @@ def main(argv: list[str] | None = None) -> None:
     if args.steps:
         args.cfg.train.steps = args.steps
     apply_overrides(args.cfg, args.scfg, args.set)
+    # --sample-steps / --guidance win over the model's and --set's, once, here: every draw and the summary's
+    # settings use args.scfg (the resume key keeps the flags as given, so ladders begun before still resume)
+    if args.sample_steps is not None:
+        args.scfg.num_inference_steps = args.sample_steps
+    if args.guidance is not None:  # guidance 0 (none) is a setting, not "the model's"
+        args.scfg.guidance_scale = args.guidance
+    try:
+        args.scfg.validate()
+    except ConfigError as e:
+        raise SystemExit(f"--sample-steps / --guidance: {e}") from None
     args.l1_set = L1_SETS if args.l1_set is None else args.l1_set
     if any(item.startswith("sample.") for item in args.l1_set):
         raise SystemExit("--l1-set: the L1 LoRA's training only (train.*, lora.*, loss.*); L1 samples at beta 0, "

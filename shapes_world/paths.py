@@ -247,6 +247,26 @@ def size_fraction(size: str | float) -> float:
     return float(size)
 
 
+def shape_weights_of(text: str) -> tuple[float, ...]:
+    """``"square=2,star=2"``: the weight of each of ``SHAPES``, in that order (a shape not named weighs 1).
+    Raises ValueError naming the problem."""
+    weights = dict.fromkeys(SHAPES, 1.0)
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        name, sep, value = item.partition("=")
+        if not sep or name.strip() not in weights:
+            raise ValueError(f"{item!r} is not shape=weight with a shape of {SHAPES}")
+        try:
+            w = float(value)
+        except ValueError:
+            raise ValueError(f"the weight of {name.strip()!r} is not a number: {value!r}") from None
+        if not 0 <= w <= 100 or w != w:
+            raise ValueError(f"the weight of {name.strip()!r} must be in [0, 100], got {value!r}")
+        weights[name.strip()] = w
+    if not sum(weights.values()) > 0:
+        raise ValueError("at least one shape needs a weight above 0")
+    return tuple(weights.values())
+
+
 def family_of(spec: world.ClipSpec) -> str:
     """The path family a spec was drawn from."""
     return (*FAMILIES, *HELD_OUT)[int(spec.bg_params["family"])]
@@ -265,10 +285,12 @@ def make_spec(shape: str, colour: str, background: str = "plain", bg_colour: str
 def sample_spec(rng: np.random.Generator, frames: int = FRAMES, height: int = SIZE, width: int = SIZE,
                 family: str | None = None, shape: str | None = None, colour: str | None = None,
                 background: str | None = None, bg_colour: str | None = None, size: str | float | None = None,
-                sizes: tuple[float, ...] | None = None) -> world.ClipSpec:
+                sizes: tuple[float, ...] | None = None, shape_weights: tuple[float, ...] | None = None
+                ) -> world.ClipSpec:
     """A random training clip (any argument given is kept); ``family`` None draws from ``FAMILIES``. ``size`` None
     draws one of ``sizes`` (radius / side; default ``SIZES``), the same draw from the same ``rng`` for any sizes of
-    the same number."""
+    the same number. ``shape_weights``: how often each of ``SHAPES`` is drawn (``shape_weights_of``); None draws
+    them evenly, as every run before the option did (a weighted draw takes another path through ``rng``)."""
     def pick(options: tuple[str, ...] | list[str], weights: list[float] | None = None) -> str:
         p = None if weights is None else np.asarray(weights) / sum(weights)
         return str(options[int(rng.choice(len(options), p=p))])
@@ -279,7 +301,7 @@ def sample_spec(rng: np.random.Generator, frames: int = FRAMES, height: int = SI
         background = pick(names, [BACKGROUNDS[b] for b in names])
     bg_colour = bg_colour or pick([b for b in BG_COLOURS if colour is None or compatible(colour, b)])
     colour = colour or pick([c for c in COLOURS if compatible(c, bg_colour)])
-    shape = shape or pick(SHAPES)
+    shape = shape or pick(SHAPES, None if shape_weights is None else list(shape_weights))
     if size is None:
         named = tuple(SIZES) if sizes is None else tuple(float(f) for f in sizes)
         size = named[int(rng.choice(len(named)))]

@@ -26,6 +26,8 @@ clips, which teaches the caption-to-look mapping several times faster per CPU se
 late (``diagnose --formation``); ``--unet-object-weight 9`` gives the few latent pixels that show the object (whose
 shape a prompt names) ten times the background's share of the noise loss. ``--ema-decay 0.999`` saves a moving
 average of the weights instead of the last ones (``--save-raw DIR`` keeps the last ones too, to compare).
+``--shape-weights square=2.5,star=2`` draws those shapes more often than the others (the paths world draws its
+four shapes evenly by default), for the shapes the model draws least well.
 ``--grow`` (with ``--continue-from``) trains on from the trained UNet one layer a block deeper (``grow.py``).
 ``--vae-factor 2`` starts a model on a latent grid twice as fine (16 x 16 at 32 x 32 pixels), so that a small
 square's corners are not finer than one latent pixel; the VAE stages are in ``vae_stages.py``.
@@ -125,10 +127,10 @@ def build_model(seed: int = 0, unet_channels: tuple[int, ...] = (32, 64, 64), un
                     torch.float32, sample, train_defaults=train)
 
 
-def _render(first: int, n: int, seed: int, world_name: str = "paths", sizes: tuple[float, ...] | None = None
-            ) -> tuple[np.ndarray, list[str], np.ndarray]:
+def _render(first: int, n: int, seed: int, world_name: str = "paths", sizes: tuple[float, ...] | None = None,
+            shape_weights: tuple[float, ...] | None = None) -> tuple[np.ndarray, list[str], np.ndarray]:
     module, frames, side = WORLDS[world_name]
-    kw = {} if sizes is None else {"sizes": sizes}
+    kw = {k: v for k, v in (("sizes", sizes), ("shape_weights", shape_weights)) if v is not None}
     clips = list(module.iter_dataset(n, seed=seed, frames=frames, height=side, width=side, first=first, **kw))
     return (np.stack([c.frames for c in clips]), [c.caption for c in clips],
             np.stack([c.masks.any(axis=0) for c in clips]))
@@ -152,16 +154,24 @@ def world_sizes(sizes: tuple[float, ...] | None, world_name: str, record: dict |
     return tuple(paths.SIZES.values())
 
 
-def make_data(n: int, seed: int, workers: int = 1, world_name: str = "paths", sizes: tuple[float, ...] | None = None
-              ) -> tuple[np.ndarray, list[str], np.ndarray]:
+def _check_shape_weights(shape_weights: tuple[float, ...] | None, world_name: str) -> None:
+    """SystemExit if shape weights are given for a world that does not take them (the first world's shapes are
+    drawn with its motions)."""
+    if shape_weights is not None and world_name != "paths":
+        raise SystemExit(f"--shape-weights is for the paths world; this run's world is {world_name!r}")
+
+
+def make_data(n: int, seed: int, workers: int = 1, world_name: str = "paths", sizes: tuple[float, ...] | None = None,
+              shape_weights: tuple[float, ...] | None = None) -> tuple[np.ndarray, list[str], np.ndarray]:
     """Clips 0 to n-1 of the seed as (n, F, H, W, 3) uint8, their captions and where any object is, (n, F, H, W)
-    bool; the same for any ``workers``. ``sizes``: the paths world's object radii / side (default its ``SIZES``)."""
+    bool; the same for any ``workers``. ``sizes``: the paths world's object radii / side (default its ``SIZES``);
+    ``shape_weights``: how often it draws each of its ``SHAPES`` (default evenly)."""
     if workers <= 1 or n < 2 * workers:
-        return _render(0, n, seed, world_name, sizes)
+        return _render(0, n, seed, world_name, sizes, shape_weights)
     bounds = np.linspace(0, n, workers + 1).astype(int)
     with concurrent.futures.ProcessPoolExecutor(workers) as pool:
         parts = list(pool.map(_render, bounds[:-1], np.diff(bounds), [seed] * workers, [world_name] * workers,
-                              [sizes] * workers))
+                              [sizes] * workers, [shape_weights] * workers))
     return (np.concatenate([f for f, _, _ in parts]), [c for _, caps, _ in parts for c in caps],
             np.concatenate([m for _, _, m in parts]))
 
@@ -349,6 +359,8 @@ def main(argv: list[str] | None = None) -> None:
                          "in the noise loss, each frame's weights scaled to mean 1 (0 = the plain loss)")
     ap.add_argument("--unet-t-max", type=int, default=1000,
                     help="UNet stage: draw timesteps from [0, this) only (the near-clean levels; 1000 = all)")
+    ap.add_argument("--shape-weights", default=None,
+                    help="paths world: how often each shape is drawn, e.g. square=2,star=2 (others 1; default even)")
     ap.add_argument("--sizes", default=None,
                     help="paths world: the object radii / side the clips draw, comma-separated (default: a "
                          "continued model's own, else the world's SIZES, "
@@ -380,6 +392,11 @@ def main(argv: list[str] | None = None) -> None:
             args.sizes = tuple(paths.size_fraction(float(v)) for v in args.sizes.split(","))
         except ValueError as e:
             ap.error(f"--sizes: {e}")
+    if args.shape_weights is not None:
+        try:
+            args.shape_weights = paths.shape_weights_of(args.shape_weights)
+        except ValueError as e:
+            ap.error(f"--shape-weights: {e}")
     if args.save_raw and (not args.ema_decay or Path(args.save_raw).resolve() == Path(args.out).resolve()):
         ap.error("--save-raw needs --ema-decay (without it the saved weights are the raw ones) and a folder "
                  "other than --out")
@@ -402,7 +419,9 @@ def main(argv: list[str] | None = None) -> None:
     t_all = time.time()
     log: list[dict] = []
     sizes = world_sizes(args.sizes, args.world)
-    frames, captions, masks = make_data(args.clips, args.seed, args.workers, args.world, sizes)  # before CUDA: fork
+    _check_shape_weights(args.shape_weights, args.world)
+    frames, captions, masks = make_data(args.clips, args.seed, args.workers, args.world, sizes,  # before CUDA: fork
+                                        args.shape_weights)
     weights = object_weights(masks, args.object_weight) if args.object_weight > 0 else None
     channels = tuple(int(c) for c in args.unet_channels.split(","))
     model = build_model(args.seed, channels, args.unet_layers, args.world, args.vae_factor)
@@ -417,6 +436,8 @@ def main(argv: list[str] | None = None) -> None:
                   "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "argv": args.argv}
     if sizes is not None:
         info["sizes"] = list(sizes)
+    if args.shape_weights is not None:
+        info["shape_weights"] = dict(zip(paths.SHAPES, args.shape_weights))
     if args.resume_vae:
         model.vae = AutoencoderKL.from_pretrained(Path(args.resume_vae) / "vae").to(args.device)
         model.vae.eval().requires_grad_(False)
@@ -453,7 +474,9 @@ def _continue(src: Path, out: Path, args: argparse.Namespace) -> None:
     info, log = rec["info"], rec["log"]
     # the world a model was trained on is its own (records from before the second world name none: the first)
     sizes = world_sizes(args.sizes, info.get("world", "shapes"), info)
-    frames, captions, masks = make_data(args.clips, args.seed, args.workers, info.get("world", "shapes"), sizes)
+    _check_shape_weights(args.shape_weights, info.get("world", "shapes"))
+    frames, captions, masks = make_data(args.clips, args.seed, args.workers, info.get("world", "shapes"), sizes,
+                                        args.shape_weights)
     weights = object_weights(masks, args.object_weight) if args.object_weight > 0 else None
     model = load_model(src, device=args.device, dtype="float32")
     if args.grow:  # params are the saved model's; unet_layers stays the first run's, the continuation records its own
@@ -482,7 +505,9 @@ def _continue(src: Path, out: Path, args: argparse.Namespace) -> None:
                                              **({"grow": True, "unet_layers": model.unet.config.layers_per_block}
                                                 if args.grow else {}),
                                              **{k: more[k] for k in RUN_OPTIONS},
-                                             **({} if sizes is None else {"sizes": list(sizes)})})
+                                             **({} if sizes is None else {"sizes": list(sizes)}),
+                                             **({} if args.shape_weights is None
+                                                else {"shape_weights": dict(zip(paths.SHAPES, args.shape_weights))})})
     save_model(model, out)
     (out / "training_info.json").write_text(json.dumps({"info": info, "log": log}, indent=1))
     _save_raw(model, raw_params, args.save_raw, info, log)

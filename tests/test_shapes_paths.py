@@ -304,7 +304,15 @@ def test_ladder_samples_one_lora_at_several_cutoffs(tmp_path):
     out = tmp_path / "ladder"
     base = ["--model", str(model_dir), "--out", str(out), "--refs", "0", "--prompts", "1", "--seeds", "1",
             "--steps", "2", "--sample-steps", "3", "--rungs", "L3", "--betas", "0", "--threads", "1"]
-    ladder.main(base + ["--cutoffs", "1000,0"])
+    seen = []
+    real_sample = ladder.sample
+    with pytest.MonkeyPatch.context() as mp:  # --sample-steps and --guidance reach every draw and the summary
+        mp.setattr(ladder, "sample", lambda m, p, cfg, **kw: seen.append(cfg) or real_sample(m, p, cfg, **kw))
+        ladder.main(base + ["--cutoffs", "1000,0", "--guidance", "2.5"])
+    assert seen and all((c.num_inference_steps, c.guidance_scale) == (3, 2.5) for c in seen)
+    sample_settings = json.loads((out / "summary.json").read_text())["settings"]["sample"]
+    assert (sample_settings["num_inference_steps"], sample_settings["guidance_scale"]) == (3, 2.5)
+    base += ["--guidance", "2.5"]
     rows = [json.loads(x) for x in (out / "rows.jsonl").read_text().splitlines()]
     l3 = {r["variant"]: r for r in rows if r["rung"] == "L3"}
     assert set(l3) == {"lora@1000", "lora@0", "base"} and l3["lora@0"]["lora_cutoff"] == 0
@@ -319,6 +327,9 @@ def test_ladder_samples_one_lora_at_several_cutoffs(tmp_path):
     for bad, msg in (("2000", "cut-off must be in"), ("a,b", "comma-separated")):
         with pytest.raises(SystemExit, match=msg):
             ladder.main(base[:3] + [str(tmp_path / "other")] + base[4:] + ["--cutoffs", bad])
+    with pytest.raises(SystemExit, match="--guidance"):  # refused before any LoRA is trained
+        ladder.main(base[:3] + [str(tmp_path / "neg")] + base[4:] + ["--guidance", "-1"])
+    assert not (tmp_path / "neg" / "ref0").exists()
 
 
 def test_ladder_inverts_with_the_lora_when_the_sampling_settings_say_so(tmp_path):

@@ -307,6 +307,35 @@ def test_sizes_option_draws_the_same_clips_at_other_radii(tmp_path):
         recipe.world_sizes((0.2,), "shapes", {"world": "shapes"})
 
 
+def test_shape_weights_option_draws_the_weighted_shapes_and_records_them(tmp_path):
+    """--shape-weights changes how often each shape is drawn and nothing when left out (earlier runs replay)."""
+    f0, c0, _ = recipe.make_data(8, seed=3)
+    f1, c1, _ = recipe._render(0, 8, 3, "paths", None, None)
+    assert np.array_equal(f0, f1) and c0 == c1
+    only = paths.shape_weights_of("circle=0,triangle=0,star=0")  # squares only
+    assert only == (0.0, 1.0, 0.0, 0.0)
+    _, c2, _ = recipe.make_data(8, seed=3, shape_weights=only)
+    assert all(paths.parse(c)["shape"] == "square" for c in c2)
+    _, c3, _ = recipe.make_data(400, seed=3, shape_weights=paths.shape_weights_of("square=3"))
+    squares = sum(paths.parse(c)["shape"] == "square" for c in c3)
+    assert 0.4 < squares / 400 < 0.6  # 3 of 6
+    for bad in ("cube=2", "square", "square=-1", "star=x", "circle=0,square=0,triangle=0,star=0"):
+        with pytest.raises(ValueError):
+            paths.shape_weights_of(bad)
+    for bad in (["--shape-weights", "cube=2"], ["--world", "shapes", "--shape-weights", "square=2"]):
+        with pytest.raises(SystemExit):
+            recipe.main(["--out", str(tmp_path / "x"), "--clips", "4", "--vae-minutes", "0.003", "--unet-minutes",
+                         "0.003", "--decoder-minutes", "0", "--threads", "1", *bad])
+    assert not (tmp_path / "x").exists()
+    out = tmp_path / "m"
+    tiny = ["--clips", "4", "--threads", "1", "--decoder-minutes", "0", "--unet-minutes", "0.003"]
+    recipe.main(["--out", str(out), "--vae-minutes", "0.003", "--shape-weights", "square=2", *tiny])
+    recipe.main(["--continue-from", str(out), "--out", str(out), "--shape-weights", "star=3", *tiny])
+    info = json.loads((out / "training_info.json").read_text())["info"]
+    assert info["shape_weights"] == {"circle": 1.0, "square": 2.0, "triangle": 1.0, "star": 1.0}
+    assert info["continued"][0]["shape_weights"]["star"] == 3.0
+
+
 def test_object_weights_weigh_the_object_and_its_rim_only():
     masks = np.zeros((1, 2, 8, 8), dtype=bool)
     masks[0, 0, 3:5, 3:5] = True  # a 2 x 2 object in frame 0, none in frame 1
