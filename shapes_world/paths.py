@@ -259,7 +259,7 @@ def shape_weights_of(text: str) -> tuple[float, ...]:
             w = float(value)
         except ValueError:
             raise ValueError(f"the weight of {name.strip()!r} is not a number: {value!r}") from None
-        if not 0 <= w <= 100 or w != w:
+        if not 0 <= w <= 100:  # NaN fails it too
             raise ValueError(f"the weight of {name.strip()!r} must be in [0, 100], got {value!r}")
         weights[name.strip()] = w
     if not sum(weights.values()) > 0:

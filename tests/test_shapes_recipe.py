@@ -319,7 +319,7 @@ def test_shape_weights_option_draws_the_weighted_shapes_and_records_them(tmp_pat
     _, c3, _ = recipe.make_data(400, seed=3, shape_weights=paths.shape_weights_of("square=3"))
     squares = sum(paths.parse(c)["shape"] == "square" for c in c3)
     assert 0.4 < squares / 400 < 0.6  # 3 of 6
-    for bad in ("cube=2", "square", "square=-1", "star=x", "circle=0,square=0,triangle=0,star=0"):
+    for bad in ("cube=2", "square", "square=-1", "square=nan", "star=x", "circle=0,square=0,triangle=0,star=0"):
         with pytest.raises(ValueError):
             paths.shape_weights_of(bad)
     for bad in (["--shape-weights", "cube=2"], ["--world", "shapes", "--shape-weights", "square=2"]):
