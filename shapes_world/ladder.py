@@ -25,7 +25,10 @@ mean distance / frame side, plus the zoom term), averaged over references x prom
   LoRA / base distance <= 0.5 at both betas, prompted colour kept in >= 80 %. ``--baselines
   ddpm,frame-diff,residual`` trains those objectives with the MotionMatcher LoRA's settings (not L1's) and samples
   them beside it (rows named by objective): does the motion loss beat them on distance at no worse text alignment
-  (prompted colour and shape kept)?
+  (prompted colour and shape kept)? Each row also records the drawn object's size over the reference's
+  (``size``, a column of ``ladder.md``): does a LoRA carry the reference's size (which the distance does not
+  read), and are its shapes lost where drawn small? Compare variants on the same prompts, circles first: a star
+  and a triangle of one radius differ in area, and a star drawn without its points reads smaller.
 
 The base model is sampled beside each rung with the same prompts, seeds and beta. References 0-5 are drawn from
 the training families, 6-9 from ``paths.HELD_OUT`` (families the training data never drew). ``--set
@@ -130,9 +133,18 @@ def apply_overrides(cfg: RunConfig, scfg: SampleConfig, sets: list[str]) -> None
     scfg.validate()
 
 
+def _size(model_track: detector.Track, ref_track: detector.Track) -> float:
+    """The drawn object's median scale over the frames where it was found, over the reference's (1: the
+    reference's size; NaN where either was never found). The distance reads only scale *changes* (zooms); the size
+    says whether a LoRA also carries the reference's size, which matters where a model loses small shapes
+    (``diagnose --shape-survival --radii``)."""
+    a, b = model_track.scales[model_track.found], ref_track.scales[ref_track.found]
+    return float(np.median(a) / np.median(b)) if len(a) and len(b) else float("nan")
+
+
 def _score(model_track: detector.Track, ref_track: detector.Track, side: float, prompt: str) -> dict:
     want = paths.parse(prompt)
-    return {"distance": track_distance(model_track, ref_track, side),
+    return {"distance": track_distance(model_track, ref_track, side), "size": _size(model_track, ref_track),
             "colour_ok": model_track.colour == want["colour"], "shape_ok": model_track.shape == want["shape"],
             "shape": model_track.shape,  # what was drawn: a miss read as the reference's shape is a leak
             "coherent": bool(model_track.coherent)}
@@ -251,6 +263,7 @@ def summarize(rows: list[dict]) -> dict:
                 "untracked": sum(r["distance"] != r["distance"] for r in g),
                 "colour_ok": float(np.mean([r["colour_ok"] for r in g])),
                 "shape_ok": _mean([float(r["shape_ok"]) for r in g if "shape_ok" in r]),
+                "size": _mean([r["size"] for r in g if "size" in r]),
                 "coherent": float(np.mean([r["coherent"] for r in g]))}
         ratios = {}
         l3_variants = sorted({r["variant"] for r in sel if r["rung"] == "L3"} - {"base"})
@@ -271,13 +284,15 @@ def report_md(summary: dict, cmd: str) -> str:
     lines = [f"# Transfer ladder\n\n`{cmd}`\n"]
     for part, s in summary.items():
         lines += [f"\n## {part} references\n",
-                  "| rung | variant | beta | n | distance | untracked | colour | shape | coherent |", "|---" * 9 + "|"]
+                  "| rung | variant | beta | n | distance | untracked | colour | shape | size | coherent |",
+                  "|---" * 10 + "|"]
         for key, g in s["groups"].items():
             rung, variant, beta = key.split(" ")
             d = "-" if g["distance"] is None else f"{g['distance']:.3f}"
             shape = "-" if g.get("shape_ok") is None else f"{100 * g['shape_ok']:.0f} %"
+            size = "-" if g.get("size") is None else f"{g['size']:.2f}"
             lines.append(f"| {rung} | {variant} | {beta.split('=')[1]} | {g['n']} | {d} | {g['untracked']} | "
-                         f"{100 * g['colour_ok']:.0f} % | {shape} | {100 * g['coherent']:.0f} % |")
+                         f"{100 * g['colour_ok']:.0f} % | {shape} | {size} | {100 * g['coherent']:.0f} % |")
         lines += [""] + [f"- {k}: {v:.2f}" for k, v in s["ratios"].items()]
     return "\n".join(lines) + "\n"
 

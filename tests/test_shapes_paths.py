@@ -366,6 +366,29 @@ def test_ladder_summary_ratios():
     s = ladder.summarize(rows)
     assert s["all"]["ratios"]["L3 frame-diff/base beta=0"] == pytest.approx(0.25 / 0.4)
     assert s["all"]["groups"]["L3 frame-diff beta=0"]["shape_ok"] == pytest.approx(0.5)
+    assert s["all"]["groups"]["L3 frame-diff beta=0"]["size"] is None  # nor a size
+    rows += [dict(row("L3", "residual", 0.0, 0.2), size=0.8), dict(row("L3", "residual", 0.0, 0.2), size=1.2),
+             dict(row("L3", "residual", 0.0, 0.2), size=float("nan"))]
+    s = ladder.summarize(rows)
+    assert s["all"]["groups"]["L3 residual beta=0"]["size"] == pytest.approx(1.0)  # NaN (never found) left out
+    assert "| L3 | residual | 0 | 3 | 0.200 | 0 | 100 % | - | 1.00 | 100 % |" in ladder.report_md(s, "cmd")
+
+
+def test_ladder_size_is_the_drawn_objects_median_scale_over_the_references():
+    def tr(scales):
+        s = np.asarray(scales, dtype=float)
+        return detector.Track(np.zeros((len(s), 2)), s, s ** 2, ~np.isnan(s), np.ones(len(s), int), "red", "star",
+                              True)
+
+    ref = tr([4.0, 4.0, 4.2, 3.8])
+    assert ladder._size(tr([2.0, 2.0, 2.0, np.nan]), ref) == pytest.approx(0.5)  # frames not found are left out
+    assert ladder._size(tr([6.0, 6.0, 6.0, 6.0]), ref) == pytest.approx(1.5)
+    assert np.isnan(ladder._size(tr([np.nan] * 4), ref))
+    # a real sample: the reference's own clip is its own size, a clip of the same path at a larger radius is larger
+    small, big = (paths.render(paths.make_spec("square", "red", "plain", "white", "curve", size=r, seed=3, frames=4,
+                                               height=32, width=32)) for r in (0.14, 0.21))
+    assert ladder._size(detector.track(small.frames), detector.track(small.frames)) == pytest.approx(1.0)
+    assert ladder._size(detector.track(big.frames), detector.track(small.frames)) > 1.1
 
 
 def test_card_measures_a_model_and_writes_a_users_page(tmp_path, monkeypatch, capsys):
