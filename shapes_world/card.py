@@ -62,11 +62,11 @@ CARD_SEED = 20_000  # the card's prompts are drawn from seeds CARD_SEED, CARD_SE
 
 
 def prompt_following(model: T2VModel, n: int = 40, seed: int = CARD_SEED, guidance: float | None = None,
-                     rescale: float | None = None) -> dict:
+                     rescale: float | None = None, steps: int | None = None) -> dict:
     """The base model at beta 0 on the captions of n random clips: colour, shape, coherence, background.
 
-    ``guidance`` and ``rescale`` replace the model's own guidance scale and rescale (``benchmarks/guidance_sweep.py``
-    chooses them on other seeds)."""
+    ``guidance``, ``rescale`` and ``steps`` replace the model's own guidance scale, rescale and DDIM steps
+    (``benchmarks/guidance_sweep.py`` chooses them on other seeds)."""
     vd = VideoConfig.for_model(model).to_dict()
     shape = (int(vd["num_frames"]), int(vd["height"]) // model.vae_scale, int(vd["width"]) // model.vae_scale)
     own = ladder.default_config(model).sample.to_dict()  # the model's steps, guidance and rescale
@@ -74,6 +74,8 @@ def prompt_following(model: T2VModel, n: int = 40, seed: int = CARD_SEED, guidan
         own["guidance_scale"] = guidance
     if rescale is not None:
         own["guidance_rescale"] = rescale
+    if steps is not None:
+        own["num_inference_steps"] = steps
     rng = np.random.default_rng(seed)
     rows = []
     for i in range(n):

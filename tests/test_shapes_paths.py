@@ -409,17 +409,19 @@ def test_card_measures_a_model_and_writes_a_users_page(tmp_path, monkeypatch, ca
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "benchmarks"))
     import guidance_sweep
 
-    seen: list[tuple[float, float]] = []
+    seen: list[tuple[float, float, int]] = []
     real_sample = card.sample
     monkeypatch.setattr(card, "sample", lambda m, p, cfg, **kw: seen.append(
-        (cfg.guidance_scale, cfg.guidance_rescale)) or real_sample(m, p, cfg, **kw))
-    guidance_sweep.main(["--model", str(model_dir), "--n", "1", "--guidance", "2.5", "--rescale", "0,0.5"])
+        (cfg.guidance_scale, cfg.guidance_rescale, cfg.num_inference_steps)) or real_sample(m, p, cfg, **kw))
+    guidance_sweep.main(["--model", str(model_dir), "--n", "1", "--guidance", "2.5", "--rescale", "0,0.5",
+                         "--steps", "3"])
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()[-2:]]
-    assert seen == [(2.5, 0.0), (2.5, 0.5)] and [(x["guidance"], x["rescale"]) for x in lines] == seen
-    guidance_sweep.main(["--model", str(model_dir), "--n", "1", "--guidance", "2.5"])  # the model's own rescale
+    assert seen == [(2.5, 0.0, 3), (2.5, 0.5, 3)]
+    assert [(x["guidance"], x["rescale"], x["steps"]) for x in lines] == seen
+    guidance_sweep.main(["--model", str(model_dir), "--n", "1", "--guidance", "2.5"])  # the model's own rescale, steps
     line = json.loads(capsys.readouterr().out.splitlines()[-1])
-    assert seen[-1] == (2.5, 0.75) and (line["guidance"], line["rescale"]) == (2.5, 0.75)
-    for bad in (["--seed", "19990", "--n", "20"], ["--rescale", "0,2"], ["--rescale", "x"]):
+    assert seen[-1] == (2.5, 0.75, 2) and (line["guidance"], line["rescale"], line["steps"]) == (2.5, 0.75, 2)
+    for bad in (["--seed", "19990", "--n", "20"], ["--rescale", "0,2"], ["--rescale", "x"], ["--steps", "0"]):
         with pytest.raises(SystemExit):  # the card's own prompts are not for choosing settings; phi in [0, 1]
             guidance_sweep.main(["--model", str(model_dir), *bad])
         assert "error" in capsys.readouterr().err
