@@ -57,20 +57,21 @@ def main(argv: list[str] | None = None) -> None:
     paths_world = model_world(Path(args.model)) == "paths"
     if args.rescale is not None and not paths_world:
         ap.error("--rescale: paths-world models only")
+    own = SampleConfig.for_model(model)
+    if paths_world and args.steps is None:
+        steps = own.num_inference_steps
     for g in (float(x) for x in args.guidance.split(",")):
         for phi in rescales:
             t = time.perf_counter()
             if paths_world:
-                res = card.prompt_following(model, args.n, seed=args.seed, guidance=g, rescale=phi, steps=args.steps)
+                res = card.prompt_following(model, args.n, seed=args.seed, guidance=g, rescale=phi, steps=steps)
             else:
                 res = evaluate.prompt_following(model, args.n, steps, g, seed=args.seed)
             rows = res.pop("rows")
             if paths_world:  # [drawn right, asked] per prompted shape: which shapes the misses are
                 res["by_shape"] = card.shape_counts(rows)
-            own = SampleConfig.for_model(model)
             used = phi if phi is not None else own.guidance_rescale
-            used_steps = own.num_inference_steps if paths_world and args.steps is None else steps
-            print(json.dumps({"guidance": g, "rescale": used, "steps": used_steps, "seed": args.seed, **res,
+            print(json.dumps({"guidance": g, "rescale": used, "steps": steps, "seed": args.seed, **res,
                               "seconds": round(time.perf_counter() - t, 1)}), flush=True)
 
 

@@ -422,7 +422,7 @@ def test_card_measures_a_model_and_writes_a_users_page(tmp_path, monkeypatch, ca
     line = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert seen[-1] == (2.5, 0.75, 2) and (line["guidance"], line["rescale"], line["steps"]) == (2.5, 0.75, 2)
     for bad in (["--seed", "19990", "--n", "20"], ["--rescale", "0,2"], ["--rescale", "x"], ["--steps", "0"]):
-        with pytest.raises(SystemExit):  # the card's own prompts are not for choosing settings; phi in [0, 1]
+        with pytest.raises(SystemExit):  # the card's prompts are not for choosing settings; phi in [0, 1]; steps >= 1
             guidance_sweep.main(["--model", str(model_dir), *bad])
         assert "error" in capsys.readouterr().err
     (asked, got), = line["by_shape"].items()  # one prompt: its shape, drawn right or not
