@@ -286,6 +286,16 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'s' if n != 1 else ''}"
 
 
+def init_line(info: dict) -> str:
+    """The card's word on a model whose first run started from another's weights (``recipe --init-from``)."""
+    init = info.get("init_from")
+    if not init:
+        return ""
+    return (f"\nIts first run started the UNet and text encoder from the model then at `{init['folder']}` "
+            f"({init.get('unet_steps')} UNet steps; `--init-from`), so a replay needs that model there: the replay "
+            "checks its UNet weights by their SHA-256 and stops if they are not the same.\n")
+
+
 def write_card(folder: Path, res: dict, prompt: str) -> None:
     info = json.loads((folder / "training_info.json").read_text())["info"]
     side = json.loads((folder / "motion_matcher.json").read_text())
@@ -353,7 +363,7 @@ One command replays them (stages stop on a wall-clock budget, so step counts dep
 ```bash
 python -m shapes_world.recipe --replay assets/shapes-t2v/training_info.json --out assets/shapes-t2v
 ```
-{pooled_runs(res)}"""
+{init_line(info)}{pooled_runs(res)}"""
     (folder / "README.md").write_text(card)
 
 

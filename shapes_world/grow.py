@@ -1,9 +1,12 @@
-"""Grow a trained UNet3D one layer a block deeper without changing what it computes.
+"""Start a UNet from a trained one: grow it one layer a block deeper, or carry its weights into another layout.
 
     python -m shapes_world.recipe --continue-from assets/shapes-t2v --grow --out runs/m ...   # then train on
+    python -m shapes_world.recipe --vae-factor 2 --init-from assets/shapes-t2v --out runs/m ...  # a finer grid
 
 Training a larger UNet from scratch costs the CPU hours the shipped one took; growing the trained one adds
 capacity and lets training go on from where it stands. docs/results.md has what an 80-minute run of it gave.
+A UNet for a finer latent grid (``--vae-factor 2``) has the same blocks less the finest level's attention, so
+``transplant`` starts it from the trained one's weights instead of from noise.
 """
 
 from __future__ import annotations
@@ -67,3 +70,23 @@ def grow_unet(unet: UNet3DWithPeft) -> UNet3DWithPeft:
                         attn[new].proj_out.weight.zero_()
                         attn[new].proj_out.bias.zero_()
     return grown
+
+
+def transplant(dst: torch.nn.Module, src: torch.nn.Module) -> dict[str, int]:
+    """Copy into ``dst`` every tensor of ``src`` whose name ``dst`` also has; returns the counts.
+
+    Meant for two UNets (or text encoders) of one family that differ only in which blocks carry attention, as
+    the factor-2 UNet lacks the finest level's: those of ``src``'s tensors are dropped, any of ``dst``'s own that
+    ``src`` lacks keep their fresh values. A shared name with another shape means another architecture (other
+    widths, another vocabulary), which is refused rather than half-copied.
+    """
+    theirs, ours = src.state_dict(), dst.state_dict()
+    wrong = [f"{k} {tuple(v.shape)} vs {tuple(ours[k].shape)}" for k, v in theirs.items()
+             if k in ours and v.shape != ours[k].shape]
+    if wrong:
+        raise ValueError(f"transplant: {len(wrong)} tensors differ in shape, e.g. {wrong[0]}: not the same family")
+    shared = {k: v for k, v in theirs.items() if k in ours}
+    if not shared:
+        raise ValueError("transplant: no tensor names in common: not the same family")
+    dst.load_state_dict(shared, strict=False)
+    return {"copied": len(shared), "dropped": len(theirs) - len(shared), "fresh": len(ours) - len(shared)}

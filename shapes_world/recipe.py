@@ -30,7 +30,9 @@ average of the weights instead of the last ones (``--save-raw DIR`` keeps the la
 four shapes evenly by default), for the shapes the model draws least well.
 ``--grow`` (with ``--continue-from``) trains on from the trained UNet one layer a block deeper (``grow.py``).
 ``--vae-factor 2`` starts a model on a latent grid twice as fine (16 x 16 at 32 x 32 pixels), so that a small
-square's corners are not finer than one latent pixel; the VAE stages are in ``vae_stages.py``.
+square's corners are not finer than one latent pixel; the VAE stages are in ``vae_stages.py``. ``--init-from
+assets/shapes-t2v`` starts such a run's UNet and text encoder from the trained model's weights (all but the finest
+level's attention, which the factor-2 UNet lacks; ``grow.transplant``) instead of from noise.
 
 Captions are the world's plain captions (objects, colours, background; no motion words), so for a prompt that
 names no motion the base model draws from the world's whole motion distribution: varied motion, which is what
@@ -41,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import hashlib
 import json
 import math
 import os
@@ -58,7 +61,7 @@ from motion_core.ddim import add_noise
 from motion_core.models import T2VModel, UNet3DWithPeft, build_word_tokenizer, resolve_device, save_model
 
 from . import paths, world
-from .grow import grow_unet
+from .grow import grow_unet, transplant
 from .vae_stages import encode_all, finetune_decoder, latent_object_weights, object_weights, train_vae
 
 FPS = 8.0
@@ -350,6 +353,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--vae-factor", type=int, choices=(2, 4), default=4,
                     help="a fresh run's VAE downsampling: 4 (the shipped model, 8 x 8 latents) or 2 (16 x 16)")
     ap.add_argument("--resume-vae", default=None, help="reuse the VAE of an earlier run's folder")
+    ap.add_argument("--init-from", default=None,
+                    help="a fresh run: start the UNet and text encoder from this trained model of the same world "
+                         "(every tensor the new layout shares; e.g. a --vae-factor 2 run from the shipped model)")
     ap.add_argument("--object-weight", type=float, default=0.0,
                     help="VAE and decoder stages: weigh the objects' pixels (and a 1-pixel rim) 1 + this in the "
                          "reconstruction loss (0 = uniform); 9 lifts the VAE's own prompt-following ceiling "
@@ -403,6 +409,8 @@ def main(argv: list[str] | None = None) -> None:
     if (args.continue_from or args.decoder_only) and (args.unet_channels != "32,64,64" or args.unet_layers != 1
                                                       or args.vae_factor != 4):
         ap.error("--unet-channels, --unet-layers and --vae-factor size a fresh model; a continued one keeps its own")
+    if args.init_from and (args.continue_from or args.decoder_only):
+        ap.error("--init-from starts a fresh run; a continued one already has its weights")
     if args.grow and not args.continue_from:
         ap.error("--grow adds layers to a trained model: give it --continue-from (a fresh one takes --unet-layers)")
     if args.threads:
@@ -420,11 +428,13 @@ def main(argv: list[str] | None = None) -> None:
     log: list[dict] = []
     sizes = world_sizes(args.sizes, args.world)
     _check_shape_weights(args.shape_weights, args.world)
+    init_rec = _init_record(Path(args.init_from), args.world) if args.init_from else None  # before the long render
     frames, captions, masks = make_data(args.clips, args.seed, args.workers, args.world, sizes,  # before CUDA: fork
                                         args.shape_weights)
     weights = object_weights(masks, args.object_weight) if args.object_weight > 0 else None
     channels = tuple(int(c) for c in args.unet_channels.split(","))
     model = build_model(args.seed, channels, args.unet_layers, args.world, args.vae_factor)
+    init = _init_from(model, Path(args.init_from), init_rec) if args.init_from else None
     for m in (model.unet, model.vae, model.text_encoder):
         m.to(args.device)
     print(f"data: {frames.shape} uint8, {len(set(captions))} distinct captions", flush=True)
@@ -434,6 +444,8 @@ def main(argv: list[str] | None = None) -> None:
                   "device": _device_name(args.device), "unet_channels": list(channels),
                   "unet_layers": args.unet_layers, "vae_factor": args.vae_factor,
                   "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "argv": args.argv}
+    if init is not None:
+        info["init_from"] = init
     if sizes is not None:
         info["sizes"] = list(sizes)
     if args.shape_weights is not None:
@@ -463,6 +475,46 @@ def main(argv: list[str] | None = None) -> None:
     (out / "training_info.json").write_text(json.dumps({"info": info, "log": log}, indent=1))
     _save_raw(model, raw_params, args.save_raw, info, log)
     print(json.dumps(info), flush=True)
+
+
+def _init_record(src: Path, world_name: str) -> dict:
+    """The record of the model ``--init-from`` names, checked to be one this recipe wrote for the same world."""
+    try:
+        rec = json.loads((src / "training_info.json").read_text())["info"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SystemExit(f"--init-from {src}: not a model folder this recipe wrote ({e})") from None
+    if rec.get("world", "shapes") != world_name:
+        raise SystemExit(f"--init-from {src}: a model of the {rec.get('world', 'shapes')!r} world, not {world_name!r}")
+    return rec
+
+
+def _init_from(model: T2VModel, src: Path, rec: dict) -> dict:
+    """Start a fresh model's UNet and text encoder from the trained model in ``src`` (``grow.transplant``).
+
+    The text encoder must match exactly (the same world, so the same vocabulary); the UNet may lack some of
+    ``src``'s attention (the factor-2 layout). The VAE stays fresh: its latents are the new model's own, which the
+    transplanted UNet then learns to read. Returns what ``training_info.json`` records.
+    """
+    from motion_core.models import load_model
+
+    trained = load_model(src, device="cpu", dtype="float32")
+    if trained.tokenizer.get_vocab() != model.tokenizer.get_vocab():
+        raise SystemExit(f"--init-from {src}: its vocabulary is not this world's")
+    try:
+        counts = transplant(model.unet, trained.unet)
+        text = transplant(model.text_encoder, trained.text_encoder)
+    except ValueError as e:
+        raise SystemExit(f"--init-from {src}: {e}") from None
+    if text["dropped"] or text["fresh"]:
+        raise SystemExit(f"--init-from {src}: its text encoder is another size ({text})")
+    print(f"init from {src}: UNet tensors {counts}, text encoder {text['copied']}", flush=True)
+    return {"folder": str(src), "unet_steps": rec.get("unet_steps"), "unet": counts, "unet_sha256": _unet_sha(src)}
+
+
+def _unet_sha(folder: Path) -> str | None:
+    """The SHA-256 of a model folder's UNet weights: a replay checks that ``--init-from`` still names the same."""
+    files = sorted((folder / "unet").glob("*.safetensors"))
+    return hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest() if files else None
 
 
 def _continue(src: Path, out: Path, args: argparse.Namespace) -> None:
@@ -542,9 +594,15 @@ def replay(record: Path, out: str) -> None:
 
     Each run stops on its wall-clock budget, so the step counts, and with them the weights, depend on the machine.
     """
-    cmds = recorded_commands(json.loads(record.read_text())["info"], out)
+    info = json.loads(record.read_text())["info"]
+    cmds = recorded_commands(info, out)
     if cmds is None:
         raise SystemExit(f"{record} has runs made before commands were recorded; rebuild by the card's commands")
+    init = info.get("init_from")
+    if init and init.get("unet_sha256") and _unet_sha(Path(init["folder"])) != init["unet_sha256"]:
+        raise SystemExit(f"{record}: the first run started from the model then at {init['folder']} (UNet SHA-256 "
+                         f"{init['unet_sha256'][:12]}...), which is no longer there: check out the revision that "
+                         "shipped it, or point the recorded --init-from at a copy of it")
     for i, argv in enumerate(cmds):
         print(f"replay {i + 1}/{len(cmds)}: {' '.join(argv)}", flush=True)
         main(argv)

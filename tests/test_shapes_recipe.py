@@ -17,7 +17,7 @@ import torch
 from motion_core.config import SampleConfig
 from motion_core.models import encode_video, load_model
 from motion_core.sample import sample
-from shapes_world import evaluate, grow, paths, recipe
+from shapes_world import card, evaluate, grow, paths, recipe
 
 
 def _state(module):
@@ -469,3 +469,62 @@ def test_recipe_grow_continues_a_model_one_layer_deeper(tmp_path):
     evaluate.write_card(grown, "## Quality\n(not measured in this test)\n")
     md = (grown / "README.md").read_text()
     assert "2 layers per block" in md and "--unet-layers" not in md  # grown, not built deeper
+
+
+def test_transplant_carries_every_shared_tensor_into_the_factor_two_layout():
+    """``grow.transplant`` from a factor-4 UNet to a factor-2 one: each tensor both have is copied exactly, the
+    finest level's attention (which the factor-2 UNet lacks) is dropped, nothing is left fresh; another width or
+    another family is refused, and the destination keeps its weights."""
+    src, dst = recipe.build_model(1), recipe.build_model(2, vae_factor=2)
+    before = _state(dst.unet)
+    counts = grow.transplant(dst.unet, src.unet)
+    theirs, ours = src.unet.state_dict(), dst.unet.state_dict()
+    assert counts == {"copied": len(ours), "dropped": len(theirs) - len(ours), "fresh": 0}
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert not _same(before, ours)  # the two seeds differ, so the copy changed every shared tensor's values
+    dropped = {k.split(".")[0] + "." + k.split(".")[1] + "." + k.split(".")[2] for k in theirs if k not in ours}
+    assert dropped == {"down_blocks.0.attentions", "down_blocks.0.temp_attentions", "up_blocks.2.attentions",
+                       "up_blocks.2.temp_attentions"}
+    assert grow.transplant(dst.text_encoder, src.text_encoder) == {
+        "copied": len(src.text_encoder.state_dict()), "dropped": 0, "fresh": 0}
+    wide = recipe.build_model(3, unet_channels=(48, 64, 64), vae_factor=2)
+    kept = _state(wide.unet)
+    with pytest.raises(ValueError, match="differ in shape"):
+        grow.transplant(wide.unet, src.unet)
+    assert _same(kept, wide.unet.state_dict())  # refused before anything was copied
+    with pytest.raises(ValueError, match="no tensor names in common"):
+        grow.transplant(dst.unet, src.text_encoder)
+
+
+def test_recipe_init_from_starts_a_fresh_model_from_a_trained_one(tmp_path, capsys):
+    """``--init-from``: a factor-2 run starts its UNet and text encoder from a trained factor-4 model and records
+    it; a continuation, a folder that is no model and a model of the other world are refused before any work."""
+    src, out = tmp_path / "src", tmp_path / "f2"
+    tiny = ["--clips", "4", "--threads", "1", "--decoder-minutes", "0", "--vae-minutes", "0.005"]
+    recipe.main(["--out", str(src), "--unet-minutes", "0.005", *tiny])
+    trained = load_model(src, device="cpu")
+    recipe.main(["--out", str(out), "--vae-factor", "2", "--init-from", str(src), "--unet-minutes", "0", *tiny])
+    info = json.loads((out / "training_info.json").read_text())["info"]
+    src_steps = json.loads((src / "training_info.json").read_text())["info"]["unet_steps"]
+    assert info["init_from"]["folder"] == str(src) and info["init_from"]["unet_steps"] == src_steps > 0
+    assert info["init_from"]["unet"]["fresh"] == 0 and info["init_from"]["unet"]["dropped"] > 0
+    model = load_model(out, device="cpu")
+    ours, theirs = model.unet.state_dict(), trained.unet.state_dict()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)  # no UNet steps: the transplanted weights as they are
+    assert _same(_state(model.text_encoder), trained.text_encoder.state_dict())
+    assert "--init-from" in recipe.recorded_commands(info, "x")[0]
+    assert info["init_from"]["unet_sha256"] == recipe._unet_sha(src)
+    line = card.init_line(info)  # the card says where the first run started, and that a replay needs it
+    assert str(src) in line and f"{src_steps} UNet steps" in line and card.init_line({"unet_steps": 1}) == ""
+    weights = next((src / "unet").glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes() + b" ")  # the source is no longer the model the run started from
+    with pytest.raises(SystemExit, match="no longer there"):
+        recipe.replay(out / "training_info.json", str(tmp_path / "again"))
+    assert not (tmp_path / "again").exists()
+    bad = [(str(src), ["--continue-from", str(src)], "starts a fresh run"),
+           (str(tmp_path / "nothing"), [], "not a model folder"), (str(src), ["--world", "shapes"], "world")]
+    for folder, extra, message in bad:
+        with pytest.raises(SystemExit) as e:
+            recipe.main(["--out", str(tmp_path / "x"), "--init-from", folder, "--unet-minutes", "0", *tiny, *extra])
+        assert message in f"{e.value.code} {capsys.readouterr().err}"
+    assert not (tmp_path / "x").exists()
