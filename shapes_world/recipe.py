@@ -514,7 +514,10 @@ def _init_from(model: T2VModel, src: Path, rec: dict) -> dict:
 def _unet_sha(folder: Path) -> str | None:
     """The SHA-256 of a model folder's UNet weights: a replay checks that ``--init-from`` still names the same."""
     files = sorted((folder / "unet").glob("*.safetensors"))
-    return hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest() if files else None
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.read_bytes())
+    return h.hexdigest() if files else None
 
 
 def _continue(src: Path, out: Path, args: argparse.Namespace) -> None:
