@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from pathlib import Path
 
 import torch
 
-from motion_core.models import load_model
-from shapes_world import card
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
+
+from motion_core.models import load_model  # noqa: E402
+from shapes_world import card  # noqa: E402
 
 
 def main() -> None:
