@@ -152,7 +152,9 @@ def checks(res: dict) -> list[tuple[str, str, str, bool]]:
             if res.get("ladder_l1"):  # how the L1 LoRA was trained (ladders older than --l1-set do not say)
                 t1 = res["ladder_l1"]
                 dropout = t1["train"].get("caption_dropout") or 0
-                l1_lora += (f" ({t1['train']['steps']} steps, t >= {t1['loss']['t_min'] or 0}"
+                lr = t1["train"].get("learning_rate")  # the rate matters since models set their own
+                l1_lora += (f" ({t1['train']['steps']} steps" + (f" at {lr:g}" if lr else "")
+                            + f", t >= {t1['loss']['t_min'] or 0}"
                             + (f", caption dropout {dropout:g})" if dropout else ")"))
             out.append((f"L1: {l1_lora}, own caption, beta 0 ({name})", "<= 2 x oracle",
                         f"{r['L1 / oracle']:.1f} x ({l1:.3f} / {o:.3f})", r["L1 / oracle"] <= 2))

@@ -126,6 +126,10 @@ def build_model(seed: int = 0, unet_channels: tuple[int, ...] = (32, 64, 64), un
     # loses its path under another colour (docs/results.md).
     train = {"conv_targets": ["temp_convs", "resnets"], "stride": 400, "recolour": 0.5,
              "recolour_names": paths.colour_names()} if world_name == "paths" else {}
+    if train and vae_factor == 2:
+        # Each step reads features on a grid four times as large: 400 steps overrun the two-minute CPU flow, and 250
+        # at 4x the rate measured closer to the reference than 400 at 5e-4 (docs/results.md, the factor-2 sections).
+        train = {"steps": 250, "learning_rate": 2e-3, **train}
     return T2VModel(unet, vae, text_encoder, tokenizer, scheduler, "shapes-t2v", ("down_blocks.1",), video,
                     torch.float32, sample, train_defaults=train)
 

@@ -508,6 +508,9 @@ def test_card_names_how_the_l1_lora_was_trained():
     new = [r for r in card.checks(res) if r[0].startswith("L1")]
     assert new[0][0] == "L1: DDPM LoRA (1000 steps, t >= 400), own caption, beta 0 (training families)"
     assert new[0][2] == "2.5 x (0.050 / 0.020)"
+    res["ladder_l1"]["train"]["learning_rate"] = 5e-4  # a model's own rate may differ from the L1 LoRA's
+    l1 = [r for r in card.checks(res) if r[0].startswith("L1")]
+    assert l1[0][0] == "L1: DDPM LoRA (1000 steps at 0.0005, t >= 400), own caption, beta 0 (training families)"
 
 
 def test_card_compares_motionmatcher_with_the_ladders_baselines():

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from motion_core.config import SampleConfig
+from motion_core.config import RunConfig, SampleConfig
 from motion_core.models import encode_video, load_model
 from motion_core.sample import sample
 from shapes_world import card, evaluate, grow, paths, recipe
@@ -226,6 +226,11 @@ def test_vae_factor_two_doubles_the_latent_grid_and_keeps_the_capture_block(tmp_
     z = encode_video(model, torch.rand(8, 3, 32, 32))
     assert z.shape == (1, 4, 8, 16, 16)
     assert not hasattr(model.unet.down_blocks[0], "attentions") and not hasattr(model.unet.up_blocks[2], "attentions")
+    # its own LoRA defaults (250 steps at 2e-3, to fit the two-minute flow) reach the run config; factor 4 keeps 400
+    train = RunConfig.for_model(model).train
+    assert (train.steps, train.learning_rate) == (250, 2e-3)
+    assert RunConfig.for_model(recipe.build_model(0)).train.steps == 400
+    assert RunConfig.for_model(model, {"train": {"steps": 30}}).train.steps == 30
     maps = []
     hook = model.unet.down_blocks[1].attentions[0].register_forward_hook(lambda m, i, o: maps.append(o[0].shape))
     cfg = SampleConfig.for_model(model, {"beta": 0.0, "seed": 0, "num_inference_steps": 1})
