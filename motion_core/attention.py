@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention
 
 from .checkpointing import block_of, blocks_before, checkpoint_units, checkpointed
@@ -43,6 +44,31 @@ class MotionFeatures:
         lo = sum(sizes[:i])
         hi = lo + sizes[i]
         return MotionFeatures(self.ca[:, :, lo:hi], self.tsa[:, lo:hi], (sizes[i],))
+
+    def pooled(self, h: int, w: int, k: int) -> MotionFeatures:
+        """The maps averaged over ``k x k`` windows of each block's grid (read from ``h x w`` latents); a window
+        that overhangs the grid's edge averages what it covers. An average of distributions is one, so every row
+        still sums to one. ``k = 1`` returns the maps themselves."""
+        if k == 1:
+            return self
+        sizes = self.sizes or (self.ca.shape[2],)
+        ca_parts, tsa_parts = [], []
+        for i, hw in enumerate(sizes):
+            grid = feature_grid(hw, h, w)
+            if grid is None:
+                raise ValueError(f"cannot lay {hw} map positions on a grid read from {h} x {w} latents")
+            rows, cols = grid
+            one = self.block(i)
+            b, f, _, n = one.ca.shape
+            # positions last-but-two so that avg_pool2d pools over (rows, cols) for each frame and token
+            ca = one.ca.permute(0, 1, 3, 2).reshape(b * f, n, rows, cols)
+            ca = F.avg_pool2d(ca, k, ceil_mode=True, count_include_pad=False)
+            ca_parts.append(ca.reshape(b, f, n, -1).permute(0, 1, 3, 2))
+            tsa = one.tsa.permute(0, 2, 3, 1).reshape(b, f * f, rows, cols)
+            tsa = F.avg_pool2d(tsa, k, ceil_mode=True, count_include_pad=False)
+            tsa_parts.append(tsa.reshape(b, f, f, -1).permute(0, 3, 1, 2))
+        return MotionFeatures(torch.cat(ca_parts, dim=2), torch.cat(tsa_parts, dim=1),
+                              tuple(m.shape[2] for m in ca_parts))
 
 
 def feature_grid(hw: int, h: int, w: int) -> tuple[int, int] | None:

@@ -213,6 +213,9 @@ class LossConfig(_Base):
     stride: int = 1  # open choice: the DDIM map steps t -> t - stride; the paper uses 1, a model may ask for more
     # Capture layers; None -> the model's own choice (its sidecar), "down_blocks.2" for Zeroscope.
     capture_blocks: tuple[str, ...] | None = None
+    # Open choice (not in the paper): average the maps over pool x pool windows of the capture grid before the
+    # comparison, so the loss sees where the object is and how it moves, not its outline. 1 = the paper's maps.
+    pool: int = 1
 
     def validate(self) -> None:
         _check(self.objective in OBJECTIVE_NAMES,
@@ -221,6 +224,7 @@ class LossConfig(_Base):
         _check(self.objective != "motion" or self.lambda_ca + self.lambda_tsa > 0,
                "lambda_ca + lambda_tsa must be > 0 for the motion objective")
         _check(1 <= self.stride <= 999, f"stride must be in [1, 999], got {self.stride}")
+        _check(1 <= self.pool <= 64, f"pool must be in [1, 64], got {self.pool}")
 
     def t_range(self, num_train_timesteps: int = 1000) -> tuple[int, int]:
         lo_default = num_train_timesteps // 2 if self.objective == "motion" else 0

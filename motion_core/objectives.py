@@ -82,10 +82,12 @@ def motion_loss(ctx: ObjectiveContext, z0: torch.Tensor, text: torch.Tensor, t: 
 
 def feature_matching_loss(ctx: ObjectiveContext, v_pred: torch.Tensor, v_target: torch.Tensor, t_m: torch.Tensor,
                           text: torch.Tensor) -> LossOutput:
-    """``lambda_CA * mse(M_CA) + lambda_TSA * mse(M_TSA)`` between the features of two latents at ``t_m``."""
+    """``lambda_CA * mse(M_CA) + lambda_TSA * mse(M_TSA)`` between the features of two latents at ``t_m``, the maps
+    first pooled over ``cfg.pool`` x ``cfg.pool`` windows of their grid when the config asks."""
+    h, w, k = v_pred.shape[3], v_pred.shape[4], ctx.cfg.pool
     with torch.no_grad():  # the target carries no gradient and keeps no graph (the release kept one)
-        target = ctx.extractor(v_target, t_m, text)
-    pred = ctx.extractor(v_pred, t_m, text)
+        target = ctx.extractor(v_target, t_m, text).pooled(h, w, k)
+    pred = ctx.extractor(v_pred, t_m, text).pooled(h, w, k)
     # Open choice (docs/method.md): mean squared error of each component, then the lambdas.
     l_ca = F.mse_loss(pred.ca, target.ca)
     l_tsa = F.mse_loss(pred.tsa, target.tsa)

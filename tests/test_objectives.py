@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from motion_core.attention import MotionFeatureExtractor
-from motion_core.config import LoraConfig, LossConfig
+from motion_core.attention import MotionFeatureExtractor, MotionFeatures, feature_grid
+from motion_core.config import ConfigError, LoraConfig, LossConfig
 from motion_core.ddim import add_noise, v_t
 from motion_core.lora_io import add_lora
 from motion_core.models import encode_prompt
@@ -57,6 +57,61 @@ def test_motion_loss_target_matches_manual_computation(setup):
         ft = ex(v_t(model.scheduler, zt, eps, t), t - 1, text)
     expected = 2000 * F.mse_loss(fp.ca, ft.ca) + 2000 * F.mse_loss(fp.tsa, ft.tsa)
     torch.testing.assert_close(out.loss.detach(), expected, rtol=1e-4, atol=0)
+
+
+def _pooled_by_hand(m: torch.Tensor, rows: int, cols: int, k: int, axis: int) -> torch.Tensor:
+    """Window means over the positions on ``axis`` laid out as rows x cols: a loop, no avg_pool2d."""
+    grid = m.movedim(axis, -1).reshape(*m.movedim(axis, -1).shape[:-1], rows, cols)
+    out = [grid[..., r:r + k, c:c + k].mean(dim=(-2, -1)) for r in range(0, rows, k) for c in range(0, cols, k)]
+    return torch.stack(out, dim=-1).movedim(-1, axis)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 6])
+def test_pooled_maps_are_window_means_and_rows_still_sum_to_one(k):
+    g = torch.Generator().manual_seed(5)
+    rows, cols, f, n = 5, 6, 4, 7  # 5 rows: a 2 x 2 window overhangs the last row
+    ca = torch.randn(2, f, rows * cols, n, generator=g).softmax(-1)
+    tsa = torch.randn(2, rows * cols, f, f, generator=g).softmax(-1)
+    feats = MotionFeatures(ca, tsa, (rows * cols,))
+    got = feats.pooled(rows, cols, k)  # latents as large as the grid: feature_grid gives 5 x 6
+    torch.testing.assert_close(got.ca, _pooled_by_hand(ca, rows, cols, k, 2))
+    torch.testing.assert_close(got.tsa, _pooled_by_hand(tsa, rows, cols, k, 1))
+    torch.testing.assert_close(got.ca.sum(-1), torch.ones(got.ca.shape[:-1]))
+    torch.testing.assert_close(got.tsa.sum(-1), torch.ones(got.tsa.shape[:-1]))
+    assert got.sizes == (-(-rows // k) * -(-cols // k),)
+    if k == 6:  # one window over the whole grid: the spatial mean
+        torch.testing.assert_close(got.ca[:, :, 0], ca.mean(2))
+
+
+def test_pooling_runs_per_capture_block():
+    g = torch.Generator().manual_seed(6)
+    ca = torch.randn(1, 2, 64 + 16, 3, generator=g).softmax(-1)
+    tsa = torch.randn(1, 64 + 16, 2, 2, generator=g).softmax(-1)
+    got = MotionFeatures(ca, tsa, (64, 16)).pooled(8, 8, 2)  # an 8 x 8 block and a 4 x 4 block
+    assert got.sizes == (16, 4)
+    torch.testing.assert_close(got.ca[:, :, 16:], _pooled_by_hand(ca[:, :, 64:], 4, 4, 2, 2))
+    with pytest.raises(ValueError, match="cannot lay 7 map positions"):
+        MotionFeatures(ca[:, :, :7], tsa[:, :7], (7,)).pooled(8, 8, 2)
+
+
+def test_pooled_motion_loss_compares_pooled_maps(setup):
+    model, _, ex, text, z0, g = setup
+    t = torch.tensor([700])
+    eps = torch.randn(z0.shape, generator=g)
+    out = motion_loss(ObjectiveContext(model, LossConfig(pool=2), ex), z0, text, t, eps)
+    plain = motion_loss(ObjectiveContext(model, LossConfig(), ex), z0, text, t, eps)
+    zt = add_noise(model.scheduler, z0, eps, t)
+    with torch.no_grad():
+        e_theta = model.unet(zt, t, encoder_hidden_states=text).sample
+        fp = ex(v_t(model.scheduler, zt, e_theta, t), t - 1, text)
+        ft = ex(v_t(model.scheduler, zt, eps, t), t - 1, text)
+    rows, cols = feature_grid(fp.ca.shape[2], 16, 16)
+    expected = 2000 * F.mse_loss(_pooled_by_hand(fp.ca, rows, cols, 2, 2), _pooled_by_hand(ft.ca, rows, cols, 2, 2))
+    expected += 2000 * F.mse_loss(_pooled_by_hand(fp.tsa, rows, cols, 2, 1), _pooled_by_hand(ft.tsa, rows, cols, 2, 1))
+    torch.testing.assert_close(out.loss.detach(), expected, rtol=1e-4, atol=0)
+    assert float(out.loss.detach()) < float(plain.loss.detach())  # (window mean)^2 <= window mean of squares
+    with pytest.raises(ConfigError, match="pool must be in"):
+        LossConfig(pool=0).validate()
 
 
 @pytest.mark.parametrize("name", sorted(OBJECTIVES))
