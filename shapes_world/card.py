@@ -331,6 +331,8 @@ wiggles, zooms, camera pans); a motion LoRA learnt from a reference clip pins it
 
 It cannot draw anything else: no other words, no two objects, no text, no real scenes. For real videos use
 Zeroscope on a GPU (`--model cerspense/zeroscope_v2_576w`).
+Its guidance was learnt against the empty caption only: leave the negative prompt empty (`docs/results.md`
+measures what one in the captions' form does).
 
 ![reference, MotionMatcher LoRA and base model](transfer.png)
 
