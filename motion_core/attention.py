@@ -47,7 +47,7 @@ class MotionFeatures:
 
     def pooled(self, h: int, w: int, k: int) -> MotionFeatures:
         """The maps averaged over ``k x k`` windows of each block's grid (read from ``h x w`` latents); a window
-        that overhangs the grid's edge averages what it covers. An average of distributions is one, so every row
+        that overhangs the grid's edge averages what it covers. A mean of distributions is a distribution: every row
         still sums to one. ``k = 1`` returns the maps themselves."""
         if k == 1:
             return self
