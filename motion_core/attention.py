@@ -57,18 +57,19 @@ class MotionFeatures:
             grid = feature_grid(hw, h, w)
             if grid is None:
                 raise ValueError(f"cannot lay {hw} map positions on a grid read from {h} x {w} latents")
-            rows, cols = grid
             one = self.block(i)
-            b, f, _, n = one.ca.shape
-            # positions last-but-two so that avg_pool2d pools over (rows, cols) for each frame and token
-            ca = one.ca.permute(0, 1, 3, 2).reshape(b * f, n, rows, cols)
-            ca = F.avg_pool2d(ca, k, ceil_mode=True, count_include_pad=False)
-            ca_parts.append(ca.reshape(b, f, n, -1).permute(0, 1, 3, 2))
-            tsa = one.tsa.permute(0, 2, 3, 1).reshape(b, f * f, rows, cols)
-            tsa = F.avg_pool2d(tsa, k, ceil_mode=True, count_include_pad=False)
-            tsa_parts.append(tsa.reshape(b, f, f, -1).permute(0, 3, 1, 2))
+            ca_parts.append(_pool_positions(one.ca, 2, grid, k))
+            tsa_parts.append(_pool_positions(one.tsa, 1, grid, k))
         return MotionFeatures(torch.cat(ca_parts, dim=2), torch.cat(tsa_parts, dim=1),
                               tuple(m.shape[2] for m in ca_parts))
+
+
+def _pool_positions(m: torch.Tensor, axis: int, grid: tuple[int, int], k: int) -> torch.Tensor:
+    """``m`` with its positions axis (``rows * cols`` long) averaged over ``k x k`` windows of the grid."""
+    x = m.movedim(axis, -1)
+    lead = x.shape[:-1]
+    x = F.avg_pool2d(x.reshape(-1, 1, *grid), k, ceil_mode=True, count_include_pad=False)
+    return x.reshape(*lead, -1).movedim(-1, axis)
 
 
 def feature_grid(hw: int, h: int, w: int) -> tuple[int, int] | None:
