@@ -97,6 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help='colour names for the recoloured copies\' captions, a JSON file ({"": {"red": [220, 30, 30]}, '
                         '"background": {...}}; docs/method.md section 6): each copy is trained under its caption with '
                         "the colours renamed (default: the model's own, else none: the reference's caption)")
+    g.add_argument("--blur", type=float, default=None, metavar="PIXELS",
+                   help="Gaussian blur (standard deviation in pixels) of the clip the LoRA trains on, against a LoRA "
+                        f"that carries the reference's outline with its path (default: the model's own, else "
+                        f"{d.train.blur:g})")
     g.add_argument("--objective", default=d.loss.objective, choices=["motion", "ddpm", "frame-diff", "residual"],
                    help="motion = MotionMatcher; the others are the baselines")
     g.add_argument("--lambda-ca", type=float, default=d.loss.lambda_ca, help="weight of the cross-attention maps")
@@ -258,7 +262,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if seed != args.seed:
         print(f"seed: {seed} (drawn at random)", file=sys.stderr)
     given = {"train": {"steps": args.steps, "learning_rate": args.lr, "adam_eps": args.adam_eps,
-                       "batch_size": args.batch_size, "recolour": args.recolour,
+                       "batch_size": args.batch_size, "recolour": args.recolour, "blur": args.blur,
                        "recolour_names": _read_names(args.recolour_names)},
              "lora": {"rank": args.rank}}
     overrides = {sec: {k: v for k, v in kv.items() if v is not None} for sec, kv in given.items()}

@@ -43,6 +43,9 @@ RANDOM_SEED = -1
 # Captions, prompts and negative prompts: the text encoder reads 77 tokens, about 300 characters of English; longer
 # text is cut by the tokenizer anyway, so more than this is a mistake (or an attack on the job records).
 MAX_PROMPT_CHARS = 500
+# Training blur (TrainConfig.blur), standard deviation in pixels: 32 is past blurring any clip to its mean colour, and
+# the kernel (6 sigma + 1 taps) stays small.
+BLUR_MAX = 32.0
 # Upload limit of the app in MB: above 0 (0.5 MB is a valid limit), at most 100 GB.
 MAX_UPLOAD_MB = 100_000.0
 # A LoRA file: bounds checked before anything else is read, so a hostile header costs nothing. A Zeroscope LoRA has
@@ -275,6 +278,10 @@ class TrainConfig(_Base):
     # trained under its caption with the colours renamed (train.recolour_caption), and a copy whose colours have no
     # name is left out. None = every copy under the reference's own caption.
     recolour_names: dict[str, dict[str, tuple[int, ...]]] | None = None
+    # Gaussian blur over space (standard deviation in pixels of the clip, 0 = none) of every clip the LoRA trains on,
+    # the reference and its recoloured copies; paper: none. A motion LoRA may carry the reference's outline with its
+    # path (docs/method.md, section 6).
+    blur: float = 0.0
     weight_decay: float = 1e-2  # release: AdamW, weight decay 1e-2, constant learning rate
     adam_betas: tuple[float, float] = (0.9, 0.999)
     # None = the model's own (RunConfig.for_model): Zeroscope gets the release's 1e-8 (the paper's numbers were
@@ -297,6 +304,7 @@ class TrainConfig(_Base):
                f"batch_size must be in [1, 16], got {self.batch_size}")
         _check(0 <= self.caption_dropout <= 1, f"caption_dropout must be in [0, 1], got {self.caption_dropout}")
         _check(0 <= self.recolour <= 1, f"recolour must be in [0, 1], got {self.recolour}")
+        _check(0 <= self.blur <= BLUR_MAX, f"blur must be in [0, {BLUR_MAX:g}] pixels, got {self.blur}")
         _check_colour_names(self.recolour_names)
         _check(isinstance(self.caption_pool, (tuple, list)) and 1 <= len(self.caption_pool) <= 256,
                "caption_pool must list 1 to 256 captions")

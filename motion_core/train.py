@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from .attention import MotionFeatureExtractor, extractor_path
 from .checkpointing import resolve_checkpointing
@@ -138,6 +139,27 @@ def recolourings(frames: torch.Tensor) -> list[torch.Tensor]:
     return out
 
 
+def blurred(frames: torch.Tensor, sigma: float) -> torch.Tensor:
+    """The clip ``(F, 3, H, W)`` blurred over space by a Gaussian of standard deviation ``sigma`` pixels (taps out to
+    ``ceil(3 sigma)`` each side, weights summing to one, edges extended), each frame and channel on its own.
+
+    The object keeps its place in every frame, so the path is the reference's, while its outline goes soft: a
+    motion LoRA trained on it has less of the reference's shape to carry into new prompts (docs/method.md,
+    section 6). ``sigma`` 0 returns the clip unchanged."""
+    if sigma <= 0:
+        return frames
+    r = math.ceil(3 * sigma)
+    x = torch.arange(-r, r + 1, dtype=torch.float64)
+    k = torch.exp(-x**2 / (2 * sigma**2))
+    k = (k / k.sum()).to(device=frames.device, dtype=torch.float32)
+    n, c, h, w = frames.shape
+    f = frames.float().reshape(n * c, 1, h, w)
+    # separable: rows, then columns; replicate padding keeps a plain background's colour at the edges
+    f = F.conv2d(F.pad(f, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
+    f = F.conv2d(F.pad(f, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1))
+    return f.reshape(n, c, h, w).to(frames.dtype)
+
+
 # How far (RGB, 0-255) a recoloured colour may lie from the name it is given. The embedded model's colours land
 # 14-57 from a name of its palette or 62 and more (inverted yellow, a blue, among them); the ladder measured 60.
 RECOLOUR_NAME_TOLERANCE = 60.0
@@ -239,21 +261,21 @@ def train_lora(
     amp = resolve_amp(tc.precision, dev)
     grad_ckpt = resolve_checkpointing(tc.grad_checkpointing, dev)
 
-    # 2. The reference's latents (and its recoloured copies', if asked) and caption embedding, computed once.
-    if reference.ndim == 4:
-        z0 = encode_video(model, reference)
-    elif reference.ndim == 5:
-        z0 = reference.float().to(dev)
-    else:
+    # 2. The reference's latents (blurred, and its recoloured copies', if asked) and caption embedding, computed once.
+    if reference.ndim not in (4, 5):
         raise ValueError(
             f"reference must be frames (F, 3, H, W) or latents (1, C, F, h, w), got {tuple(reference.shape)}"
         )
+    frames, z0 = (reference, None) if reference.ndim == 4 else (None, reference.float().to(dev))
+    if tc.recolour > 0 or tc.blur > 0:
+        # from latents (the CLI's and the app's cached reference), the frames the VAE decodes them to
+        frames = blurred(decode_latents(model, z0)[0] if frames is None else frames.float().to(dev), tc.blur)
+    if z0 is None or tc.blur > 0:
+        z0 = encode_video(model, frames)
     text = encode_prompt(model, caption).float()
     recoloured = recoloured_text = None
     copy_captions: list[str] = []
     if tc.recolour > 0:
-        # from latents (the CLI's and the app's cached reference), the frames the VAE decodes them to
-        frames = reference.float().to(dev) if reference.ndim == 4 else decode_latents(model, z0)[0]
         copies = recolourings(frames)
         if tc.recolour_names is None:  # every copy under the reference's caption (its embedding, not re-encoded)
             keep, copy_captions = list(range(len(copies))), [caption] * len(copies)

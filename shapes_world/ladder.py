@@ -83,10 +83,10 @@ REFERENCES: list[tuple[str, str, str, str, str, int]] = [
     ("triangle", "green", "gradient", "white", "spiral", 10),
 ]
 # The L1 / L2 LoRA's training, over the model's defaults: a DDPM LoRA given what it needs to imprint its clip (the
-# clip alone: recoloured copies would teach it other looks). Sampling with guidance takes the empty caption's
-# prediction as its origin, so a tenth of the draws teach that one the clip too; t from 200 reaches the path's
-# fine detail (a wiggle, a zoom) that t >= 400 left to the base model (docs/results.md: 2.4 -> 2.2 -> 1.8 x).
-L1_SETS = ["loss.t_min=200", "train.steps=1000", "train.recolour=0", "train.caption_dropout=0.1"]
+# clip alone, sharp: recoloured or blurred copies would teach it other looks). Sampling with guidance takes the
+# empty caption's prediction as its origin, so a tenth of the draws teach that one the clip too; t from 200 reaches
+# the path's fine detail (a wiggle, a zoom) that t >= 400 left to the base model (docs/results.md: 2.4, 2.2, 1.8 x).
+L1_SETS = ["loss.t_min=200", "train.steps=1000", "train.recolour=0", "train.blur=0", "train.caption_dropout=0.1"]
 NEW_PROMPTS = [
     "a blue star on a plain white background",
     "a yellow triangle on a dotted black background",

@@ -36,14 +36,16 @@ def test_train_then_sample_writes_playable_mp4(tiny_model_dir, clip, tmp_path, c
     assert cfg["train"]["steps"] == 2 and cfg["video"]["num_frames"] == 8  # the model's own video size
     load_lora(run / "lora.safetensors", load_model(tiny_model_dir, device="cpu"))
     assert cfg["train"]["batch_size"] == 1 and cfg["train"]["recolour"] == 0  # the library's, as the model says none
+    assert cfg["train"]["blur"] == 0
     names = tmp_path / "names.json"
     names.write_text(json.dumps({"": {"red": [255, 0, 0], "green": [0, 255, 0], "blue": [0, 0, 255]}}))
     capsys.readouterr()
     rc = main(["train", str(clip), "--caption", "a red square", "--model", str(tiny_model_dir), "--out",
                str(tmp_path / "run2"), "--steps", "1", "--rank", "4", "--batch-size", "2", "--recolour", "0.5",
-               "--recolour-names", str(names), "--device", "cpu"])
+               "--recolour-names", str(names), "--blur", "1.5", "--device", "cpu"])
     cfg2 = json.loads((tmp_path / "run2" / "config.json").read_text())
     assert rc == 0 and cfg2["train"]["batch_size"] == 2 and cfg2["train"]["recolour"] == 0.5
+    assert cfg2["train"]["blur"] == 1.5
     assert cfg2["train"]["recolour_names"][""]["green"] == [0, 255, 0]
     # red under the five channel orders: red twice, green twice, blue twice, minus the identity
     out = capsys.readouterr().out
@@ -166,6 +168,7 @@ def test_inputs_are_refused_before_the_model_loads(tiny_model_dir, clip, tmp_pat
         (["train", str(clip), "--caption", "x", "--height", "100"], "height must be a multiple of 8"),
         (["train", str(clip), "--caption", "x", "--recolour", "2"], r"recolour must be in \[0, 1\], got 2"),
         (["train", str(clip), "--caption", "x", "--batch-size", "0"], "batch_size must be in"),
+        (["train", str(clip), "--caption", "x", "--blur", "-1"], r"blur must be in \[0, 32\] pixels, got -1"),
         (["train", str(clip), "--caption", "x", "--recolour-names", str(tmp_path / "none.json")], "no such file"),
         (["train", str(clip), "--caption", "x", "--recolour-names", str(bad)], "is not JSON"),
         (["train", str(clip), "--caption", "x", "--recolour-names", str(names)], "three numbers in"),

@@ -174,6 +174,86 @@ def test_recoloured_draws(frames, tmp_path, monkeypatch):
     assert 0 not in got and len(got) == 6
 
 
+def _blur_by_hand(frames, sigma):
+    """A Gaussian blur written as the 2-D sum it is: every output pixel a weighted mean of its (2r + 1)^2
+    neighbours, indices clamped at the edges, weights exp(-(dy^2 + dx^2) / (2 sigma^2)) normalised."""
+    r = math.ceil(3 * sigma)
+    n, c, h, w = frames.shape
+    offs = [(dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1)]
+    wts = torch.tensor([math.exp(-(dy * dy + dx * dx) / (2 * sigma * sigma)) for dy, dx in offs], dtype=torch.float64)
+    wts = wts / wts.sum()
+    out = torch.zeros(n, c, h, w, dtype=torch.float64)
+    for y in range(h):
+        for x in range(w):
+            for (dy, dx), wt in zip(offs, wts, strict=True):
+                out[:, :, y, x] += wt * frames[:, :, min(max(y + dy, 0), h - 1), min(max(x + dx, 0), w - 1)].double()
+    return out
+
+
+def test_blurred_matches_the_2d_gaussian_sum_and_keeps_the_path():
+    from motion_core.train import blurred
+
+    clip = torch.rand(2, 3, 7, 9, generator=torch.Generator().manual_seed(3))
+    for sigma in (0.5, 1.0, 2.0):  # taps past the 7 x 9 frame at 2 (r = 6): the edges are extended
+        assert torch.allclose(blurred(clip, sigma).double(), _blur_by_hand(clip, sigma), atol=1e-6)
+    assert blurred(clip, 0) is clip
+    flat = torch.full((1, 3, 6, 6), 0.4)
+    assert torch.allclose(blurred(flat, 1.5), flat, atol=1e-6)  # a plain background keeps its colour, edges too
+    # a square moving right: blurred, the brightest pixel of each frame is still the square's centre
+    c = torch.zeros(3, 3, 16, 16)
+    for i in range(3):
+        c[i, :, 6:9, 3 + 3 * i:6 + 3 * i] = 1.0
+    peak = [divmod(int(f[0].argmax()), 16) for f in blurred(c, 1.5)]
+    assert peak == [(7, 4), (7, 7), (7, 10)]
+
+
+def test_blurred_draws(frames, tmp_path, monkeypatch):
+    """``train.blur``: every draw, the reference's and its recoloured copies', comes from the blurred clip, whether
+    the reference is given as frames or as latents; 0 leaves training as it was."""
+    from safetensors.torch import load_file
+
+    import motion_core.train as train_mod
+    from motion_core.models import decode_latents
+    from motion_core.train import blurred, recolourings
+
+    seen = []
+    real = train_mod.get_objective
+    monkeypatch.setattr(train_mod, "get_objective", lambda name: lambda ctx, z0, text, t, eps: (
+        seen.append(z0.clone()), real(name)(ctx, z0, text, t, eps))[1])
+    model = build_tiny_model()
+
+    def run(ref, blur, recolour=0.0, name="x"):
+        seen.clear()
+        cfg = _cfg(steps=3, objective="ddpm")
+        cfg.train.batch_size, cfg.train.blur, cfg.train.recolour = 2, blur, recolour
+        res = train_lora(model, ref, "a red circle", tmp_path / name, cfg, resume=False)
+        return [item for z in seen for item in z], load_file(str(res.lora_path))
+
+    plain, w_plain = run(frames, 0.0, name="p")
+    sharp = encode_video(model, frames)[0]
+    assert all(torch.equal(z, sharp) for z in plain)
+    soft = encode_video(model, blurred(frames, 1.5))[0]
+    got, w_blur = run(frames, 1.5, name="b")
+    assert all(torch.equal(z, soft) for z in got)
+    assert any(not torch.equal(w_plain[k], w_blur[k]) for k in w_plain)
+    # recoloured copies are copies of the blurred clip
+    copies = [encode_video(model, f)[0] for f in recolourings(blurred(frames, 1.5))]
+    got, _ = run(frames, 1.5, recolour=1.0, name="r")
+    assert all(any(torch.equal(z, c) for c in copies) for z in got)
+    # from latents (the CLI's and the app's reference): the decoded frames are blurred, then encoded again
+    z = encode_video(model, frames)
+    soft_z = encode_video(model, blurred(decode_latents(model, z)[0], 1.5))[0]
+    got, _ = run(z, 1.5, name="z")
+    assert all(torch.equal(item, soft_z) for item in got)
+
+
+def test_blur_range_is_checked():
+    cfg = RunConfig()
+    cfg.train.blur = -1
+    with pytest.raises(ValueError, match="blur must be in"):
+        cfg.validate()
+
+
 NAMES = {"": {"red": [230, 20, 20], "green": [20, 230, 20], "blue": [20, 20, 230], "yellow": [230, 230, 20],
                "white": [240, 240, 240]},
          "background": {"grey": [120, 120, 120], "white": [240, 240, 240], "black": [15, 15, 15],
